@@ -1,0 +1,81 @@
+"""flask_ampalibe: Facebook Messenger bots as a Flask extension, with Ampalibe's programming model.
+
+The spec's way::
+
+    import flask_ampalibe as ampalibe
+    from conf import Configuration
+
+    bot = ampalibe.init(Configuration())
+
+    @ampalibe.command('/')
+    def main(sender_id, cmd, **extends):
+        bot.chat.send_message(sender_id, "Hello, Ampalibe")
+
+The Flask way: ``Ampalibe(app)`` or ``app.register_blueprint(ampalibe.bp)``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+from .blueprint import bp
+from .errors import AmpalibeError, ConfigurationError, PayloadError, RoutingError, StorageError
+from .extension import Ampalibe, Bot, current_state, default_app, default_router, init, set_default_router
+from .model import Model
+from .payload import Payload
+from .router import Cmd, Router
+from .signature import generate_signature, verify_signature
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Ampalibe", "AmpalibeError", "Bot", "Cmd", "ConfigurationError", "Messenger", "Model", "Payload",
+    "PayloadError", "Router", "RoutingError", "StorageError", "action", "after_receive", "before_receive",
+    "bp", "command", "current_state", "event", "generate_signature", "init", "on_error", "set_default_router",
+    "verify_signature", "webserver",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(name: str) -> Callable[[F], F]:
+    """Register the decorated function as the handler of command ``name`` (returns it unchanged).
+
+    The first word of a message or payload selects the command; it is removed from ``cmd``.
+    ``'/'`` is the main command, which gets every message nothing else handles.
+    """
+    return default_router().command(name)
+
+
+def action(name: str) -> Callable[[F], F]:
+    """Register the decorated function for the action ``name`` set with ``query.set_action``."""
+    return default_router().action(name)
+
+
+def event(kind: str) -> Callable[[F], F]:
+    """Register the decorated function for webhook events of ``kind`` (``read``, ``delivery``, …)."""
+    return default_router().event(kind)
+
+
+def before_receive(func: F) -> F:
+    """Run ``func`` before each event's handler; returning ``False`` stops the event."""
+    return default_router().before_receive(func)
+
+
+def after_receive(func: F) -> F:
+    """Run ``func`` after each event's handler, with ``result`` and ``error``."""
+    return default_router().after_receive(func)
+
+
+def on_error(func: F) -> F:
+    """Run ``func(error=…, sender_id=…, message=…)`` when a handler raises."""
+    return default_router().on_error(func)
+
+
+def __getattr__(name: str) -> Any:
+    # ``webserver`` is the default Flask app, created on first access, never at import.
+    if name == "webserver":
+        return default_app()
+    if name == "Messenger":
+        from .messenger import Messenger
+        return Messenger
+    raise AttributeError(f"module 'flask_ampalibe' has no attribute {name!r}")

@@ -1,0 +1,93 @@
+"""Running one recorded event: middleware, routing, the handler, error hooks.
+
+:class:`Dispatcher` is what executors call for each event taken from the inbox.  It pushes the
+app context (so ``current_app`` works in handlers) and makes the app's payload codec current.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .inbox import Claimed
+from .payload import _current_codec
+from .router import call_handler, command_input
+
+if TYPE_CHECKING:
+    from .extension import AmpalibeState
+
+__all__ = ["Dispatcher", "RESERVED"]
+
+logger = logging.getLogger(__name__)
+
+#: Keyword arguments the library passes itself; payload arguments cannot override them.
+RESERVED = frozenset({"sender_id", "cmd", "message", "event", "lang", "redelivered"})
+
+
+class Dispatcher:
+    """Handles one event for an app's state."""
+
+    def __init__(self, state: "AmpalibeState") -> None:
+        self.state = state
+
+    def __call__(self, claimed: Claimed) -> BaseException | None:
+        state = self.state
+        event = claimed.event
+        base = {"sender_id": event.sender_id, "message": event.raw, "event": event,
+                "redelivered": claimed.redelivered}
+        with state.app.app_context():
+            token = _current_codec.set(state.codec)
+            try:
+                router = state.router
+                for middleware in router.before:
+                    if call_handler(middleware, **base) is False:
+                        return None
+                result, error = None, None
+                try:
+                    result = self._route(claimed, base)
+                except Exception as exc:
+                    error = exc
+                    logger.exception("handler failed for %s event %s of user %s",
+                                     event.kind, event.key, event.sender_id)
+                    for hook in router.error_handlers:
+                        self._quietly(hook, error=exc, **base)
+                for middleware in router.after:
+                    self._quietly(middleware, result=result, error=error, **base)
+                return error
+            finally:
+                _current_codec.reset(token)
+
+    def _route(self, claimed: Claimed, base: dict[str, Any]) -> Any:
+        state, event = self.state, claimed.event
+        router = state.router
+        kind = "standby" if event.standby else event.kind
+        if kind not in ("message", "postback"):
+            fields = event.raw.get(event.kind if event.kind != "echo" else "message")
+            extra = {k: v for k, v in fields.items() if k not in RESERVED} if isinstance(fields, dict) else {}
+            result = None
+            for handler in router.events.get(kind, ()):
+                result = call_handler(handler, **extra, **base)
+            return result
+
+        for handler in router.events.get(kind, ()):
+            if call_handler(handler, **base) is False:
+                return None
+        text, _ = command_input(event)
+        handle_internal = getattr(state.chat, "handle_internal", None)
+        if handle_internal is not None and text.startswith("__amp_") and handle_internal(event.sender_id, text):
+            return None
+        action, action_args, lang = state.store.touch_user(event.sender_id)
+        match = router.resolve(event, action, action_args, state.codec)
+        if match is None:
+            logger.info("no handler for a %s of user %s: register @ampalibe.command('/')", kind, event.sender_id)
+            return None
+        if match.clear_action:
+            state.store.set_action(event.sender_id, None)
+        args = {k: v for k, v in match.args.items() if k not in RESERVED}
+        return call_handler(match.handler, cmd=match.cmd, lang=lang or state.settings["DEFAULT_LANG"], **args, **base)
+
+    @staticmethod
+    def _quietly(func: Any, **kwargs: Any) -> None:
+        try:
+            call_handler(func, **kwargs)
+        except Exception:
+            logger.exception("hook %r raised", func)

@@ -1,0 +1,24 @@
+"""The exceptions flask_ampalibe raises.  All derive from :class:`AmpalibeError`."""
+from __future__ import annotations
+
+__all__ = ["AmpalibeError", "ConfigurationError", "RoutingError", "PayloadError", "StorageError"]
+
+
+class AmpalibeError(Exception):
+    """Base class of every error raised by flask_ampalibe."""
+
+
+class ConfigurationError(AmpalibeError):
+    """A setting is missing or wrong; the message names the setting that fixes it."""
+
+
+class RoutingError(AmpalibeError, ValueError):
+    """A handler was registered wrongly (for instance the same command twice)."""
+
+
+class PayloadError(AmpalibeError, ValueError):
+    """A :class:`~flask_ampalibe.Payload` cannot be encoded (too long, not JSON-serialisable)."""
+
+
+class StorageError(AmpalibeError):
+    """The database could not be reached or used; the message says which setting to check."""

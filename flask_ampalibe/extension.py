@@ -1,0 +1,243 @@
+"""The Flask layer: :class:`Ampalibe` (``init_app``), the per-app state, and the spec's ``init``.
+
+Two ways in reach the same machinery:
+
+- the spec's way: ``bot = ampalibe.init(Configuration())`` configures a default Flask app,
+  ``ampalibe.webserver``, and registers the webhook Blueprint on it;
+- the Flask way: ``Ampalibe(app)`` / ``Ampalibe().init_app(app)``, or
+  ``app.register_blueprint(ampalibe.bp)``, configured by ``AMPALIBE_*`` keys.
+
+All per-app state lives in ``app.extensions["ampalibe"]`` (an :class:`AmpalibeState`); the
+extension object keeps no reference to any app.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, Callable, TypeVar
+
+from flask import Flask, current_app, has_app_context
+
+from . import payload as payload_module
+from .config import DEFAULTS, PREFIX, from_configuration, payload_secret, project_dir, settings
+from .dispatch import Dispatcher
+from .errors import ConfigurationError
+from .executor import Executor, make_executor
+from .inbox import Inbox
+from .model import Model
+from .payload import PayloadCodec
+from .router import Router
+from .storage import Store, make_engine
+
+__all__ = ["Ampalibe", "AmpalibeState", "Bot", "init", "default_app", "default_router", "set_default_router",
+           "current_state", "reset_default"]
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_default_router = Router()
+_default_app: Flask | None = None
+_default_lock = threading.RLock()
+
+
+class Bot:
+    """What :func:`init` returns: the spec's ``bot`` with ``.chat`` and ``.query``."""
+
+    def __init__(self, state: "AmpalibeState") -> None:
+        self.state = state
+        self.app = state.app
+        self.chat = state.chat
+        self.query = state.query
+        self.inbox = state.inbox
+
+    def __repr__(self) -> str:
+        return f"<Bot of {self.app.name!r}>"
+
+
+class AmpalibeState:
+    """Everything one app's bot needs: settings, store, inbox, Messenger client, executor."""
+
+    def __init__(self, app: Flask, router: Router) -> None:
+        from .messenger import Messenger  # the client pulls in requests; import when an app is set up
+
+        self.app = app
+        self.router = router
+        self.settings = settings(app.config)
+        url = self.settings["DATABASE_URL"]
+        if not url:
+            os.makedirs(app.instance_path, exist_ok=True)
+            url = f"sqlite:///{os.path.join(app.instance_path, 'ampalibe.db')}"
+        self.database_url = url
+        self.store = Store(make_engine(url))
+        self.inbox = Inbox(self.store)
+        self.codec = PayloadCodec(payload_secret(self.settings))
+        self.chat = Messenger(
+            self.settings["ACCESS_TOKEN"] or "",
+            graph_url=self.settings["GRAPH_URL"],
+            graph_version=self.settings["GRAPH_VERSION"],
+            app_secret=self.settings["APP_SECRET"],
+            timeout=self.settings["HTTP_TIMEOUT"],
+            pages=self.store,
+            payload_encoder=self.codec.encode,
+        )
+        self.query = Model(store=self.store)
+        self.executor: Executor = make_executor(
+            self.settings["EXECUTOR"], self.inbox, Dispatcher(self),
+            threads=self.settings["WORKER_THREADS"], lease_seconds=self.settings["LEASE_SECONDS"],
+            poll_seconds=self.settings["POLL_SECONDS"], retention_seconds=self.settings["RETENTION_DAYS"] * 86400,
+        )
+        self.bot = Bot(self)
+
+
+class Ampalibe:
+    """The Flask extension.
+
+    :param app: the app to set up now (or call :meth:`init_app` later, once per app).
+    :param router: where this extension's handlers are registered; by default the module-level
+        router that ``@ampalibe.command`` uses.
+
+    Example::
+
+        app = Flask(__name__)
+        app.config.update(AMPALIBE_ACCESS_TOKEN=..., AMPALIBE_VERIF_TOKEN=..., AMPALIBE_APP_SECRET=...)
+        bot = Ampalibe(app)
+
+        @bot.command("/")
+        def main(sender_id, cmd, **extends):
+            bot.chat.send_message(sender_id, "Hello")
+    """
+
+    def __init__(self, app: Flask | None = None, router: Router | None = None) -> None:
+        self._router = router
+        if app is not None:
+            self.init_app(app)
+
+    @property
+    def router(self) -> Router:
+        """The router handlers are registered on."""
+        return self._router if self._router is not None else _default_router
+
+    def init_app(self, app: Flask, register_blueprint: bool = True) -> None:
+        """Read ``AMPALIBE_*`` config, set up the store, client and executor, register the Blueprint.
+
+        :raises RuntimeError: if the app already has the extension.
+        :raises ConfigurationError: in production mode without ``AMPALIBE_APP_SECRET``.
+        """
+        if "ampalibe" in app.extensions:
+            raise RuntimeError("flask_ampalibe is already set up on this app; call Ampalibe(app) once per app.")
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(PREFIX + key, value)
+        values = settings(app.config)
+        if not values["APP_SECRET"]:
+            if values["ALLOW_UNSIGNED"] or app.debug or app.testing:
+                logger.warning("AMPALIBE_APP_SECRET is not set: webhook signatures are NOT checked")
+            else:
+                raise ConfigurationError(
+                    "AMPALIBE_APP_SECRET is not set, so anyone could post fake messages to the webhook. "
+                    "Set it to the Facebook app's secret (AMP_APP_SECRET in .env), or set "
+                    "AMPALIBE_ALLOW_UNSIGNED=1 (AMP_ALLOW_UNSIGNED=1) to accept unsigned posts knowingly."
+                )
+        if not values["VERIF_TOKEN"]:
+            logger.warning("AMPALIBE_VERIF_TOKEN is not set: Facebook cannot verify the webhook")
+        app.extensions["ampalibe"] = AmpalibeState(app, self.router)
+        if register_blueprint and "ampalibe" not in app.blueprints:
+            from .blueprint import bp
+            app.register_blueprint(bp, url_prefix=values["URL_PREFIX"] or None)
+
+    # -- decorators on this extension's router -------------------------------------------------
+    def command(self, name: str) -> Callable[[F], F]:
+        """See :meth:`Router.command`."""
+        return self.router.command(name)
+
+    def action(self, name: str) -> Callable[[F], F]:
+        """See :meth:`Router.action`."""
+        return self.router.action(name)
+
+    def event(self, kind: str) -> Callable[[F], F]:
+        """See :meth:`Router.event`."""
+        return self.router.event(kind)
+
+    # -- the current app's objects ---------------------------------------------------------------
+    @property
+    def chat(self) -> Any:
+        """The current app's Messenger client."""
+        return current_state().chat
+
+    @property
+    def query(self) -> Model:
+        """The current app's user-state :class:`Model`."""
+        return current_state().query
+
+
+def current_state() -> AmpalibeState:
+    """The state of the current app, else of the app :func:`init` configured."""
+    if has_app_context() and "ampalibe" in current_app.extensions:
+        return current_app.extensions["ampalibe"]
+    if _default_app is not None and "ampalibe" in _default_app.extensions:
+        return _default_app.extensions["ampalibe"]
+    raise ConfigurationError("No bot is configured: call ampalibe.init(Configuration()) or Ampalibe(app) first.")
+
+
+def _find_codec() -> PayloadCodec | None:
+    try:
+        return current_state().codec
+    except ConfigurationError:
+        return None
+
+
+payload_module.set_codec_finder(_find_codec)
+
+
+def default_router() -> Router:
+    """The router the module-level decorators (``@ampalibe.command``) register on."""
+    return _default_router
+
+
+def set_default_router(router: Router) -> Router:
+    """Replace the module-level router (tests do this); returns the previous one."""
+    global _default_router
+    old, _default_router = _default_router, router
+    return old
+
+
+def default_app() -> Flask:
+    """The Flask app of spec-style projects (``ampalibe.webserver``), created on first use."""
+    global _default_app
+    with _default_lock:
+        if _default_app is None:
+            _default_app = Flask("ampalibe_bot", root_path=os.getcwd())
+        return _default_app
+
+
+def reset_default() -> None:
+    """Forget the default app and give the module-level decorators a fresh router (for tests)."""
+    global _default_app
+    with _default_lock:
+        if _default_app is not None and "ampalibe" in _default_app.extensions:
+            _default_app.extensions["ampalibe"].executor.shutdown(timeout=5)
+        _default_app = None
+        set_default_router(Router())
+
+
+def init(conf: Any) -> Bot:
+    """Configure the bot from the spec's ``Configuration`` and return it (``bot.chat``, ``bot.query``).
+
+    Calling it again (from several modules of one project) returns the same bot.
+    ``AMPALIBE_*`` environment variables fill settings the ``Configuration`` leaves unset.
+    """
+    with _default_lock:
+        app = default_app()
+        state = app.extensions.get("ampalibe")
+        if state is not None:
+            return state.bot
+        base = project_dir(conf)
+        app.root_path = base
+        for key in DEFAULTS:
+            if PREFIX + key in os.environ:
+                app.config[PREFIX + key] = os.environ[PREFIX + key]
+        app.config.update(from_configuration(conf, base))
+        app.config.setdefault(PREFIX + "DATABASE_URL", f"sqlite:///{os.path.join(base, 'ampalibe.db')}")
+        Ampalibe(app)
+        return app.extensions["ampalibe"].bot

@@ -1,0 +1,188 @@
+"""The durable webhook inbox: events recorded before the 200, handled once, one user at a time.
+
+Every event is stored with a unique key (its ``mid``, or a hash of the item), so a redelivery
+is recognised across restarts, workers and hosts.  A worker handles a user's events only while
+it holds that user's *lease* (a row in ``amp_lease`` claimed by an atomic ``UPDATE``), oldest
+``timestamp`` first.  A lease that is not renewed expires, and the events of a worker that died
+become available to the others: delivery is at-least-once, and a handler that runs an event a
+second time sees ``redelivered=True``.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from sqlalchemy import and_, func, or_, select
+
+from .events import Event
+from .storage import Store, inbox, insert_ignore, leases
+
+__all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED"]
+
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+
+
+@dataclass
+class Claimed:
+    """An event taken out of the inbox to be handled now."""
+
+    id: int
+    event: Event
+    attempts: int  # including this one
+
+    @property
+    def redelivered(self) -> bool:
+        """Whether an earlier attempt may have run (a worker died while handling it)."""
+        return self.attempts > 1
+
+
+class Inbox:
+    """Inbox operations on a :class:`~flask_ampalibe.storage.Store`'s database."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @property
+    def engine(self) -> Any:
+        return self.store.engine
+
+    # -- the webhook path -----------------------------------------------------------------
+    def record(self, events: Iterable[Event]) -> list[str]:
+        """Store ``events`` in one transaction, ignoring those already known.
+
+        :returns: the users that have events now (to wake the executor for).
+        """
+        self.store.ensure()
+        now = time.time()
+        rows, users = [], {}
+        for ev in events:
+            rows.append({"event_key": ev.key, "user_id": ev.sender_id, "kind": ev.kind, "timestamp": ev.timestamp,
+                         "body": ev.to_json(), "status": PENDING, "attempts": 0, "received_at": now})
+            users[ev.sender_id] = None
+        if not rows:
+            return []
+        with self.engine.begin() as conn:
+            insert_ignore(conn, inbox, rows)
+            insert_ignore(conn, leases, [{"user_id": u, "owner": None, "expires_at": 0.0} for u in users])
+        return list(users)
+
+    # -- leases ---------------------------------------------------------------------------
+    def claim(self, user_id: str, owner: str, seconds: float) -> bool:
+        """Take ``user_id``'s lease if it is free or expired."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                leases.update()
+                .where(leases.c.user_id == user_id, or_(leases.c.owner.is_(None), leases.c.expires_at < now))
+                .values(owner=owner, expires_at=now + seconds)
+            )
+        return result.rowcount == 1
+
+    def renew(self, owner: str, seconds: float) -> int:
+        """Extend every lease ``owner`` holds; returns how many."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                leases.update().where(leases.c.owner == owner).values(expires_at=time.time() + seconds)
+            ).rowcount
+
+    def release(self, user_id: str, owner: str) -> None:
+        """Give ``user_id``'s lease back."""
+        with self.engine.begin() as conn:
+            conn.execute(leases.update().where(leases.c.user_id == user_id, leases.c.owner == owner)
+                         .values(owner=None, expires_at=0.0))
+
+    def next_event(self, user_id: str, owner: str, seconds: float) -> Claimed | None:
+        """Mark the user's oldest unfinished event running and return it (lease holder only)."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            held = conn.execute(select(leases.c.owner).where(leases.c.user_id == user_id)).scalar()
+            if held != owner:
+                return None  # the lease expired and someone else took it: stop
+            row = conn.execute(
+                select(inbox.c.id, inbox.c.event_key, inbox.c.timestamp, inbox.c.body, inbox.c.attempts)
+                .where(inbox.c.user_id == user_id, inbox.c.status.in_((PENDING, RUNNING)))
+                .order_by(inbox.c.timestamp, inbox.c.id).limit(1)
+            ).first()
+            if row is None:
+                return None
+            conn.execute(inbox.update().where(inbox.c.id == row.id)
+                         .values(status=RUNNING, attempts=row.attempts + 1))
+            conn.execute(leases.update().where(leases.c.user_id == user_id).values(expires_at=now + seconds))
+        event = Event.from_json(row.event_key, user_id, row.timestamp, row.body)
+        return Claimed(row.id, event, row.attempts + 1)
+
+    def finish(self, claimed: Claimed, error: BaseException | None = None) -> None:
+        """Mark an event handled, or failed with ``error``'s traceback."""
+        values: dict[str, Any] = {"status": DONE, "finished_at": time.time(), "error": None}
+        if error is not None:
+            values.update(status=FAILED, error="".join(traceback.format_exception(error))[-8000:])
+        with self.engine.begin() as conn:
+            conn.execute(inbox.update().where(inbox.c.id == claimed.id).values(**values))
+
+    def has_work(self, user_id: str) -> bool:
+        """Whether ``user_id`` has unfinished events."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(inbox.c.id).where(inbox.c.user_id == user_id, inbox.c.status.in_((PENDING, RUNNING))).limit(1)
+            ).first() is not None
+
+    def ready_users(self, limit: int = 100) -> list[str]:
+        """Users with unfinished events whose lease is free or expired (work nobody is doing)."""
+        self.store.ensure()
+        now = time.time()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(inbox.c.user_id).distinct()
+                .select_from(inbox.join(leases, leases.c.user_id == inbox.c.user_id))
+                .where(inbox.c.status.in_((PENDING, RUNNING)),
+                       or_(leases.c.owner.is_(None), leases.c.expires_at < now))
+                .limit(limit)
+            ).all()
+        return [r.user_id for r in rows]
+
+    # -- operators --------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counts by status and the age in seconds of the oldest unfinished event."""
+        self.store.ensure()
+        with self.engine.connect() as conn:
+            counts = dict(conn.execute(select(inbox.c.status, func.count()).group_by(inbox.c.status)).all())
+            oldest = conn.execute(
+                select(func.min(inbox.c.received_at)).where(inbox.c.status.in_((PENDING, RUNNING)))
+            ).scalar()
+        out = {s: int(counts.get(s, 0)) for s in (PENDING, RUNNING, DONE, FAILED)}
+        out["received"] = sum(out.values())
+        out["oldest_pending_age"] = round(time.time() - oldest, 3) if oldest else 0.0
+        return out
+
+    def failed(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The failed events, newest first, with their error."""
+        self.store.ensure()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(inbox.c.id, inbox.c.event_key, inbox.c.user_id, inbox.c.kind, inbox.c.attempts,
+                       inbox.c.error, inbox.c.finished_at)
+                .where(inbox.c.status == FAILED).order_by(inbox.c.id.desc()).limit(limit)
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+    def replay(self, event_id: int | None = None) -> list[str]:
+        """Put one failed event (or all of them) back to pending; returns the users concerned."""
+        self.store.ensure()
+        where = [inbox.c.status == FAILED]
+        if event_id is not None:
+            where.append(inbox.c.id == event_id)
+        with self.engine.begin() as conn:
+            users = [r.user_id for r in conn.execute(select(inbox.c.user_id).distinct().where(*where)).all()]
+            conn.execute(inbox.update().where(*where).values(status=PENDING, error=None, attempts=0))
+        return users
+
+    def purge(self, older_than_seconds: float) -> int:
+        """Delete handled events finished more than ``older_than_seconds`` ago."""
+        self.store.ensure()
+        limit = time.time() - older_than_seconds
+        with self.engine.begin() as conn:
+            return conn.execute(
+                inbox.delete().where(and_(inbox.c.status == DONE, inbox.c.finished_at < limit))
+            ).rowcount

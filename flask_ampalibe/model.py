@@ -1,0 +1,152 @@
+"""``Model``: the spec's user-state object (``bot.query``) and base class for custom queries.
+
+``bot.query.set_action(...)``, ``get_temp(...)`` and friends work on the SQL store.  As in the
+spec (§1.5), a subclass can run its own SQL through ``self.cursor`` / ``self.db`` inside
+methods decorated with :meth:`Model.verif_db`::
+
+    class Database(Model):
+        @Model.verif_db
+        def get_list_users(self):
+            self.cursor.execute("SELECT * from amp_user")
+            data = self.cursor.fetchall()
+            self.db.commit()
+            return data
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from typing import Any, Callable, TypeVar
+
+from .config import database_url_from, project_dir
+from .payload import Payload
+from .storage import Store, make_engine
+
+__all__ = ["Model"]
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Model:
+    """Per-user state and a DB-API connection to the bot's database.
+
+    :param conf: the spec's ``Configuration`` (its ``ADAPTER``/``DB_*`` or ``DATABASE_URL``
+        choose the database), or ``None`` together with ``store``.
+    :param store: an existing :class:`~flask_ampalibe.storage.Store` (used by the extension).
+    """
+
+    def __init__(self, conf: Any = None, *, store: Store | None = None) -> None:
+        if store is None:
+            url = database_url_from(conf, base_dir=project_dir(conf)) or f"sqlite:///{project_dir(conf)}/ampalibe.db"
+            store = Store(make_engine(url))
+        self.store = store
+        self._local = threading.local()
+
+    # -- the spec's user-state methods ---------------------------------------------------------
+    def set_action(self, user_id: str, action: "str | Payload | None") -> None:
+        """Send the user's next message to ``@ampalibe.action(action)``; ``None`` clears it.
+
+        A :class:`~flask_ampalibe.Payload` may be given: its arguments reach the action
+        handler as keyword arguments.
+        """
+        if isinstance(action, Payload):
+            self.store.set_action(str(user_id), action.payload, action.data)
+        else:
+            self.store.set_action(str(user_id), action)
+
+    def get_action(self, user_id: str) -> str | None:
+        """The user's pending action, or ``None``."""
+        return self.store.get_user(str(user_id))[0]
+
+    def set_temp(self, user_id: str, key: str, value: Any) -> None:
+        """Keep ``value`` (any JSON-serialisable value) for this user under ``key``."""
+        self.store.set_temp(str(user_id), key, value)
+
+    def get_temp(self, user_id: str, key: str) -> Any:
+        """The value kept under ``key``, or ``None`` if there is none."""
+        return self.store.get_temp(str(user_id), key)
+
+    def del_temp(self, user_id: str, key: str) -> None:
+        """Forget the value kept under ``key``."""
+        self.store.del_temp(str(user_id), key)
+
+    def set_lang(self, user_id: str, lang: str | None) -> None:
+        """Remember the user's language (e.g. ``'fr'``); handlers receive it as ``lang``."""
+        self.store.set_user_fields(str(user_id), lang=lang)
+
+    def get_lang(self, user_id: str) -> str | None:
+        """The user's language, or ``None`` if it was never set."""
+        return self.store.get_user(str(user_id))[2]
+
+    # -- raw DB-API access (spec §1.5) ------------------------------------------------------------
+    @property
+    def db(self) -> Any:
+        """This thread's DB-API connection (has ``cursor()``, ``commit()``, ``rollback()``)."""
+        conn = getattr(self._local, "db", None)
+        if conn is None:
+            self.store.ensure()
+            conn = self._local.db = self.store.engine.raw_connection()
+            self._local.cursor = None
+        return conn
+
+    @property
+    def cursor(self) -> Any:
+        """A DB-API cursor on :attr:`db` (one per thread)."""
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._local.cursor = self.db.cursor()
+        return cursor
+
+    def _reconnect(self) -> None:
+        conn = getattr(self._local, "db", None)
+        self._local.db = self._local.cursor = None
+        if conn is not None:
+            try:
+                conn.invalidate()  # the pooled connection is dead: do not give it back to the pool
+            except Exception:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+
+    def _alive(self) -> bool:
+        conn = getattr(self._local, "db", None)
+        if conn is None:
+            return False
+        try:
+            cursor = conn.cursor()
+            cursor.execute("SELECT 1")
+            cursor.fetchall()
+            cursor.close()
+            conn.commit()
+            return True
+        except Exception:
+            return False
+
+    @staticmethod
+    def verif_db(func: F) -> F:
+        """Decorator: make sure ``self.db``/``self.cursor`` are connected before ``func`` runs.
+
+        A connection that dropped (database restarted) is replaced; if ``func`` fails on a
+        connection error it is retried once on a fresh connection.
+        """
+        @functools.wraps(func)
+        def wrapper(self: "Model", *args: Any, **kwargs: Any) -> Any:
+            if not self._alive():
+                self._reconnect()
+            try:
+                return func(self, *args, **kwargs)
+            except Exception as exc:
+                if self._alive():
+                    try:
+                        self.db.rollback()
+                    except Exception:
+                        pass
+                    raise
+                logger.warning("database connection lost (%s); reconnecting and retrying once", exc)
+                self._reconnect()
+                return func(self, *args, **kwargs)
+        return wrapper  # type: ignore[return-value]

@@ -1,0 +1,322 @@
+"""SQL storage on SQLAlchemy Core: users' pending actions, temporary data, pagination pages.
+
+One :class:`Store` per app, on one engine per database URL.  Every operation is one short
+transaction, so any number of gunicorn workers and hosts can share the database.  The webhook
+inbox lives in :mod:`flask_ampalibe.inbox`, on the same tables' metadata.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from typing import Any, Iterable
+
+from sqlalchemy import (
+    BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text, create_engine, event,
+    select,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from .errors import ConfigurationError
+
+__all__ = ["Store", "make_engine", "metadata", "users", "temps", "pages", "inbox", "leases", "jobs", "upsert",
+           "insert_ignore", "SCHEMA_VERSION"]
+
+#: Bumped when a release changes the tables; see README "Upgrading".
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+_LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+users = Table(
+    "amp_user", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("user_id", String(64), nullable=False, unique=True),
+    Column("action", Text, nullable=True),
+    Column("action_args", Text, nullable=True),
+    Column("last_use", Float, nullable=True),
+    Column("lang", String(16), nullable=True),
+)
+
+temps = Table(
+    "amp_temp", metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("key", String(191), primary_key=True),
+    Column("value", _LongText, nullable=False),
+)
+
+pages = Table(
+    "amp_page", metadata,
+    Column("token", String(64), primary_key=True),
+    Column("user_id", String(64), nullable=False),
+    Column("data", _LongText, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+inbox = Table(
+    "amp_inbox", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("event_key", String(191), nullable=False, unique=True),
+    Column("user_id", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("timestamp", BigInteger, nullable=False),
+    Column("body", _LongText, nullable=False),
+    Column("status", String(8), nullable=False),  # pending, running, done, failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=True),
+    Column("received_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Index("ix_amp_inbox_user_status", "user_id", "status", "timestamp"),
+    Index("ix_amp_inbox_status", "status", "received_at"),
+)
+
+leases = Table(
+    "amp_lease", metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("owner", String(96), nullable=True),
+    Column("expires_at", Float, nullable=False, default=0.0),
+    Index("ix_amp_lease_owner", "owner"),
+)
+
+jobs = Table(
+    "amp_job", metadata,
+    Column("name", String(191), primary_key=True),
+    Column("slot", BigInteger, nullable=False),
+    Column("owner", String(96), nullable=True),
+    Column("ran_at", Float, nullable=True),
+)
+
+meta = Table(
+    "amp_meta", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(191), nullable=False),
+)
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def make_engine(url: str) -> Engine:
+    """The engine for ``url``, created once per process and URL, with settings that suit it.
+
+    SQLite: WAL mode, a 30 s busy timeout and ``BEGIN IMMEDIATE`` transactions, so several
+    gunicorn workers can share one file.  MySQL/MariaDB: utf8mb4, ``pool_recycle``.
+    Everywhere: ``pool_pre_ping``, so a restarted server is reconnected transparently.
+    """
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = _create(url)
+        return engine
+
+
+def _create(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigurationError(f"DATABASE_URL {url!r} is not an SQLAlchemy URL (e.g. sqlite:///bot.db).") from None
+    backend = parsed.get_backend_name()
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if backend == "sqlite":
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    elif backend in ("mysql", "mariadb"):
+        if "charset" not in parsed.query:
+            parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+        kwargs.update(pool_recycle=3600, isolation_level="READ COMMITTED")
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
+        extra = {"mysql": "mysql", "mariadb": "mysql", "postgresql": "postgresql"}.get(backend, backend)
+        raise ConfigurationError(
+            f"The database driver for {backend} is not installed ({exc}); "
+            f"install it with: pip install 'flask_ampalibe[{extra}]'"
+        ) from None
+    if backend == "sqlite":
+        _sqlite_setup(engine, parsed.database in (None, "", ":memory:"))
+    return engine
+
+
+def _sqlite_setup(engine: Engine, memory: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
+        # Take transaction control from pysqlite so BEGIN IMMEDIATE can be issued: a deferred
+        # transaction that reads then writes fails at once with "database is locked" under WAL.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _dialect_insert(conn: Connection, table: Table) -> Any:
+    name = conn.dialect.name
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif name in ("mysql", "mariadb"):
+        from sqlalchemy.dialects.mysql import insert
+    else:
+        return None
+    return insert(table)
+
+
+def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows``, silently keeping existing rows with the same unique key."""
+    if not rows:
+        return
+    stmt = _dialect_insert(conn, table)
+    if stmt is None:
+        for row in rows:  # portable fallback: check first
+            key = {c.name: row[c.name] for c in table.primary_key.columns if c.name in row}
+            if not conn.execute(select(table).filter_by(**key)).first():
+                conn.execute(table.insert().values(**row))
+        return
+    if conn.dialect.name in ("mysql", "mariadb"):
+        first = next(iter(rows[0]))
+        stmt = stmt.on_duplicate_key_update({first: stmt.inserted[first]})
+    else:
+        stmt = stmt.on_conflict_do_nothing()
+    conn.execute(stmt, rows)
+
+
+def upsert(conn: Connection, table: Table, values: dict[str, Any], keys: Iterable[str]) -> None:
+    """Insert ``values`` or, when a row with the same ``keys`` exists, update its other columns."""
+    keys = list(keys)
+    stmt = _dialect_insert(conn, table)
+    changes = {k: v for k, v in values.items() if k not in keys}
+    if stmt is None:
+        where = [table.c[k] == values[k] for k in keys]
+        if conn.execute(table.update().where(*where).values(**changes)).rowcount == 0:
+            conn.execute(table.insert().values(**values))
+        return
+    stmt = stmt.values(**values)
+    if conn.dialect.name in ("mysql", "mariadb"):
+        stmt = stmt.on_duplicate_key_update({k: stmt.inserted[k] for k in changes})
+    else:
+        stmt = stmt.on_conflict_do_update(index_elements=keys, set_={k: stmt.excluded[k] for k in changes})
+    conn.execute(stmt)
+
+
+class Store:
+    """Per-user state in SQL: the pending action, temporary data, language, pagination pages.
+
+    :param engine: from :func:`make_engine`.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    def create_all(self) -> None:
+        """Create the tables and indexes if they are missing (idempotent, safe to race)."""
+        with self._ready_lock:
+            if self._ready:
+                return
+            try:
+                metadata.create_all(self.engine, checkfirst=True)
+            except Exception:
+                # Another worker may have created them between the check and the CREATE.
+                metadata.create_all(self.engine, checkfirst=True)
+            with self.engine.begin() as conn:
+                insert_ignore(conn, meta, [{"name": "schema_version", "value": str(SCHEMA_VERSION)}])
+            self._ready = True
+
+    def ensure(self) -> None:
+        """Create the tables on first use."""
+        if not self._ready:
+            self.create_all()
+
+    # -- users ----------------------------------------------------------------------------
+    def touch_user(self, user_id: str) -> tuple[str | None, dict[str, Any], str | None]:
+        """Record that ``user_id`` wrote now; return their ``(action, action_args, lang)``."""
+        self.ensure()
+        now = time.time()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(users.c.action, users.c.action_args, users.c.lang).where(users.c.user_id == user_id)
+            ).first()
+            if row is None:
+                insert_ignore(conn, users, [{"user_id": user_id, "last_use": now}])
+                return None, {}, None
+            conn.execute(users.update().where(users.c.user_id == user_id).values(last_use=now))
+        return row.action, _loads(row.action_args) or {}, row.lang
+
+    def get_user(self, user_id: str) -> tuple[str | None, dict[str, Any], str | None]:
+        """``(action, action_args, lang)`` of ``user_id`` (``(None, {}, None)`` when unknown)."""
+        self.ensure()
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(users.c.action, users.c.action_args, users.c.lang).where(users.c.user_id == user_id)
+            ).first()
+        if row is None:
+            return None, {}, None
+        return row.action, _loads(row.action_args) or {}, row.lang
+
+    def set_user_fields(self, user_id: str, **fields: Any) -> None:
+        """Set columns of the user's row (created if missing)."""
+        self.ensure()
+        with self.engine.begin() as conn:
+            upsert(conn, users, {"user_id": user_id, **fields}, ["user_id"])
+
+    def set_action(self, user_id: str, action: str | None, args: dict[str, Any] | None = None) -> None:
+        """Set (or clear, with ``None``) the action the user's next message goes to."""
+        self.set_user_fields(user_id, action=action, action_args=json.dumps(args) if args else None)
+
+    # -- temporary data -------------------------------------------------------------------
+    def set_temp(self, user_id: str, key: str, value: Any) -> None:
+        """Keep ``value`` (JSON-serialisable) under ``key`` for ``user_id``."""
+        self.ensure()
+        data = json.dumps(value, ensure_ascii=False)
+        with self.engine.begin() as conn:
+            upsert(conn, temps, {"user_id": user_id, "key": key, "value": data}, ["user_id", "key"])
+
+    def get_temp(self, user_id: str, key: str) -> Any:
+        """The value kept under ``key``, or ``None``."""
+        self.ensure()
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(temps.c.value).where(temps.c.user_id == user_id, temps.c.key == key)
+            ).scalar()
+        return _loads(value)
+
+    def del_temp(self, user_id: str, key: str) -> None:
+        """Forget the value kept under ``key`` (no error if there is none)."""
+        self.ensure()
+        with self.engine.begin() as conn:
+            conn.execute(temps.delete().where(temps.c.user_id == user_id, temps.c.key == key))
+
+    # -- pagination pages (used by the Messenger client) --------------------------------------
+    def save_page(self, user_id: str, data: dict[str, Any]) -> str:
+        """Keep the rest of a paginated send; return the token its "next" button carries."""
+        self.ensure()
+        token = secrets.token_urlsafe(16)
+        with self.engine.begin() as conn:
+            conn.execute(pages.insert().values(token=token, user_id=user_id, data=json.dumps(data, ensure_ascii=False),
+                                               created_at=time.time()))
+        return token
+
+    def take_page(self, token: str, user_id: str) -> dict[str, Any] | None:
+        """Return the page saved under ``token`` once; ``None`` when already taken, unknown or not the user's."""
+        self.ensure()
+        with self.engine.begin() as conn:
+            row = conn.execute(select(pages.c.data).where(pages.c.token == token, pages.c.user_id == user_id)).first()
+            if row is None:
+                return None
+            taken = conn.execute(pages.delete().where(pages.c.token == token, pages.c.user_id == user_id)).rowcount
+        return _loads(row.data) if taken == 1 else None
+
+
+def _loads(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
