@@ -1,0 +1,1074 @@
+"""The Messenger client: every Send API call of Ampalibe (the spec's ``bot.chat``).
+
+One :class:`Messenger` holds one :class:`requests.Session` (connection pooling) and is shared by
+all the handlers of an app.  Each method builds exactly the request Meta documents, checks
+Messenger's limits before sending, and returns the :class:`requests.Response` (spec §1.4, §1.6.1)::
+
+    res = chat.send_text(sender_id, "Hello Ampalibe")
+    if res.status_code != 200:
+        print(res.text)  # Graph's error, also logged with its code, subcode and fbtrace_id
+
+Transient Graph errors (rate limits, temporary failures, connection refused) are retried with
+exponential backoff and jitter, bounded in count (``max_retries``) and time (``retry_budget``).
+A request that may have reached Meta without an answer (a read timeout, a dropped connection) is
+never sent again: the Send API has no idempotency key, so a retry could deliver a message twice;
+:class:`GraphTimeout` or :class:`GraphConnectionError` is raised instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import mimetypes
+import os
+import random
+import socket
+import time
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import requests
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
+
+from . import ui
+from .ui import (
+    BUTTON_TEXT_MAX, ELEMENT_BUTTONS_MAX, MENU_TITLE_MAX, NOTIFICATION_TITLE_MAX, PRODUCTS_MAX,
+    QUICK_REPLIES_MAX, QUICK_REPLY_TITLE_MAX, TEMPLATE_ELEMENTS_MAX, TEXT_LIMIT, Action, Filetype, LimitError,
+)
+
+try:
+    from .errors import AmpalibeError
+except ImportError:  # pragma: no cover - errors.py is always shipped; kept for partial checkouts
+    class AmpalibeError(Exception):  # type: ignore[no-redef]
+        """Base class of every error raised by flask_ampalibe."""
+
+__all__ = [
+    "Messenger",
+    "GraphError",
+    "GraphTimeout",
+    "GraphConnectionError",
+    "GraphErrorInfo",
+    "graph_error",
+    "split_text",
+    "Action",
+    "Filetype",
+    "PageStore",
+    "PAGE_PREFIX",
+    "TRANSIENT_CODES",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Graph error codes worth retrying: temporary failures and rate limits.
+TRANSIENT_CODES = frozenset({1, 2, 4, 17, 32, 341, 613, 1200})
+
+#: The quick-reply payload of a "next page" button: ``"__amp_page <token>"``.
+PAGE_PREFIX = "__amp_page "
+
+_DEFAULT_NEXT_LABEL = {"template": "Next page", "quick_reply": "More"}
+
+# Keyword arguments every send method accepts (Ampalibe passes them through to the Send API).
+_SEND_KWARGS = frozenset({
+    "messaging_type", "tag", "notification_type", "persona_id", "personas_id",
+    "one_time_notif_token", "notification_messages_token",
+})
+
+
+class GraphError(AmpalibeError):
+    """The Graph API could not be used for a request (no answer to return)."""
+
+
+class GraphTimeout(GraphError):
+    """The request was sent but Graph did not answer within the timeout.
+
+    Its outcome is unknown (the message may have been delivered), so it was not sent again.
+    """
+
+
+class GraphConnectionError(GraphError):
+    """Graph could not be reached, or the connection broke after the request was sent."""
+
+
+@dataclass(frozen=True)
+class GraphErrorInfo:
+    """The ``error`` object of a Graph answer."""
+
+    status: int
+    code: int | None
+    subcode: int | None
+    type: str | None
+    message: str | None
+    fbtrace_id: str | None
+
+
+def graph_error(response: requests.Response) -> GraphErrorInfo | None:
+    """The Graph error carried by ``response``, or ``None`` when it has none.
+
+    Example::
+
+        res = chat.send_text(sender_id, "Hi")
+        err = graph_error(res)
+        if err is not None and err.code == 551:
+            ...  # the user cannot be reached
+    """
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return None if response.ok else GraphErrorInfo(response.status_code, None, None, None, None, None)
+
+    def _int(value: Any) -> int | None:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+
+    return GraphErrorInfo(
+        status=response.status_code,
+        code=_int(error.get("code")),
+        subcode=_int(error.get("error_subcode")),
+        type=error.get("type"),
+        message=error.get("message"),
+        fbtrace_id=error.get("fbtrace_id"),
+    )
+
+
+class PageStore(Protocol):
+    """Where the remaining pages of a paginated send wait for the user's "next" tap.
+
+    :class:`flask_ampalibe.storage.Store` implements it in the database, so the tap can land
+    on any worker or host.
+    """
+
+    def save_page(self, user_id: str, data: dict) -> str: ...
+
+    def take_page(self, token: str, user_id: str) -> dict | None: ...
+
+
+# -- text splitting ---------------------------------------------------------------------------
+def _utf16_len(text: str) -> int:
+    # Counted in UTF-16 code units, as JavaScript-based clients do: conservative for astral emoji.
+    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+
+
+def _is_extender(ch: str) -> bool:
+    """True when ``ch`` continues the character before it (so no split may come before it)."""
+    code = ord(ch)
+    return (
+        code == 0x200D  # zero width joiner
+        or 0xFE00 <= code <= 0xFE0F  # variation selectors
+        or 0x1F3FB <= code <= 0x1F3FF  # skin tone modifiers
+        or 0xE0020 <= code <= 0xE007F  # tag characters (flag sequences)
+        or 0xE0100 <= code <= 0xE01EF
+        or 0x0300 <= code <= 0x036F  # combining diacritics (fast path of the category test)
+        or unicodedata.category(ch) in ("Mn", "Me", "Mc")
+    )
+
+
+def _is_regional(ch: str) -> bool:
+    return 0x1F1E6 <= ord(ch) <= 0x1F1FF
+
+
+def _cluster_end(text: str, i: int) -> int:
+    """Index just after the user-perceived character starting at ``i`` (an approximation of
+    Unicode grapheme clusters good enough for emoji ZWJ sequences, flags and combining marks)."""
+    n = len(text)
+    if text[i] == "\r" and i + 1 < n and text[i + 1] == "\n":
+        return i + 2
+    j = i + 1
+    if _is_regional(text[i]) and j < n and _is_regional(text[j]):
+        j += 1
+    while j < n and (_is_extender(text[j]) or text[j - 1] == "\u200d"):
+        j += 1
+    return j
+
+
+def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
+    """Split ``text`` into pieces each shorter than ``limit`` characters.
+
+    Pieces end at a paragraph or word boundary; a word longer than the limit is cut, but never
+    inside a character, an emoji sequence or a flag.  Length is counted in UTF-16 code units
+    (an emoji outside the Basic Multilingual Plane counts twice), which is never less than what
+    Messenger counts.  The whitespace at a split point is dropped.
+
+    Example::
+
+        >>> [len(p) for p in split_text("x" * 5000)]
+        [1999, 1999, 1002]
+    """
+    budget = limit - 1
+    if _utf16_len(text) <= budget:
+        return [text]
+    pieces: list[str] = []
+    n, start = len(text), 0
+    while start < n:
+        end, used = start, 0
+        while end < n:
+            nxt = _cluster_end(text, end)
+            width = _utf16_len(text[end:nxt])
+            if used + width > budget:
+                if end == start:  # one absurdly long cluster: cut it between code points
+                    while end < n and used + _utf16_len(text[end]) <= budget:
+                        used += _utf16_len(text[end])
+                        end += 1
+                break
+            used += width
+            end = nxt
+        if end >= n:
+            piece, start = text[start:], n
+        else:
+            cut = _soft_break(text, start, end)
+            if cut is None:
+                piece, start = text[start:end], end
+            else:
+                piece, start = text[start:cut], cut
+                while start < n and text[start].isspace():
+                    start += 1
+        piece = piece.rstrip() if start < n else piece
+        if piece.strip():
+            pieces.append(piece)
+    return pieces
+
+
+def _soft_break(text: str, start: int, end: int) -> int | None:
+    """Best split index in ``text[start:end]``: a line break in its second half, else the last
+    whitespace; ``None`` when the window is one single word."""
+    if text[end].isspace():
+        return end
+    newline = text.rfind("\n", start + 1, end)
+    if newline >= start + (end - start) // 2:
+        return newline
+    for i in range(end - 1, start, -1):
+        if text[i].isspace():
+            return i
+    return None
+
+
+# -- the client -------------------------------------------------------------------------------
+class Messenger:
+    """A client of the Messenger Send API and Messenger Profile API.
+
+    :param access_token: the Page access token.
+    :param graph_url: base URL of the Graph API (tests point it at a fake).
+    :param graph_version: the Graph version, e.g. ``"v24.0"``.
+    :param app_secret: when set, every request carries ``appsecret_proof``.
+    :param timeout: seconds to wait for Graph (connect and read) on every request.
+    :param pages: a :class:`PageStore` for ``next=`` pagination (the app's Store); ``None``
+        makes ``next=`` raise an error that says so.
+    :param payload_encoder: turns a :class:`~flask_ampalibe.Payload` (any object that is not
+        JSON) into its string; ``None`` uses ``str(obj)``.
+    :param max_retries: retries of a transient error after the first attempt.
+    :param retry_budget: seconds after which no new retry starts.
+    :param session: a :class:`requests.Session` to use (one is created otherwise).
+
+    ``sleep`` and ``clock`` are attributes (``time.sleep`` and ``time.monotonic``) that tests
+    may replace; the backoff policy itself stays the same.
+    """
+
+    #: First backoff delay in seconds, doubled at each retry, capped by :attr:`backoff_max`.
+    backoff_base = 0.5
+    backoff_max = 8.0
+
+    def __init__(
+        self,
+        access_token: str,
+        *,
+        graph_url: str = "https://graph.facebook.com",
+        graph_version: str = "v24.0",
+        app_secret: str | None = None,
+        timeout: float = 10.0,
+        pages: PageStore | None = None,
+        payload_encoder: Callable[[Any], str] | None = None,
+        max_retries: int = 4,
+        retry_budget: float = 30.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        if not access_token:
+            raise ValueError("Messenger needs the Page access token (AMPALIBE_ACCESS_TOKEN / Configuration.ACCESS_TOKEN).")
+        version = str(graph_version).strip("/")
+        if not version.startswith("v"):
+            version = "v" + version
+        self.base_url = f"{graph_url.rstrip('/')}/{version}"
+        self.timeout = timeout
+        self.pages = pages
+        self.payload_encoder = payload_encoder
+        self.max_retries = max(0, int(max_retries))
+        self.retry_budget = float(retry_budget)
+        self._own_session = session is None
+        self.session = session if session is not None else requests.Session()
+        self._auth = {"access_token": access_token}
+        if app_secret:
+            proof = hmac.new(app_secret.encode(), access_token.encode(), hashlib.sha256).hexdigest()
+            self._auth["appsecret_proof"] = proof
+        self.sleep: Callable[[float], Any] = time.sleep
+        self.clock: Callable[[], float] = time.monotonic
+
+    def __repr__(self) -> str:
+        return f"<Messenger {self.base_url}>"
+
+    def close(self) -> None:
+        """Close the HTTP session (only when this client created it)."""
+        if self._own_session:
+            self.session.close()
+
+    # -- JSON ----------------------------------------------------------------------------------
+    def _default(self, obj: Any) -> Any:
+        """``json.dumps`` hook: builders and mappings become dicts, Payloads their string."""
+        if isinstance(obj, Mapping):
+            return dict(obj)
+        if isinstance(obj, (set, frozenset)):
+            return list(obj)
+        if self.payload_encoder is not None:
+            return self.payload_encoder(obj)
+        return str(obj)
+
+    def _dumps(self, body: Any) -> bytes:
+        return json.dumps(body, default=self._default, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def _jsonable(self, value: Any) -> Any:
+        """``value`` as plain JSON data, Payloads encoded (what a page store can keep)."""
+        return json.loads(self._dumps(value))
+
+    # -- transport -----------------------------------------------------------------------------
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        label: str,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        data: Any = None,
+        files: Any = None,
+        idempotent: bool = False,
+    ) -> requests.Response:
+        """Send one Graph request with the retry policy; return Graph's answer.
+
+        ``idempotent`` requests (reads, profile settings) may also be retried after a read
+        timeout or a 5xx; the others only when Graph surely did not act on them.
+        """
+        url = self.base_url + path
+        query = dict(self._auth)
+        query.update(params or {})
+        headers = None
+        if json_body is not None:
+            data = self._dumps(json_body)  # once: every attempt sends the same bytes
+            headers = {"Content-Type": "application/json; charset=utf-8"}
+        started = self.clock()
+        attempt = 0
+        while True:
+            response: requests.Response | None = None
+            failure: GraphError | None = None
+            try:
+                response = self.session.request(method, url, params=query, data=data, files=files,
+                                                headers=headers, timeout=self.timeout)
+            except requests.exceptions.ConnectTimeout:
+                failure = GraphConnectionError(f"Graph did not accept a connection within {self.timeout}s ({label}).")
+                retry, reason = True, "connect timeout"
+            except requests.exceptions.ReadTimeout:
+                failure = GraphTimeout(
+                    f"Graph did not answer {label} within {self.timeout}s; the request was sent, so it may have "
+                    "been carried out. It was not retried, to avoid a double send."
+                )
+                retry, reason = idempotent, "read timeout"
+            except requests.exceptions.ConnectionError as exc:
+                never_sent = _never_sent(exc)
+                if never_sent:
+                    failure = GraphConnectionError(f"Graph could not be reached for {label} ({_describe(exc)}).")
+                else:
+                    failure = GraphConnectionError(
+                        f"The connection to Graph broke during {label} ({_describe(exc)}); the request may have been "
+                        "carried out, so it was not retried."
+                    )
+                retry, reason = never_sent or idempotent, "connection error"
+            except requests.exceptions.RequestException as exc:
+                # Never chain requests' exception: its text holds the URL and so the access token.
+                raise GraphError(f"Graph request {label} failed: {_describe(exc)}") from None
+            else:
+                if response.ok:
+                    return response
+                error = graph_error(response)
+                retry = self._transient(response, error, idempotent)
+                reason = _error_text(error)
+                if not retry:
+                    _log_error(label, error)
+                    return response
+
+            delay = min(self.backoff_max, self.backoff_base * (2 ** attempt))
+            delay = delay / 2 + random.random() * delay / 2  # "equal jitter"
+            out_of_budget = self.clock() - started + delay > self.retry_budget
+            if not retry or attempt >= self.max_retries or out_of_budget:
+                if retry:
+                    logger.warning("Graph %s: giving up after %d attempt(s): %s", label, attempt + 1, reason)
+                if response is not None:
+                    _log_error(label, graph_error(response))
+                    return response
+                assert failure is not None
+                logger.warning("Graph %s: %s", label, failure)
+                raise failure from None
+            attempt += 1
+            logger.warning("Graph %s: %s; retry %d of %d in %.2fs", label, reason, attempt, self.max_retries, delay)
+            self.sleep(delay)
+
+    @staticmethod
+    def _transient(response: requests.Response, error: GraphErrorInfo | None, idempotent: bool) -> bool:
+        if error is not None and error.code is not None:
+            return error.code in TRANSIENT_CODES
+        # No Graph error code: 502/503 come from Meta's front end before the request is handled.
+        if response.status_code in (502, 503):
+            return True
+        return idempotent and response.status_code >= 500
+
+    # -- the Send API envelope -------------------------------------------------------------------
+    def _envelope(self, dest_id: Any, kwargs: Mapping[str, Any], method: str) -> dict[str, Any]:
+        unknown = sorted(set(kwargs) - _SEND_KWARGS)
+        if unknown:
+            raise TypeError(
+                f"{method}() got unexpected keyword argument(s) {', '.join(unknown)}; it accepts "
+                f"{', '.join(sorted(_SEND_KWARGS))}. Use send_custom() for other Send API fields."
+            )
+        body: dict[str, Any] = {}
+        if kwargs.get("one_time_notif_token"):
+            body["recipient"] = {"one_time_notif_token": kwargs["one_time_notif_token"]}
+        elif kwargs.get("notification_messages_token"):
+            body["recipient"] = {"notification_messages_token": kwargs["notification_messages_token"]}
+        else:
+            body["recipient"] = {"id": str(dest_id)}
+            body["messaging_type"] = "MESSAGE_TAG" if kwargs.get("tag") else "RESPONSE"
+        if kwargs.get("messaging_type"):
+            body["messaging_type"] = kwargs["messaging_type"]
+        for key in ("tag", "notification_type"):
+            if kwargs.get(key):
+                body[key] = kwargs[key]
+        persona = kwargs.get("persona_id") or kwargs.get("personas_id")
+        if persona:
+            body["persona_id"] = str(persona)
+        return body
+
+    def _send(self, dest_id: Any, message: Any, kwargs: Mapping[str, Any], method: str) -> requests.Response:
+        body = self._envelope(dest_id, kwargs, method)
+        body["message"] = message
+        return self._request("POST", "/me/messages", label=method, json_body=body)
+
+    # -- text ----------------------------------------------------------------------------------
+    def send_text(self, dest_id: str, text: str, **kwargs: Any) -> requests.Response:
+        """Send a text message; a text of 2000 characters or more goes as several messages.
+
+        It is split at paragraph or word boundaries (see :func:`split_text`); the pieces are sent
+        in order, and sending stops at the first piece Graph refuses.
+
+        :param dest_id: the user's PSID.
+        :param text: the text.
+        :param kwargs: ``messaging_type``, ``tag``, ``notification_type``, ``persona_id``,
+            ``one_time_notif_token`` or ``notification_messages_token``.
+        :returns: the response of the last piece sent.
+
+        Example::
+
+            chat.send_text(sender_id, "Hello world")
+        """
+        text = text if isinstance(text, str) else str(text)
+        self._envelope(dest_id, kwargs, "send_text")  # check the keywords before sending anything
+        response: requests.Response | None = None
+        for piece in split_text(text):
+            response = self._send(dest_id, {"text": piece}, kwargs, "send_text")
+            if not response.ok:
+                break
+        assert response is not None
+        return response
+
+    def send_message(self, dest_id: str, message: Any, **kwargs: Any) -> requests.Response:
+        """Send a text message (spec §1.4.1); same as :meth:`send_text`.
+
+        A mapping is sent as the Send API ``message`` object itself.
+
+        Example::
+
+            chat.send_message(sender_id, "Hello world")
+        """
+        if isinstance(message, Mapping):
+            return self._send(dest_id, message, kwargs, "send_message")
+        return self.send_text(dest_id, message, **kwargs)
+
+    def send_action(self, dest_id: str, action: str, **kwargs: Any) -> requests.Response:
+        """Show a sender action: ``'mark_seen'``, ``'typing_on'`` or ``'typing_off'``.
+
+        Example::
+
+            chat.send_action(sender_id, "mark_seen")
+        """
+        action = str(action)
+        allowed = [a.value for a in Action]
+        if action not in allowed:
+            raise ValueError(f"send_action: action must be one of {allowed}, not {action!r}.")
+        unknown = sorted(set(kwargs) - {"persona_id", "personas_id"})
+        if unknown:
+            raise TypeError(f"send_action() got unexpected keyword argument(s) {', '.join(unknown)}; "
+                            "a sender action goes alone (only persona_id is allowed).")
+        body: dict[str, Any] = {"recipient": {"id": str(dest_id)}, "sender_action": action}
+        persona = kwargs.get("persona_id") or kwargs.get("personas_id")
+        if persona:
+            body["persona_id"] = str(persona)
+        return self._request("POST", "/me/messages", label="send_action", json_body=body)
+
+    # -- quick replies and templates, with pagination ---------------------------------------------
+    def send_quick_reply(self, dest_id: str, quick_rep: Iterable[Any], text: str, next: bool | str = False,
+                         **kwargs: Any) -> requests.Response:
+        """Send ``text`` with quick replies (at most 13 on a message).
+
+        :param quick_rep: :class:`~flask_ampalibe.ui.QuickReply` objects or dicts.
+        :param text: the text above the quick replies.
+        :param next: with more than 13 quick replies, ``True`` (or a label) shows 12 of them and a
+            "More" quick reply that shows the next ones.  Without it, more than 13 raise
+            :class:`~flask_ampalibe.ui.LimitError`.
+
+        Example::
+
+            quick_rep = [
+                {"content_type": "text", "title": "Angela", "payload": "/membre"},
+                {"content_type": "text", "title": "Rivo", "payload": "/membre"},
+            ]
+            chat.send_quick_reply(sender_id, quick_rep, "who do you choose ?")
+        """
+        items = list(quick_rep)
+        for item in items:
+            ui.check_quick_reply(item)
+        text = text if isinstance(text, str) else str(text)
+        ui.check_length(text, TEXT_LIMIT - 1, "The text of send_quick_reply", "Send the long text with send_text first.")
+        label = self._next_label(next, "quick_reply")
+        self._envelope(dest_id, kwargs, "send_quick_reply")
+        if len(items) > QUICK_REPLIES_MAX:
+            if label is None:
+                raise LimitError(
+                    f"send_quick_reply got {len(items)} quick replies; Messenger shows at most {QUICK_REPLIES_MAX}. "
+                    "Pass next=True (or next='More') to show them page by page, or send fewer."
+                )
+            self._need_pages("send_quick_reply")
+        return self._quick_reply_page(dest_id, items, text, label, kwargs)
+
+    def _quick_reply_page(self, dest_id: Any, items: list[Any], text: str, label: str | None,
+                          kwargs: Mapping[str, Any]) -> requests.Response:
+        shown = items
+        if label is not None and len(items) > QUICK_REPLIES_MAX:
+            keep = QUICK_REPLIES_MAX - 1
+            token = self._save_page(dest_id, {
+                "kind": "quick_reply", "items": items[keep:], "text": text, "next": label, "kwargs": kwargs,
+            })
+            shown = items[:keep] + [self._next_button(label, token)]
+        return self._send(dest_id, {"text": text, "quick_replies": shown}, kwargs, "send_quick_reply")
+
+    def send_template(self, dest_id: str, elements: Iterable[Any], quick_rep: Iterable[Any] | None = None,
+                      next: bool | str = False, **kwargs: Any) -> requests.Response:
+        """Send a generic template (a carousel of at most 10 cards).
+
+        :param elements: :class:`~flask_ampalibe.ui.Element` objects or dicts.
+        :param quick_rep: extra quick replies shown under the template (on every page).
+        :param next: with more than 10 elements, ``True`` (or a label such as ``'Next page'``)
+            shows 10 and a "Next page" quick reply that shows the next 10, and so on.  Without
+            it, more than 10 elements raise :class:`~flask_ampalibe.ui.LimitError`.
+
+        Example::
+
+            list_items = [
+                {"title": f"item n°{i+1}", "image_url": "https://i.imgur.com/6b45bi.jpg",
+                 "buttons": [{"type": "postback", "title": "Get item", "payload": Payload("/item", id_item=i+1)}]}
+                for i in range(30)
+            ]
+            chat.send_template(sender_id, list_items, next=True)
+        """
+        return self._template(dest_id, elements, quick_rep, next, kwargs, "send_template")
+
+    def send_generic_template(self, dest_id: str, elements: Iterable[Any], quick_rep: Iterable[Any] | None = None,
+                              next: bool | str = False, **kwargs: Any) -> requests.Response:
+        """Ampalibe 1.1's name of :meth:`send_template`."""
+        return self._template(dest_id, elements, quick_rep, next, kwargs, "send_generic_template")
+
+    def _template(self, dest_id: Any, elements: Iterable[Any], quick_rep: Iterable[Any] | None, next: bool | str,
+                  kwargs: Mapping[str, Any], method: str) -> requests.Response:
+        items = list(elements)
+        extras = list(quick_rep or ())
+        for item in items:
+            ui.check_element(item)
+        for extra in extras:
+            ui.check_quick_reply(extra)
+        label = self._next_label(next, "template")
+        self._envelope(dest_id, kwargs, method)
+        paged = len(items) > TEMPLATE_ELEMENTS_MAX
+        if paged and label is None:
+            raise LimitError(
+                f"{method} got {len(items)} elements; a generic template holds at most {TEMPLATE_ELEMENTS_MAX}. "
+                "Pass next=True (or next='Next page') to show them page by page, or send fewer."
+            )
+        room = QUICK_REPLIES_MAX - (1 if paged else 0)
+        if len(extras) > room:
+            raise LimitError(
+                f"{method} got {len(extras)} quick replies; Messenger shows at most {QUICK_REPLIES_MAX}"
+                + (" and one is taken by the next-page button" if paged else "") + ". Send fewer quick replies."
+            )
+        if paged:
+            self._need_pages(method)
+        return self._template_page(dest_id, items, extras, label, kwargs, method)
+
+    def _template_page(self, dest_id: Any, items: list[Any], extras: list[Any], label: str | None,
+                       kwargs: Mapping[str, Any], method: str) -> requests.Response:
+        shown, quick_replies = items, list(extras)
+        if label is not None and len(items) > TEMPLATE_ELEMENTS_MAX:
+            token = self._save_page(dest_id, {
+                "kind": "template", "elements": items[TEMPLATE_ELEMENTS_MAX:], "quick_rep": extras,
+                "next": label, "kwargs": kwargs,
+            })
+            shown = items[:TEMPLATE_ELEMENTS_MAX]
+            quick_replies.append(self._next_button(label, token))
+        message: dict[str, Any] = {
+            "attachment": {"type": "template", "payload": {"template_type": "generic", "elements": shown}},
+        }
+        if quick_replies:
+            message["quick_replies"] = quick_replies
+        return self._send(dest_id, message, kwargs, method)
+
+    # -- pagination plumbing -------------------------------------------------------------------
+    @staticmethod
+    def _next_label(next: bool | str | None, kind: str) -> str | None:
+        if next is None or next is False:
+            return None
+        label = _DEFAULT_NEXT_LABEL[kind] if next is True else str(next)
+        ui.check_length(label, QUICK_REPLY_TITLE_MAX, f"The next-page label {label!r}", "Use a shorter next= label.")
+        if not label.strip():
+            raise ValueError("next= must be True or a non-empty label such as 'Next page'.")
+        return label
+
+    def _need_pages(self, method: str) -> None:
+        if self.pages is None:
+            raise ValueError(
+                f"{method}(next=...) keeps the next pages in the database, but this Messenger has no page store: "
+                "create it with Messenger(..., pages=store) (the app's chat has one), or send fewer items."
+            )
+
+    @staticmethod
+    def _next_button(label: str, token: str) -> dict[str, str]:
+        return {"content_type": "text", "title": label, "payload": PAGE_PREFIX + token}
+
+    def _save_page(self, dest_id: Any, data: dict[str, Any]) -> str:
+        kwargs = {k: v for k, v in data.pop("kwargs").items() if k in ("persona_id", "personas_id", "notification_type")}
+        # The next page answers the user's tap, so it is a plain RESPONSE (no tag or one-time token).
+        data["kwargs"] = kwargs
+        assert self.pages is not None
+        return self.pages.save_page(str(dest_id), self._jsonable(data))
+
+    def handle_internal(self, sender_id: str, text: str) -> bool:
+        """Handle the library's own quick replies (the "next page" taps).
+
+        :returns: ``True`` when ``text`` was one of them (consumed, even if stale), ``False``
+            when it is for the bot's handlers.
+        """
+        if not isinstance(text, str) or not (text.startswith(PAGE_PREFIX) or text == PAGE_PREFIX.strip()):
+            return False
+        token = text[len(PAGE_PREFIX):].strip()
+        if self.pages is None or not token:
+            logger.warning("a next-page tap arrived but this Messenger has no page store (pages=None)")
+            return True
+        data = self.pages.take_page(token, str(sender_id))
+        if not isinstance(data, dict):
+            logger.info("stale or repeated next-page tap from user %s: nothing sent", sender_id)
+            return True
+        kwargs = data.get("kwargs") or {}
+        label = data.get("next") or None
+        if data.get("kind") == "template":
+            self._template_page(sender_id, list(data.get("elements") or ()), list(data.get("quick_rep") or ()),
+                                label, kwargs, "send_template")
+        elif data.get("kind") == "quick_reply":
+            self._quick_reply_page(sender_id, list(data.get("items") or ()), data.get("text") or "", label, kwargs)
+        else:
+            logger.warning("unknown page kind %r ignored", data.get("kind"))
+        return True
+
+    # -- attachments -----------------------------------------------------------------------------
+    def send_file_url(self, dest_id: str, url: str, filetype: str = "file", reusable: bool = False,
+                      **kwargs: Any) -> requests.Response:
+        """Send a file Messenger downloads from ``url`` (at most 25 MB).
+
+        :param filetype: ``'file'``, ``'image'``, ``'video'`` or ``'audio'``.
+        :param reusable: ask Graph for an ``attachment_id`` (in ``res.json()``) to use with
+            :meth:`send_attachment`.
+
+        Example::
+
+            chat.send_file_url(sender_id, "https://i.imgur.com/6b45bi.jpg", filetype="image")
+        """
+        filetype = _filetype(filetype)
+        message = {"attachment": {"type": filetype, "payload": {"url": url, "is_reusable": bool(reusable)}}}
+        return self._send(dest_id, message, kwargs, "send_file_url")
+
+    def send_file(self, dest_id: str, file: Any, filetype: str = "file", filename: str | None = None,
+                  reusable: bool = False, **kwargs: Any) -> requests.Response:
+        """Upload a local file and send it (multipart upload, at most 25 MB).
+
+        :param file: a path, or a binary file object.
+        :param filetype: ``'file'``, ``'image'``, ``'video'`` or ``'audio'``.
+        :param filename: the name the user sees; defaults to the file's own name.
+        :param reusable: ask Graph for an ``attachment_id`` to use with :meth:`send_attachment`.
+
+        Example::
+
+            chat.send_file(sender_id, "mydocument.pdf")
+            chat.send_file(sender_id, "intro.mp4", filetype="video")
+        """
+        filetype = _filetype(filetype)
+        if hasattr(file, "read"):
+            content = file.read()
+            name = filename or os.path.basename(str(getattr(file, "name", "") or "")) or "file"
+        else:
+            with open(os.fspath(file), "rb") as handle:
+                content = handle.read()
+            name = filename or os.path.basename(os.fspath(file))
+        if isinstance(content, str):
+            content = content.encode("utf-8")
+        if len(content) > ui.ATTACHMENT_MAX_BYTES:
+            raise LimitError(f"send_file: {name!r} is {len(content)} bytes; Messenger accepts attachments up to 25 MB. "
+                             "Send a link to it instead (send_text or a web_url button).")
+        body = self._envelope(dest_id, kwargs, "send_file")
+        body["message"] = {"attachment": {"type": filetype, "payload": {"is_reusable": bool(reusable)}}}
+        fields = {key: (value if isinstance(value, str) else self._dumps(value).decode("utf-8"))
+                  for key, value in body.items()}
+        mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        return self._request("POST", "/me/messages", label="send_file", data=fields,
+                             files={"filedata": (name, content, mime)})
+
+    def send_attachment(self, dest_id: str, attachment_id: str, filetype: str = "file",
+                        **kwargs: Any) -> requests.Response:
+        """Send again an attachment uploaded with ``reusable=True``, by its ``attachment_id``.
+
+        Example::
+
+            res = chat.send_file(sender_id, "assets/private/doc.pdf", reusable=True)
+            chat.send_attachment(other_id, res.json()["attachment_id"])
+        """
+        filetype = _filetype(filetype)
+        message = {"attachment": {"type": filetype, "payload": {"attachment_id": str(attachment_id)}}}
+        return self._send(dest_id, message, kwargs, "send_attachment")
+
+    def send_media(self, dest_id: str, fb_url: str, media_type: str, buttons: Iterable[Any] | None = None,
+                   **kwargs: Any) -> requests.Response:
+        """Send an image or video hosted on Facebook (media template).
+
+        :param fb_url: the Facebook URL of the media.
+        :param media_type: ``'image'`` or ``'video'``.
+        :param buttons: an optional button (at most one is shown).
+
+        Example::
+
+            chat.send_media(sender_id, "https://www.facebook.com/iTeam.Community/videos/476926027465187", "video")
+        """
+        media_type = str(media_type)
+        if media_type not in ("image", "video"):
+            raise ValueError(f"send_media: media_type must be 'image' or 'video', not {media_type!r}.")
+        element: dict[str, Any] = {"media_type": media_type, "url": fb_url}
+        if buttons:
+            element["buttons"] = ui.check_buttons(buttons, "send_media")
+        message = {"attachment": {"type": "template", "payload": {"template_type": "media", "elements": [element]}}}
+        return self._send(dest_id, message, kwargs, "send_media")
+
+    def send_button(self, dest_id: str, buttons: Iterable[Any], text: str, **kwargs: Any) -> requests.Response:
+        """Send a text (at most 640 characters) with one to three buttons (button template).
+
+        Example::
+
+            buttons = [{"type": "postback", "title": "Informations", "payload": "/contact"}]
+            chat.send_button(sender_id, buttons, "What do you want to do?")
+        """
+        items = ui.check_buttons(buttons, "send_button")
+        if not items:
+            raise ValueError(f"send_button needs 1 to {ELEMENT_BUTTONS_MAX} buttons; use send_text for a text alone.")
+        ui.check_length(text, BUTTON_TEXT_MAX, "The text of send_button",
+                        "Send the long text with send_text first, then a short question with the buttons.")
+        message = {"attachment": {"type": "template",
+                                  "payload": {"template_type": "button", "text": text, "buttons": items}}}
+        return self._send(dest_id, message, kwargs, "send_button")
+
+    # -- other templates ---------------------------------------------------------------------------
+    def send_receipt_template(self, dest_id: str, recipient_name: str, order_number: str | int,
+                              payment_method: str, summary: Mapping[str, Any], currency: str = "USD",
+                              receipt_elements: Iterable[Any] | None = None, address: Mapping[str, Any] | None = None,
+                              adjustments: Iterable[Any] | None = None, order_url: str | None = None,
+                              timestamp: str | int | None = None, merchant_name: str | None = None,
+                              sharable: bool | None = None, **kwargs: Any) -> requests.Response:
+        """Send an order confirmation (receipt template).
+
+        :param summary: a :class:`~flask_ampalibe.ui.Summary` (or dict) with ``total_cost``.
+        :param receipt_elements: :class:`~flask_ampalibe.ui.ReceiptElement` objects (or dicts).
+        :param address: an :class:`~flask_ampalibe.ui.Address` (or dict).
+        :param adjustments: :class:`~flask_ampalibe.ui.Adjustment` objects (or dicts).
+
+        Example::
+
+            chat.send_receipt_template(sender_id, "Arleme", 123461346131, "MVOLA",
+                                       summary=Summary(total_cost=300), currency="MGA",
+                                       receipt_elements=[ReceiptElement(title="Tee-shirt", price=1000)])
+        """
+        payload: dict[str, Any] = {
+            "template_type": "receipt",
+            "recipient_name": recipient_name,
+            "order_number": str(order_number),
+            "currency": currency,
+            "payment_method": payment_method,
+            "summary": summary,
+        }
+        optional = {"merchant_name": merchant_name, "order_url": order_url, "sharable": sharable,
+                    "timestamp": str(timestamp) if timestamp is not None else None, "address": address,
+                    "elements": list(receipt_elements) if receipt_elements is not None else None,
+                    "adjustments": list(adjustments) if adjustments is not None else None}
+        payload.update({k: v for k, v in optional.items() if v is not None})
+        message = {"attachment": {"type": "template", "payload": payload}}
+        return self._send(dest_id, message, kwargs, "send_receipt_template")
+
+    def send_product_template(self, dest_id: str, product_ids: Iterable[Any], **kwargs: Any) -> requests.Response:
+        """Send catalog products (at most 10), by id or :class:`~flask_ampalibe.ui.Product`.
+
+        Example::
+
+            chat.send_product_template(sender_id, ["123456789", "987654321"])
+        """
+        elements = [p if isinstance(p, Mapping) else {"id": str(p)} for p in product_ids]
+        if len(elements) > PRODUCTS_MAX:
+            raise LimitError(f"send_product_template got {len(elements)} products; a product template holds at "
+                             f"most {PRODUCTS_MAX}. Send them in several messages.")
+        message = {"attachment": {"type": "template", "payload": {"template_type": "product", "elements": elements}}}
+        return self._send(dest_id, message, kwargs, "send_product_template")
+
+    # -- notifications -----------------------------------------------------------------------------
+    def send_onetime_notification_request(self, dest_id: str, title: str, payload: Any,
+                                          **kwargs: Any) -> requests.Response:
+        """Ask the user for one message outside the 24-hour window (one-time notification).
+
+        When the user accepts, the opt-in event carries a ``one_time_notif_token``; send the
+        notification with any send method and ``one_time_notif_token=token``.
+
+        Example::
+
+            chat.send_onetime_notification_request(sender_id, "Tell me when it is back", Payload("/notify"))
+        """
+        ui.check_length(title, NOTIFICATION_TITLE_MAX, "The notification title", "Shorten it.")
+        ui.check_payload(payload, "The notification payload")
+        message = {"attachment": {"type": "template",
+                                  "payload": {"template_type": "one_time_notif_req", "title": title, "payload": payload}}}
+        return self._send(dest_id, message, kwargs, "send_onetime_notification_request")
+
+    def send_recurring_notification_optin(self, dest_id: str, optin: Mapping[str, Any],
+                                          **kwargs: Any) -> requests.Response:
+        """Ask the user to opt in to recurring notifications (Marketing Messages).
+
+        :param optin: a :class:`~flask_ampalibe.ui.RecurringNotificationOptin` (or the template
+            payload as a dict).
+        """
+        payload = dict(optin)
+        payload.setdefault("template_type", "notification_messages")
+        ui.check_length(payload.get("title"), NOTIFICATION_TITLE_MAX, "The notification title", "Shorten it.")
+        message = {"attachment": {"type": "template", "payload": payload}}
+        return self._send(dest_id, message, kwargs, "send_recurring_notification_optin")
+
+    def send_recurring_notification(self, token: str, message: Any, **kwargs: Any) -> requests.Response:
+        """Send a recurring notification with the ``notification_messages_token`` of an opt-in.
+
+        :param message: a text, or a Send API ``message`` object (dict).
+        """
+        if isinstance(message, Mapping):
+            content: Any = message
+        else:
+            content = {"text": str(message)}
+            ui.check_length(content["text"], TEXT_LIMIT - 1, "The notification text", "Shorten it.")
+        return self._send(None, content, {**kwargs, "notification_messages_token": token},
+                          "send_recurring_notification")
+
+    # -- Messenger Profile ---------------------------------------------------------------------
+    def get_started(self, payload: Any = "/") -> requests.Response:
+        """Set the Get Started button of the Page; tapping it sends ``payload``.
+
+        Example::
+
+            chat.get_started()
+        """
+        ui.check_payload(payload, "The get_started payload")
+        return self._request("POST", "/me/messenger_profile", label="get_started",
+                             json_body={"get_started": {"payload": payload}}, idempotent=True)
+
+    def persistent_menu(self, dest_id: str | None, persistent_menu: Iterable[Any], action: str = "PUT", *,
+                        locale: str = "default", composer_input_disabled: bool = False,
+                        per_user: bool = False) -> requests.Response:
+        """Set (``action='PUT'``) or remove (``'DELETE'``) the persistent menu.
+
+        The menu is the Page's (Messenger Profile API), as in Ampalibe: ``dest_id`` is accepted
+        for compatibility.  With ``per_user=True`` it is that user's own menu instead
+        (``custom_user_settings``).  Items are :class:`~flask_ampalibe.ui.Button` objects or
+        dicts with titles of at most 30 characters; a list of complete locale entries (dicts
+        with ``call_to_actions``) is sent as it is.  Messenger shows the menu only once
+        :meth:`get_started` is set.
+
+        Example::
+
+            persistent_menu = [
+                {"type": "postback", "title": "Menu", "payload": "/menu"},
+                {"type": "postback", "title": "Logout", "payload": "/logout"},
+            ]
+            chat.persistent_menu(sender_id, persistent_menu)
+        """
+        action = str(action).upper()
+        path = "/me/custom_user_settings" if per_user else "/me/messenger_profile"
+        if per_user and not dest_id:
+            raise ValueError("persistent_menu(per_user=True) needs the user's id as dest_id.")
+        if action == "DELETE":
+            if per_user:
+                return self._request("DELETE", path, label="persistent_menu", idempotent=True,
+                                     params={"psid": str(dest_id), "params": '["persistent_menu"]'})
+            return self._request("DELETE", path, label="persistent_menu", idempotent=True,
+                                 json_body={"fields": ["persistent_menu"]})
+        if action not in ("PUT", "POST"):
+            raise ValueError(f"persistent_menu: action must be 'PUT' or 'DELETE', not {action!r}.")
+        items = list(persistent_menu)
+        if items and all(isinstance(i, Mapping) and "call_to_actions" in i for i in items):
+            menus = items
+            for menu in menus:
+                _check_menu_items(menu["call_to_actions"])
+        else:
+            _check_menu_items(items)
+            menus = [{"locale": locale, "composer_input_disabled": bool(composer_input_disabled),
+                      "call_to_actions": items}]
+        body: dict[str, Any] = {"persistent_menu": menus}
+        if per_user:
+            body = {"psid": str(dest_id), **body}
+        return self._request("POST", path, label="persistent_menu", json_body=body, idempotent=True)
+
+    # -- users and personas -------------------------------------------------------------------------
+    def get_user_profile(self, dest_id: str, fields: str = "first_name,last_name,profile_pic") -> dict[str, Any]:
+        """The user's public profile fields, or ``{}`` when Graph gives none (error logged).
+
+        Example::
+
+            chat.get_user_profile(sender_id)["first_name"]
+        """
+        response = self._request("GET", f"/{dest_id}", label="get_user_profile", params={"fields": fields},
+                                 idempotent=True)
+        return _json_or(response, {})
+
+    def create_personas(self, name: str, profile_picture_url: str) -> str | None:
+        """Create a persona; return its id (``None`` when Graph refused, error logged).
+
+        Send as the persona with ``persona_id=`` on any send method::
+
+            persona_id = chat.create_personas("Rivo", "https://example.com/rivo.png")
+            chat.send_text(sender_id, "Hello", persona_id=persona_id)
+        """
+        response = self._request("POST", "/me/personas", label="create_personas",
+                                 json_body={"name": name, "profile_picture_url": profile_picture_url})
+        return _json_or(response, {}).get("id")
+
+    def get_personas(self, personas_id: str) -> dict[str, Any]:
+        """A persona as a dict (``{}`` when Graph refused, error logged)."""
+        response = self._request("GET", f"/{personas_id}", label="get_personas", idempotent=True)
+        return _json_or(response, {})
+
+    def list_personas(self) -> list[dict[str, Any]]:
+        """Every persona of the Page (all result pages followed)."""
+        found: list[dict[str, Any]] = []
+        params: dict[str, Any] = {}
+        for _ in range(100):  # a bound, in case Graph kept answering the same cursor
+            body = _json_or(self._request("GET", "/me/personas", label="list_personas", params=params,
+                                          idempotent=True), {})
+            found.extend(body.get("data") or ())
+            after = ((body.get("paging") or {}).get("cursors") or {}).get("after")
+            if not (body.get("paging") or {}).get("next") or not after:
+                break
+            params = {"after": after}
+        return found
+
+    def delete_personas(self, personas_id: str) -> requests.Response:
+        """Delete a persona."""
+        return self._request("DELETE", f"/{personas_id}", label="delete_personas", idempotent=True)
+
+    # -- anything else -------------------------------------------------------------------------------
+    def send_custom(self, custom_json: Mapping[str, Any], endpoint: str = "/messages") -> requests.Response:
+        """POST ``custom_json`` to ``/me{endpoint}`` for a Graph API the client does not cover.
+
+        Example::
+
+            chat.send_custom({"recipient": {"id": sender_id}, "message": {"text": "Hi"}})
+            chat.send_custom({"greeting": [{"locale": "default", "text": "Hello!"}]}, "/messenger_profile")
+        """
+        endpoint = "/" + endpoint.lstrip("/")
+        return self._request("POST", "/me" + endpoint, label=f"send_custom {endpoint}", json_body=custom_json)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _filetype(filetype: Any) -> str:
+    value = str(filetype)
+    allowed = [f.value for f in Filetype]
+    if value not in allowed:
+        raise ValueError(f"filetype must be one of {allowed}, not {value!r}.")
+    return value
+
+
+def _check_menu_items(items: Iterable[Any]) -> None:
+    for item in items:
+        if not isinstance(item, Mapping):
+            raise TypeError(f"A persistent menu item must be a Button or a dict, not {type(item).__name__}.")
+        title = item.get("title")
+        ui.check_length(title, MENU_TITLE_MAX, f"The persistent menu title {title!r}", "Shorten it.")
+        ui.check_button(item, "persistent menu item")
+
+
+def _json_or(response: requests.Response, default: Any) -> Any:
+    if not response.ok:
+        return default
+    try:
+        body = response.json()
+    except ValueError:
+        return default
+    return body if isinstance(body, type(default)) else default
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """True when the exception proves the request never left (no connection was made)."""
+    stack: list[Any] = [exc]
+    seen: set[int] = set()
+    while stack:
+        err = stack.pop()
+        if not isinstance(err, BaseException) or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, (NewConnectionError, ConnectTimeoutError, ConnectionRefusedError, socket.gaierror)):
+            return True
+        if isinstance(err, MaxRetryError):
+            stack.append(err.reason)
+        stack.extend(err.args)
+        stack.extend((err.__cause__, err.__context__))
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    """The kind of a transport failure, without requests' text (which holds the URL and token)."""
+    inner: BaseException | None = exc
+    while inner is not None:
+        reason = inner.args[0] if inner.args and isinstance(inner.args[0], BaseException) else None
+        if isinstance(reason, MaxRetryError):
+            reason = reason.reason
+        if reason is None:
+            break
+        inner = reason
+    return type(inner or exc).__name__
+
+
+def _error_text(error: GraphErrorInfo | None) -> str:
+    if error is None:
+        return "no error body"
+    return (f"HTTP {error.status}, code={error.code}, subcode={error.subcode}, type={error.type}, "
+            f"fbtrace_id={error.fbtrace_id}")
+
+
+def _log_error(label: str, error: GraphErrorInfo | None) -> None:
+    if error is None:
+        return
+    logger.warning("Graph refused %s: %s: %s", label, _error_text(error), error.message)
