@@ -1,0 +1,162 @@
+"""How the CLI finds the bot of a project folder, and its settings.
+
+A project folder (what ``ampalibe create`` writes) holds ``core.py``, the module that sets the
+bot up, and usually ``conf.py`` with the spec's ``Configuration`` class.  ``core.py`` written in
+the spec's style never defines a WSGI object: the app is the one ``ampalibe.init(...)``
+configured, :data:`flask_ampalibe.webserver`.  A ``core.py`` that defines ``app`` (a Flask app)
+is served as is, so Flask-native projects work too.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import runpy
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+from flask import Flask
+
+__all__ = ["ProjectError", "ProjectSettings", "find_project", "load_app", "read_settings"]
+
+CORE = "core.py"
+CONF = "conf.py"
+
+
+class ProjectError(click.ClickException):
+    """The current folder is not a bot project, or one of its settings is missing.
+
+    The CLI prints the message (no traceback) and exits with status 1.
+    """
+
+
+@dataclass
+class ProjectSettings:
+    """What the CLI needs to know of a project before serving it."""
+
+    host: str = "0.0.0.0"
+    port: int = 4555
+    workers: int = 2
+    url: str | None = None
+    access_token: str | None = None
+    verif_token: str | None = None
+    app_secret: str | None = None
+    allow_unsigned: bool = False
+    #: ``False`` when the project has no ``Configuration`` class to check (a Flask-native core).
+    checked: bool = False
+
+
+def find_project(folder: str | os.PathLike[str] | None = None) -> Path:
+    """The absolute path of the project folder ``folder`` (default: the current folder).
+
+    :raises ProjectError: when it has no ``core.py``.
+    """
+    path = Path(folder or ".").resolve()
+    if not (path / CORE).is_file():
+        raise ProjectError(
+            f"No {CORE} in {path}: run this command in your bot's folder "
+            "(the one `ampalibe create NAME` made), or make this folder one with `ampalibe init`."
+        )
+    return path
+
+
+def load_app(folder: str | os.PathLike[str] | None = None) -> Flask:
+    """Import the project's ``core`` module and return its Flask app.
+
+    The project folder goes first on ``sys.path`` (so ``core.py`` can ``import conf`` and its
+    other modules).  The app is ``core.app`` when that is a Flask app, else
+    :data:`flask_ampalibe.webserver`, the app ``ampalibe.init(...)`` configured.
+    """
+    path = find_project(folder)
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    module = importlib.import_module("core")
+    app = getattr(module, "app", None)
+    if isinstance(app, Flask):
+        return app
+    import flask_ampalibe
+
+    return flask_ampalibe.webserver
+
+
+def read_settings(folder: str | os.PathLike[str] | None = None) -> ProjectSettings:
+    """Read the settings of a project without importing its bot.
+
+    The ``Configuration`` class of ``conf.py`` is evaluated in a throw-away namespace, with the
+    environment put back afterwards, so ``load_dotenv`` there leaves no trace in this process:
+    the gunicorn master and the reloader must not pin the ``.env`` of the moment into the
+    workers they start later.  Without a ``Configuration`` class, the values come from the
+    environment and ``.env`` (``checked`` is then ``False``).
+
+    :raises ProjectError: when ``core.py`` is missing or ``conf.py`` fails to run.
+    """
+    from ..gunicorn_conf import project_environ  # not at import: that module reads .env when imported
+
+    path = find_project(folder)
+    env = project_environ(str(path))
+    conf = _configuration(path)
+    if conf is None:
+        return ProjectSettings(
+            host=env.get("AMP_HOST") or "0.0.0.0",
+            port=_int(env.get("AMP_PORT"), 4555, "AMP_PORT"),
+            workers=_int(env.get("AMP_WORKERS"), 2, "AMP_WORKERS"),
+            url=env.get("AMP_URL"),
+        )
+    return ProjectSettings(
+        host=str(getattr(conf, "APP_HOST", None) or "0.0.0.0"),
+        port=_int(getattr(conf, "APP_PORT", None), 4555, "AMP_PORT"),
+        workers=_int(getattr(conf, "WORKERS", None) or env.get("AMP_WORKERS"), 2, "AMP_WORKERS"),
+        url=getattr(conf, "APP_URL", None) or None,
+        access_token=getattr(conf, "ACCESS_TOKEN", None) or None,
+        verif_token=getattr(conf, "VERIF_TOKEN", None) or None,
+        app_secret=getattr(conf, "APP_SECRET", None) or None,
+        allow_unsigned=_flag(getattr(conf, "ALLOW_UNSIGNED", False)),
+        checked=True,
+    )
+
+
+def _configuration(path: Path) -> Any:
+    conf_file = path / CONF
+    if not conf_file.is_file():
+        return None
+    with _isolated(path):
+        try:
+            namespace = runpy.run_path(str(conf_file), run_name="__ampalibe_conf__")
+        except Exception as exc:  # the user's file: say which and why, the CLI adds no traceback
+            raise ProjectError(f"{conf_file} failed to run: {type(exc).__name__}: {exc}") from exc
+    return namespace.get("Configuration")
+
+
+@contextlib.contextmanager
+def _isolated(path: Path) -> Iterator[None]:
+    """Run project code with its folder on ``sys.path``, then restore the environment and path."""
+    environ = dict(os.environ)
+    sys_path = list(sys.path)
+    sys.path.insert(0, str(path))
+    try:
+        yield
+    finally:
+        sys.path[:] = sys_path
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        for key, value in environ.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+def _int(value: Any, default: int, name: str) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ProjectError(f"{name} must be a whole number, not {value!r}; fix it in .env.") from None
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)

@@ -1,0 +1,140 @@
+"""How ``ampalibe run`` serves a project: gunicorn, or Flask's development server with ``--dev``.
+
+Imported only by ``run``: gunicorn does not import on Windows, and the other commands must
+work there.
+"""
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import click
+from gunicorn.app.base import BaseApplication
+from gunicorn.errors import AppImportError
+
+from . import loader
+from .loader import ProjectError
+
+__all__ = ["GunicornServer", "serve_gunicorn", "serve_dev"]
+
+WSGIApp = Callable[..., Iterable[bytes]]
+
+
+def serve_gunicorn(folder: Path, host: str, port: int, workers: int) -> None:
+    """Serve the project in ``folder`` under gunicorn until it is stopped (SIGTERM, Ctrl-C).
+
+    Exits the process with gunicorn's status (0 after a graceful stop).
+    """
+    from ..gunicorn_conf import bind_address
+
+    GunicornServer(folder, {"bind": [bind_address(host, port)], "workers": workers}).run()
+
+
+class GunicornServer(BaseApplication):
+    """gunicorn serving the project in ``folder``, its app imported in each worker.
+
+    Settings, later ones winning: the project's ``gunicorn.conf.py`` if it has one, else
+    :mod:`flask_ampalibe.gunicorn_conf`; then ``GUNICORN_CMD_ARGS``; then ``overrides``.
+    The app is not imported in the master (no ``preload_app``): every worker builds its own
+    database engine and executor threads, and a ``HUP`` reload picks up new code.
+    """
+
+    def __init__(self, folder: Path, overrides: dict[str, Any]) -> None:
+        self.folder = folder
+        self.overrides = overrides
+        super().__init__(prog="ampalibe run")
+
+    def load_config(self) -> None:
+        for key, value in _config_file(self.folder).items():
+            if key in self.cfg.settings:
+                self.cfg.set(key.lower(), value)
+        args = self.cfg.get_cmd_args_from_env()
+        if args:
+            parsed = self.cfg.parser().parse_args(args)
+            for key, value in vars(parsed).items():
+                if value is not None and key != "args":
+                    self.cfg.set(key.lower(), value)
+        for key, value in self.overrides.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        try:
+            return loader.load_app(self.folder)
+        except ProjectError as exc:
+            raise AppImportError(f"Error: {exc.format_message()}") from exc
+        except Exception as exc:
+            # A setting to fix: its message names it, a traceback would only hide it.
+            # gunicorn prints an AppImportError's message and stops ("App failed to load").
+            if _is_configuration_error(exc):
+                raise AppImportError(f"Error: {exc}") from exc
+            raise
+
+
+def _config_file(folder: Path) -> dict[str, Any]:
+    project_conf = folder / "gunicorn.conf.py"
+    if project_conf.is_file():
+        return runpy.run_path(str(project_conf), run_name="__gunicorn_config__")
+    from .. import gunicorn_conf
+
+    return gunicorn_conf.settings(gunicorn_conf.project_environ(str(folder)))
+
+
+def _is_configuration_error(exc: BaseException) -> bool:
+    errors = sys.modules.get("flask_ampalibe.errors")
+    kind = getattr(errors, "ConfigurationError", None)
+    return kind is not None and isinstance(exc, kind)
+
+
+def serve_dev(folder: Path, host: str, port: int) -> None:
+    """Serve the project with Werkzeug's reloader and debugger.
+
+    The first process only watches files (every ``.py`` of the project, ``langs.json``,
+    ``.env``) and restarts a second one, which imports the app and serves it, on each change.
+    SIGTERM to the first process stops both.
+    """
+    from werkzeug.serving import is_running_from_reloader, run_simple
+
+    # Debug mode before the app exists: the library relaxes its production checks (an
+    # unsigned webhook only warns) for an app created in debug mode.
+    os.environ["FLASK_DEBUG"] = "1"
+    app: WSGIApp = _dev_app(folder) if is_running_from_reloader() else _not_loaded
+    run_simple(
+        host, port, app,
+        use_reloader=True, use_debugger=True, threaded=True,
+        extra_files=[str(folder / "langs.json"), str(folder / ".env")],
+    )
+
+
+def _dev_app(folder: Path) -> WSGIApp:
+    """The project's app; if it fails to load, a stand-in that raises the error on every request
+    (the debugger shows it) while the reloader waits for the fix."""
+    try:
+        app = loader.load_app(folder)
+    except ProjectError:
+        raise
+    except Exception as exc:
+        if _is_configuration_error(exc):
+            click.echo(f"Error: {exc}", err=True)
+        else:
+            traceback.print_exc()
+        click.echo("Waiting for a change to a .py file, langs.json or .env to try again.", err=True)
+        return _failed(exc)
+    app.debug = True
+    return app
+
+
+def _failed(exc: BaseException) -> WSGIApp:
+    def failed_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        raise exc
+
+    return failed_app
+
+
+def _not_loaded(environ: dict, start_response: Callable) -> Iterable[bytes]:  # pragma: no cover
+    # Never called: in the watching process Werkzeug only binds the socket for the server process.
+    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+    return [b"The bot is starting."]

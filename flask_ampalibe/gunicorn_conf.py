@@ -1,0 +1,151 @@
+"""gunicorn settings suited to a flask_ampalibe bot.
+
+``ampalibe run`` serves with these settings, and so does gunicorn itself when told::
+
+    gunicorn -c python:flask_ampalibe.gunicorn_conf core:app
+
+(run from the project folder; the skeleton's ``gunicorn.conf.py`` star-imports this module,
+so a plain ``gunicorn core:app`` there picks the same settings up).
+
+What they are and why:
+
+- ``bind`` from ``AMP_HOST`` / ``AMP_PORT`` (default ``0.0.0.0:4555``) and ``workers`` from
+  ``AMP_WORKERS`` (default 2), read from the environment, then from ``./.env``.
+- ``worker_class = "gthread"`` with 8 ``threads``: a webhook request only records the events
+  and answers 200; bot handlers run afterwards in the library's executor threads and spend
+  their time waiting on the Graph API.  Threads are the cheap way to wait on I/O, and unlike
+  gevent/eventlet they need no monkey-patching of the database drivers.
+- ``graceful_timeout = 30``: on SIGTERM (or a ``HUP`` reload) a worker stops accepting
+  requests and answers those in flight, then the ``worker_exit`` hook below gives the executor
+  what is left of those 30 s to finish the handlers it is running.  Events it did not start
+  stay recorded in the database and are handled by the next worker.
+- ``worker_int`` (Ctrl-C / SIGQUIT, a quick shutdown) gives running handlers at most
+  :data:`QUICK_SHUTDOWN_SECONDS`.
+
+Change any of them in the project's ``gunicorn.conf.py``, with gunicorn's own flags, or with
+``GUNICORN_CMD_ARGS`` (``GUNICORN_CMD_ARGS="--threads 16" ampalibe run``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any, Mapping
+
+from dotenv import dotenv_values
+
+__all__ = [
+    "bind", "workers", "worker_class", "threads", "timeout", "graceful_timeout", "proc_name",
+    "post_worker_init", "worker_int", "worker_exit", "settings",
+]
+
+#: Seconds running handlers get when a worker is stopped quickly (SIGINT / SIGQUIT).
+QUICK_SHUTDOWN_SECONDS = 5.0
+#: Seconds of ``graceful_timeout`` kept back for the worker to exit after its executor stopped.
+EXIT_MARGIN_SECONDS = 2.0
+
+logger = logging.getLogger(__name__)
+
+
+def project_environ(folder: str = ".") -> dict[str, str]:
+    """The environment as the bot sees it: ``folder/.env`` values, overridden by real variables.
+
+    Empty values count as unset, as in the scaffolded ``conf.py``.
+    """
+    values = {k: v for k, v in dotenv_values(os.path.join(folder, ".env")).items() if v}
+    values.update((k, v) for k, v in os.environ.items() if v)
+    return values
+
+
+def bind_address(host: str, port: int | str) -> str:
+    """``host:port`` as gunicorn's ``bind`` wants it (IPv6 addresses in brackets)."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The gunicorn settings for the project in the current folder, hooks included.
+
+    :param environ: where to read ``AMP_HOST``, ``AMP_PORT`` and ``AMP_WORKERS``; defaults to
+        :func:`project_environ`.
+    """
+    env = project_environ() if environ is None else environ
+    return {
+        "bind": [bind_address(env.get("AMP_HOST") or "0.0.0.0", env.get("AMP_PORT") or 4555)],
+        "workers": int(env.get("AMP_WORKERS") or 2),
+        "worker_class": "gthread",
+        "threads": 8,
+        # gthread workers send their heartbeat from the main loop, so a slow request does
+        # not trip this; it only catches a worker whose main loop hangs.
+        "timeout": 30,
+        "graceful_timeout": 30,
+        "proc_name": "ampalibe",
+        "post_worker_init": post_worker_init,
+        "worker_int": worker_int,
+        "worker_exit": worker_exit,
+    }
+
+
+def _stop_executor(worker: Any, timeout: float) -> None:
+    """Ask the executor of the worker's app to finish running handlers within ``timeout``."""
+    if getattr(worker, "_ampalibe_stopped", False):
+        return
+    worker._ampalibe_stopped = True
+    app = getattr(worker, "wsgi", None)
+    state = None
+    for _ in range(5):  # unwrap WSGI middleware (ProxyFix and friends keep the app in .app)
+        extensions = getattr(app, "extensions", None)
+        if isinstance(extensions, dict):
+            state = extensions.get("ampalibe")
+            break
+        app = getattr(app, "app", None)
+    shutdown = getattr(getattr(state, "executor", None), "shutdown", None)
+    if not callable(shutdown):
+        return
+    log = getattr(worker, "log", logger)
+    log.info("Waiting up to %.0f s for running bot handlers (pid %s)", timeout, os.getpid())
+    try:
+        shutdown(timeout)
+    except Exception:  # the worker is exiting anyway; say why the handlers may be cut short
+        log.exception("Stopping the flask_ampalibe executor failed")
+
+
+def post_worker_init(worker: Any) -> None:
+    """gunicorn hook: note when SIGTERM arrives, so ``worker_exit`` knows how much of
+    ``graceful_timeout`` the arbiter still allows before it sends SIGKILL."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        if getattr(worker, "_ampalibe_stopping_since", None) is None:
+            worker._ampalibe_stopping_since = time.monotonic()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn does: let requests in flight finish
+
+
+def worker_int(worker: Any) -> None:
+    """gunicorn hook: a worker got SIGINT or SIGQUIT (quick shutdown)."""
+    _stop_executor(worker, QUICK_SHUTDOWN_SECONDS)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """gunicorn hook: a worker stopped serving (graceful shutdown, reload, max_requests)."""
+    graceful = float(getattr(getattr(worker, "cfg", None), "graceful_timeout", 30))
+    since = getattr(worker, "_ampalibe_stopping_since", None)
+    spent = time.monotonic() - since if since is not None else 0.0
+    _stop_executor(worker, max(1.0, graceful - spent - EXIT_MARGIN_SECONDS))
+
+
+_defaults = settings()
+bind = _defaults["bind"]
+workers = _defaults["workers"]
+worker_class = _defaults["worker_class"]
+threads = _defaults["threads"]
+timeout = _defaults["timeout"]
+graceful_timeout = _defaults["graceful_timeout"]
+proc_name = _defaults["proc_name"]
+del _defaults
