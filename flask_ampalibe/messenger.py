@@ -39,11 +39,7 @@ from .ui import (
     QUICK_REPLIES_MAX, QUICK_REPLY_TITLE_MAX, TEMPLATE_ELEMENTS_MAX, TEXT_LIMIT, Action, Filetype, LimitError,
 )
 
-try:
-    from .errors import AmpalibeError
-except ImportError:  # pragma: no cover - errors.py is always shipped; kept for partial checkouts
-    class AmpalibeError(Exception):  # type: ignore[no-redef]
-        """Base class of every error raised by flask_ampalibe."""
+from .errors import AmpalibeError, ConfigurationError
 
 __all__ = [
     "Messenger",
@@ -238,11 +234,11 @@ def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
 def _soft_break(text: str, start: int, end: int) -> int | None:
     """Best split index in ``text[start:end]``: a line break in its second half, else the last
     whitespace; ``None`` when the window is one single word."""
-    if text[end].isspace():
-        return end
-    newline = text.rfind("\n", start + 1, end)
+    newline = text.rfind("\n", start + 1, end + 1)
     if newline >= start + (end - start) // 2:
         return newline
+    if text[end].isspace():
+        return end
     for i in range(end - 1, start, -1):
         if text[i].isspace():
             return i
@@ -253,7 +249,8 @@ def _soft_break(text: str, start: int, end: int) -> int | None:
 class Messenger:
     """A client of the Messenger Send API and Messenger Profile API.
 
-    :param access_token: the Page access token.
+    :param access_token: the Page access token (an empty one makes every call raise
+        :class:`~flask_ampalibe.errors.ConfigurationError`).
     :param graph_url: base URL of the Graph API (tests point it at a fake).
     :param graph_version: the Graph version, e.g. ``"v24.0"``.
     :param app_secret: when set, every request carries ``appsecret_proof``.
@@ -288,8 +285,6 @@ class Messenger:
         retry_budget: float = 30.0,
         session: requests.Session | None = None,
     ) -> None:
-        if not access_token:
-            raise ValueError("Messenger needs the Page access token (AMPALIBE_ACCESS_TOKEN / Configuration.ACCESS_TOKEN).")
         version = str(graph_version).strip("/")
         if not version.startswith("v"):
             version = "v" + version
@@ -301,8 +296,8 @@ class Messenger:
         self.retry_budget = float(retry_budget)
         self._own_session = session is None
         self.session = session if session is not None else requests.Session()
-        self._auth = {"access_token": access_token}
-        if app_secret:
+        self._auth = {"access_token": access_token or ""}
+        if app_secret and access_token:
             proof = hmac.new(app_secret.encode(), access_token.encode(), hashlib.sha256).hexdigest()
             self._auth["appsecret_proof"] = proof
         self.sleep: Callable[[float], Any] = time.sleep
@@ -352,6 +347,10 @@ class Messenger:
         ``idempotent`` requests (reads, profile settings) may also be retried after a read
         timeout or a 5xx; the others only when Graph surely did not act on them.
         """
+        if not self._auth["access_token"]:
+            raise ConfigurationError(
+                f"{label}: no Page access token; set AMPALIBE_ACCESS_TOKEN (Configuration.ACCESS_TOKEN)."
+            )
         url = self.base_url + path
         query = dict(self._auth)
         query.update(params or {})

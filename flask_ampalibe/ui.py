@@ -26,11 +26,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Iterator
 
-try:
-    from .errors import AmpalibeError
-except ImportError:  # pragma: no cover - errors.py is always shipped; kept for partial checkouts
-    class AmpalibeError(Exception):  # type: ignore[no-redef]
-        """Base class of every error raised by flask_ampalibe."""
+from .errors import AmpalibeError
 
 __all__ = [
     "LimitError",
