@@ -245,6 +245,32 @@ def test_flask_ampalibe_works_in_an_empty_folder(tmp_path: Path) -> None:
     assert files_under(tmp_path / "viaflask") == SKELETON
 
 
+def test_ampalibe_script_gives_app_commands_the_project_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Commands that need the app (``db create``, ``worker``...) get the core.py of the folder."""
+    from flask import current_app
+
+    from flask_ampalibe.cli import main
+
+    @cli.command("probe-app")
+    def probe() -> None:
+        print("app:", current_app.name)
+
+    (tmp_path / "core.py").write_text("from flask import Flask\napp = Flask('native')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "core", raising=False)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(["probe-app"])
+        assert exit_.value.code == 0
+        assert capsys.readouterr().out == "app: native\n"
+    finally:
+        del cli.commands["probe-app"]
+        sys.modules.pop("core", None)
+
+
 # -- gunicorn config --------------------------------------------------------------------------
 
 def test_gunicorn_settings_from_env_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -259,6 +285,28 @@ def test_gunicorn_settings_from_env_file_and_environment(tmp_path: Path, monkeyp
     monkeypatch.setenv("AMP_PORT", "5002")
     monkeypatch.setenv("AMP_HOST", "::1")
     assert gunicorn_conf.settings()["bind"] == ["[::1]:5002"]
+
+
+def test_run_settings_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gunicorn.conf.py of the project (else the library's), then GUNICORN_CMD_ARGS, then --host/--port/--workers."""
+    from flask_ampalibe import gunicorn_conf
+    from flask_ampalibe.cli.serve import gunicorn_server
+
+    plain = gunicorn_server(tmp_path, {"bind": ["127.0.0.1:5005"], "workers": 3}).cfg
+    assert (plain.worker_class_str, plain.threads, plain.workers, plain.bind) == ("gthread", 8, 3, ["127.0.0.1:5005"])
+    assert plain.worker_exit is gunicorn_conf.worker_exit and plain.worker_int is gunicorn_conf.worker_int
+
+    monkeypatch.setenv("GUNICORN_CMD_ARGS", "--threads 3 --graceful-timeout 12")
+    from_env = gunicorn_server(tmp_path, {}).cfg
+    assert (from_env.threads, from_env.graceful_timeout) == (3, 12)
+
+    monkeypatch.delenv("GUNICORN_CMD_ARGS")
+    (tmp_path / "gunicorn.conf.py").write_text(
+        "from flask_ampalibe.gunicorn_conf import *\nthreads = 16\nworkers = 9\n"
+    )
+    custom = gunicorn_server(tmp_path, {"workers": 2}).cfg
+    assert (custom.threads, custom.workers, custom.worker_class_str) == (16, 2, "gthread")
+    assert custom.worker_exit is gunicorn_conf.worker_exit
 
 
 class _Executor:

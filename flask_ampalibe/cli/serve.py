@@ -1,7 +1,7 @@
 """How ``ampalibe run`` serves a project: gunicorn, or Flask's development server with ``--dev``.
 
-Imported only by ``run``: gunicorn does not import on Windows, and the other commands must
-work there.
+gunicorn is imported only when serving with it: it does not import on Windows, where the
+other commands and ``run --dev`` must still work.
 """
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import click
-from gunicorn.app.base import BaseApplication
-from gunicorn.errors import AppImportError
 
 from . import loader
 from .loader import ProjectError
 
-__all__ = ["GunicornServer", "serve_gunicorn", "serve_dev"]
+__all__ = ["gunicorn_server", "serve_gunicorn", "serve_dev"]
 
 WSGIApp = Callable[..., Iterable[bytes]]
 
@@ -31,47 +29,55 @@ def serve_gunicorn(folder: Path, host: str, port: int, workers: int) -> None:
     """
     from ..gunicorn_conf import bind_address
 
-    GunicornServer(folder, {"bind": [bind_address(host, port)], "workers": workers}).run()
+    gunicorn_server(folder, {"bind": [bind_address(host, port)], "workers": workers}).run()
 
 
-class GunicornServer(BaseApplication):
-    """gunicorn serving the project in ``folder``, its app imported in each worker.
+def gunicorn_server(folder: Path, overrides: dict[str, Any]) -> Any:
+    """A gunicorn application (not started) serving the project in ``folder``.
 
     Settings, later ones winning: the project's ``gunicorn.conf.py`` if it has one, else
     :mod:`flask_ampalibe.gunicorn_conf`; then ``GUNICORN_CMD_ARGS``; then ``overrides``.
     The app is not imported in the master (no ``preload_app``): every worker builds its own
     database engine and executor threads, and a ``HUP`` reload picks up new code.
+
+    :raises ProjectError: where gunicorn cannot run (Windows).
     """
+    try:
+        from gunicorn.app.base import BaseApplication
+        from gunicorn.errors import AppImportError
+    except ImportError as exc:
+        raise ProjectError(
+            f"gunicorn cannot run here ({exc}); it needs a POSIX system (Linux, macOS, WSL, Docker). "
+            "Use `ampalibe run --dev` to try the bot on this machine."
+        ) from exc
 
-    def __init__(self, folder: Path, overrides: dict[str, Any]) -> None:
-        self.folder = folder
-        self.overrides = overrides
-        super().__init__(prog="ampalibe run")
-
-    def load_config(self) -> None:
-        for key, value in _config_file(self.folder).items():
-            if key in self.cfg.settings:
-                self.cfg.set(key.lower(), value)
-        args = self.cfg.get_cmd_args_from_env()
-        if args:
-            parsed = self.cfg.parser().parse_args(args)
-            for key, value in vars(parsed).items():
-                if value is not None and key != "args":
+    class GunicornServer(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in _config_file(folder).items():
+                if key in self.cfg.settings:
                     self.cfg.set(key.lower(), value)
-        for key, value in self.overrides.items():
-            self.cfg.set(key, value)
+            args = self.cfg.get_cmd_args_from_env()
+            if args:
+                parsed = self.cfg.parser().parse_args(args)
+                for key, value in vars(parsed).items():
+                    if value is not None and key != "args":
+                        self.cfg.set(key.lower(), value)
+            for key, value in overrides.items():
+                self.cfg.set(key, value)
 
-    def load(self) -> Any:
-        try:
-            return loader.load_app(self.folder)
-        except ProjectError as exc:
-            raise AppImportError(f"Error: {exc.format_message()}") from exc
-        except Exception as exc:
-            # A setting to fix: its message names it, a traceback would only hide it.
-            # gunicorn prints an AppImportError's message and stops ("App failed to load").
-            if _is_configuration_error(exc):
-                raise AppImportError(f"Error: {exc}") from exc
-            raise
+        def load(self) -> Any:
+            try:
+                return loader.load_app(folder)
+            except ProjectError as exc:
+                raise AppImportError(f"Error: {exc.format_message()}") from exc
+            except Exception as exc:
+                # A setting to fix: its message names it, a traceback would only hide it.
+                # gunicorn prints an AppImportError's message and stops ("App failed to load").
+                if _is_configuration_error(exc):
+                    raise AppImportError(f"Error: {exc}") from exc
+                raise
+
+    return GunicornServer(prog="ampalibe run")
 
 
 def _config_file(folder: Path) -> dict[str, Any]:
