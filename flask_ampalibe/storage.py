@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from .errors import ConfigurationError
 
@@ -30,12 +30,21 @@ SCHEMA_VERSION = 1
 
 metadata = MetaData()
 _LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+def _Key(length: int) -> String:
+    """A key column compared byte for byte: MySQL's default collations would equate 'a' and 'A',
+    'cafe' and 'café', and every emoji with every other."""
+    return String(length).with_variant(mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"),
+                                       "mysql", "mariadb")
+
+
 _Id = BigInteger().with_variant(Integer(), "sqlite")
 
 users = Table(
     "amp_user", metadata,
     Column("id", _Id, primary_key=True, autoincrement=True),
-    Column("user_id", String(64), nullable=False, unique=True),
+    Column("user_id", _Key(64), nullable=False, unique=True),
     Column("action", Text, nullable=True),
     Column("action_args", Text, nullable=True),
     Column("last_use", Float, nullable=True),
@@ -44,15 +53,15 @@ users = Table(
 
 temps = Table(
     "amp_temp", metadata,
-    Column("user_id", String(64), primary_key=True),
-    Column("key", String(191), primary_key=True),
+    Column("user_id", _Key(64), primary_key=True),
+    Column("key", _Key(191), primary_key=True),
     Column("value", _LongText, nullable=False),
 )
 
 pages = Table(
     "amp_page", metadata,
-    Column("token", String(64), primary_key=True),
-    Column("user_id", String(64), nullable=False),
+    Column("token", _Key(64), primary_key=True),
+    Column("user_id", _Key(64), nullable=False),
     Column("data", _LongText, nullable=False),
     Column("created_at", Float, nullable=False),
 )
@@ -60,8 +69,8 @@ pages = Table(
 inbox = Table(
     "amp_inbox", metadata,
     Column("id", _Id, primary_key=True, autoincrement=True),
-    Column("event_key", String(191), nullable=False, unique=True),
-    Column("user_id", String(64), nullable=False),
+    Column("event_key", _Key(191), nullable=False, unique=True),
+    Column("user_id", _Key(64), nullable=False),
     Column("kind", String(32), nullable=False),
     Column("timestamp", BigInteger, nullable=False),
     Column("body", _LongText, nullable=False),
@@ -76,7 +85,7 @@ inbox = Table(
 
 leases = Table(
     "amp_lease", metadata,
-    Column("user_id", String(64), primary_key=True),
+    Column("user_id", _Key(64), primary_key=True),
     Column("owner", String(96), nullable=True),
     Column("expires_at", Float, nullable=False, default=0.0),
     Index("ix_amp_lease_owner", "owner"),
@@ -84,7 +93,7 @@ leases = Table(
 
 jobs = Table(
     "amp_job", metadata,
-    Column("name", String(191), primary_key=True),
+    Column("name", _Key(191), primary_key=True),
     Column("slot", BigInteger, nullable=False),
     Column("owner", String(96), nullable=True),
     Column("ran_at", Float, nullable=True),
@@ -224,11 +233,15 @@ class Store:
         with self._ready_lock:
             if self._ready:
                 return
-            try:
-                metadata.create_all(self.engine, checkfirst=True)
-            except Exception:
-                # Another worker may have created them between the check and the CREATE.
-                metadata.create_all(self.engine, checkfirst=True)
+            for attempt in range(5):
+                try:
+                    metadata.create_all(self.engine, checkfirst=True)
+                    break
+                except DBAPIError:
+                    # Another worker created a table between our check and our CREATE: check again.
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
             with self.engine.begin() as conn:
                 insert_ignore(conn, meta, [{"name": "schema_version", "value": str(SCHEMA_VERSION)}])
             self._ready = True
