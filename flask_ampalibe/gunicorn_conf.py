@@ -88,11 +88,8 @@ def settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     }
 
 
-def _stop_executor(worker: Any, timeout: float) -> None:
-    """Ask the executor of the worker's app to finish running handlers within ``timeout``."""
-    if getattr(worker, "_ampalibe_stopped", False):
-        return
-    worker._ampalibe_stopped = True
+def _executor_of(worker: Any) -> Any:
+    """The flask_ampalibe executor of the worker's app, or ``None``."""
     app = getattr(worker, "wsgi", None)
     state = None
     for _ in range(5):  # unwrap WSGI middleware (ProxyFix and friends keep the app in .app)
@@ -101,7 +98,15 @@ def _stop_executor(worker: Any, timeout: float) -> None:
             state = extensions.get("ampalibe")
             break
         app = getattr(app, "app", None)
-    shutdown = getattr(getattr(state, "executor", None), "shutdown", None)
+    return getattr(state, "executor", None)
+
+
+def _stop_executor(worker: Any, timeout: float) -> None:
+    """Ask the executor of the worker's app to finish running handlers within ``timeout``."""
+    if getattr(worker, "_ampalibe_stopped", False):
+        return
+    worker._ampalibe_stopped = True
+    shutdown = getattr(_executor_of(worker), "shutdown", None)
     if not callable(shutdown):
         return
     log = getattr(worker, "log", logger)
@@ -113,8 +118,8 @@ def _stop_executor(worker: Any, timeout: float) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """gunicorn hook: note when SIGTERM arrives, so ``worker_exit`` knows how much of
-    ``graceful_timeout`` the arbiter still allows before it sends SIGKILL."""
+    """gunicorn hook: start the bot's executor, and note when SIGTERM arrives, so ``worker_exit``
+    knows how much of ``graceful_timeout`` the arbiter still allows before it sends SIGKILL."""
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: Any) -> None:
@@ -125,6 +130,11 @@ def post_worker_init(worker: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn does: let requests in flight finish
+    # Start the executor now rather than on the first webhook: its sweeper takes over the
+    # events a stopped or killed worker left behind, even when no new message arrives.
+    start = getattr(_executor_of(worker), "start", None)
+    if callable(start):
+        start()
 
 
 def worker_int(worker: Any) -> None:
