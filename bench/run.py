@@ -1,0 +1,687 @@
+"""Benchmark: flask_ampalibe against Ampalibe 1.1.9 and bare-Flask ceilings, one command.
+
+    python bench/run.py            # full run (~8 min on 2 cores), writes bench/RESULTS.md
+    python bench/run.py --quick    # smoke run: tiny load, a few seconds per system
+
+See bench/README.md for what is measured and how.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import loadgen  # noqa: E402
+from procmon import TreeMonitor  # noqa: E402
+
+SECRET = "bench-app-secret"
+VERIF = "bench-verif"
+TOKEN = "bench-page-token"
+AMPALIBE_VERSION = "1.1.9"
+AMP_VENV = os.path.join(HERE, ".work", "ampvenv")
+SYSTEMS = ("flask_ampalibe", "ampalibe", "ampalibe_nostate", "bare_ack", "bare_e2e")
+SCENARIOS = ("hello", "sleep", "redeliver", "users")
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_json(url: str, method: str = "GET", timeout: float = 5.0) -> dict:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read() or b"{}")
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+class Server:
+    """A server process started in its own session, so its whole tree can be stopped by pgid."""
+
+    def __init__(self, name: str, cmd: list[str], cwd: str, env: dict, port: int, logfile: str,
+                 ready_path: str = "/"):
+        self.name, self.port, self.logfile = name, port, logfile
+        self.ready_url = (f"http://127.0.0.1:{port}{ready_path}?hub.mode=subscribe"
+                          f"&hub.verify_token={VERIF}&hub.challenge=42")
+        self._log = open(logfile, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited (rc={self.proc.returncode}):\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(self.ready_url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s:\n{self.tail()}")
+
+    def tail(self, n: int = 40) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        try:
+            with open(self.logfile, "rb") as fh:
+                return b"\n".join(fh.read().splitlines()[-n:]).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+            except ProcessLookupError:
+                pass
+        try:  # whatever is left of this server's own process group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+
+
+class FakeGraph:
+    def __init__(self, workdir: str):
+        self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "fakegraph.py"), "--port", "0"],
+                                     stdout=subprocess.PIPE, stderr=open(os.path.join(workdir, "fakegraph.log"), "wb"),
+                                     text=True, start_new_session=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"fake Graph API did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict:
+        return http_json(self.url + "/__stats")
+
+    def reset(self) -> None:
+        http_json(self.url + "/__reset", "POST")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+# --- systems -----------------------------------------------------------------------------------
+
+def gunicorn_args() -> tuple[list[str], str]:
+    """flask_ampalibe's recommended gunicorn settings when they exist, else the interim ones."""
+    if os.path.exists(os.path.join(REPO, "flask_ampalibe", "gunicorn_conf.py")):
+        return ["-c", "python:flask_ampalibe.gunicorn_conf"], "-c python:flask_ampalibe.gunicorn_conf"
+    args = ["-w", "2", "--threads", "4", "-k", "gthread"]
+    return args, " ".join(args)
+
+
+def ensure_ampalibe_venv() -> str:
+    """bench/.work/ampvenv with Ampalibe 1.1.9 from PyPI and the Graph URL redirect."""
+    py = os.path.join(AMP_VENV, "bin", "python")
+    if not os.path.exists(os.path.join(AMP_VENV, "bin", "ampalibe")):
+        log(f"creating {AMP_VENV} with ampalibe=={AMPALIBE_VERSION} (once)")
+        subprocess.run([sys.executable, "-m", "venv", AMP_VENV], check=True)
+        subprocess.run([py, "-m", "pip", "install", "-q", f"ampalibe=={AMPALIBE_VERSION}"], check=True)
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    shutil.copy(os.path.join(HERE, "ampalibe_redirect", "sitecustomize.py"), os.path.join(site, "sitecustomize.py"))
+    return py
+
+
+def base_env(graph: FakeGraph, sleep: float) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BENCH_", "AMPALIBE_", "AMP_"))}
+    env.pop("PYTHONPATH", None)
+    env.update(BENCH_APP_SECRET=SECRET, BENCH_VERIF_TOKEN=VERIF, BENCH_ACCESS_TOKEN=TOKEN,
+               BENCH_GRAPH_URL=graph.url, BENCH_SLEEP=str(sleep), PYTHONUNBUFFERED="1")
+    return env
+
+
+def start_system(system: str, rundir: str, graph: FakeGraph, sleep: float) -> tuple[Server, str]:
+    """Start one system in ``rundir``; return the server and the webhook URL."""
+    port = free_port()
+    env = base_env(graph, sleep)
+    logfile = os.path.join(rundir, "server.log")
+    gargs, _ = gunicorn_args()
+    gun = [sys.executable, "-m", "gunicorn", *gargs, "-b", f"127.0.0.1:{port}"]
+    if system in ("bare_ack", "bare_e2e"):
+        env["PYTHONPATH"] = os.pathsep.join([os.path.join(HERE, "apps"), REPO])
+        srv = Server(system, gun + [f"{system}:app"], os.path.join(HERE, "apps"), env, port, logfile)
+        path = "/e2e" if system == "bare_e2e" else "/"
+    elif system == "flask_ampalibe":
+        proj = os.path.join(rundir, "project")
+        shutil.copytree(os.path.join(HERE, "apps", "flask_ampalibe_bot"), proj, dirs_exist_ok=True)
+        env.update(BENCH_DB_FILE=os.path.join(rundir, "bench.db"), BENCH_PORT=str(port))
+        env["PYTHONPATH"] = os.pathsep.join([proj, REPO])
+        srv = Server(system, gun + ["core:app"], proj, env, port, logfile)
+        path = "/"
+    elif system in ("ampalibe", "ampalibe_nostate"):
+        if system == "ampalibe_nostate":
+            env["BENCH_STATE"] = "none"
+        proj = os.path.join(rundir, "project")
+        shutil.copytree(os.path.join(HERE, "apps", "ampalibe_bot"), proj, dirs_exist_ok=True)
+        with open(os.path.join(proj, ".env"), "w") as fh:
+            fh.write(f"export AMP_ACCESS_TOKEN={TOKEN}\nexport AMP_VERIF_TOKEN={VERIF}\n"
+                     f"export ADAPTER=SQLITE\nexport DB_FILE={os.path.join(rundir, 'bench.db')}\n"
+                     f"export AMP_HOST=127.0.0.1\nexport AMP_PORT={port}\nexport AMP_URL=http://127.0.0.1:{port}\n")
+        env["PATH"] = os.path.join(AMP_VENV, "bin") + os.pathsep + env.get("PATH", "")
+        env["VIRTUAL_ENV"] = AMP_VENV
+        env["AMPALIBE_BENCH_GRAPH_URL"] = graph.url
+        srv = Server(system, ["bash", os.path.join(AMP_VENV, "bin", "ampalibe"), "run"], proj, env, port, logfile)
+        path = "/"
+    else:
+        raise ValueError(system)
+    return srv, f"http://127.0.0.1:{port}{path}"
+
+
+# --- user table pre-population -------------------------------------------------------------------
+
+def prepopulate(system: str, rundir: str, n: int) -> float:
+    """Insert ``n`` users (the load's users among them) into amp_user in one transaction."""
+    db = os.path.join(rundir, "bench.db")
+    t0 = time.time()
+    if system == "flask_ampalibe":
+        code = ("import sys; from flask_ampalibe.storage import Store, make_engine; "
+                "Store(make_engine(sys.argv[1])).create_all()")
+        env = dict(os.environ, PYTHONPATH=REPO)
+        subprocess.run([sys.executable, "-c", code, "sqlite:///" + db], check=True, env=env, cwd=rundir)
+    con = sqlite3.connect(db)  # journal mode left as the system sets it (flask_ampalibe: WAL)
+    con.execute("""CREATE TABLE IF NOT EXISTS amp_user (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL UNIQUE, action TEXT,
+        last_use TIMESTAMP DEFAULT CURRENT_TIMESTAMP, lang TEXT)""")
+    cols = con.execute("PRAGMA table_info(amp_user)").fetchall()  # cid, name, type, notnull, default, pk
+    now = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")
+    names, fill = [], []
+    for _, name, typ, notnull, default, pk in cols:
+        if pk:
+            continue
+        names.append(name)
+        if name == "user_id":
+            fill.append(None)
+        elif name == "last_use" and any(t in (typ or "").upper() for t in ("REAL", "FLOA", "DOUB", "NUM")):
+            fill.append(time.time())
+        elif name == "last_use" or "DATE" in (typ or "").upper() or "TIME" in (typ or "").upper():
+            fill.append(now)
+        elif notnull and default is None:
+            fill.append("")
+        else:
+            fill.append(None)
+    uid = names.index("user_id")
+    sql = f"INSERT INTO amp_user ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+
+    def rows():
+        for i in range(1, n + 1):
+            row = list(fill)
+            row[uid] = loadgen.user_id(i)
+            yield row
+
+    with con:
+        con.executemany(sql, rows())
+    count = con.execute("SELECT count(*) FROM amp_user").fetchone()[0]
+    con.close()
+    if count != n:
+        raise RuntimeError(f"pre-population gave {count} rows, wanted {n}")
+    return time.time() - t0
+
+
+# --- one measured run ------------------------------------------------------------------------------
+
+def drain(graph: FakeGraph, expected: int, bound: float, quiet: float = 5.0) -> tuple[dict, bool]:
+    """Wait until ``expected`` distinct replies arrived, or nothing moved for ``quiet`` s, or ``bound``."""
+    deadline = time.time() + bound
+    last, last_change = -1, time.time()
+    while True:
+        st = graph.stats()
+        # bots put the mid in the reply text; count distinct texts when they do, replies otherwise
+        got = st["unique_texts"] if st["unique_texts"] > 1 else st["replies"]
+        if got >= expected:
+            return st, True
+        if st["replies"] != last:
+            last, last_change = st["replies"], time.time()
+        if time.time() - last_change > quiet or time.time() > deadline:
+            return st, False
+        time.sleep(0.25)
+
+
+def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGraph, bodies: loadgen.Bodies,
+            warm: loadgen.Bodies, workroot: str) -> dict:
+    rundir = os.path.join(workroot, f"{system}-{scenario}")
+    shutil.rmtree(rundir, ignore_errors=True)
+    os.makedirs(rundir)
+    sleep = 2.0 if scenario == "sleep" else 0.0
+    users_pre = cfg.users_large if scenario == "users" else cfg.users_small
+    res: dict = {"system": system, "scenario": scenario, "connections": cfg.connections,
+                 "duration_s": cfg.duration, "sleep_s": sleep, "loadavg_before": loadavg()}
+    if system in ("flask_ampalibe", "ampalibe", "ampalibe_nostate"):
+        res["prepopulated_users"] = users_pre
+        res["prepopulate_s"] = round(prepopulate(system, rundir, users_pre), 2)
+    srv, url = start_system(system, rundir, graph, sleep)
+    res["url"] = url
+    try:
+        srv.wait_ready()
+        with TreeMonitor(srv.pid) as mon, TreeMonitor(graph.proc.pid) as fgmon:
+            # warm-up: distinct mids ("m_w..."), handlers skip the sleep for them
+            loadgen.run_load(url, warm, tool="python", connections=4, duration=cfg.warmup)
+            if system != "bare_ack":
+                drain(graph, 1, 10.0, quiet=1.0)
+            graph.reset()
+            mon.mark()
+            fgmon.mark()
+            t0 = time.time()
+            spy = start_profiler(cfg, srv.pid, os.path.join(rundir, "pyspy.txt"))
+            load = loadgen.run_load(url, bodies, tool=cfg.loadgen, connections=cfg.connections,
+                                    duration=cfg.duration, threads=cfg.wrk_threads)
+            t_load = time.time()
+            res["load"] = load
+            acked = load["status"]["2xx"]
+            issued_unique = bodies.unique_in_issued(load["issued"], load["threads"])
+            issued = sum(load["issued"])
+            # requests still in flight when the load stopped may or may not have been recorded
+            acked_unique_min = max(0, issued_unique - (issued - acked))
+            res.update(acked=acked, acked_rps=load["rps"], p50_ms=load["latency_ms"]["p50"],
+                       p99_ms=load["latency_ms"]["p99"], issued=issued, issued_unique=issued_unique,
+                       acked_unique_min=acked_unique_min,
+                       errors=load["socket_errors"] + load["status"]["4xx"] + load["status"]["5xx"]
+                       + load["status"]["other"], wrapped=load.get("wrapped", 0))
+            if system == "bare_ack":
+                st, drained = graph.stats(), True
+            else:
+                bound = cfg.drain_sleep if sleep else cfg.drain
+                st, drained = drain(graph, acked_unique_min, bound, quiet=cfg.quiet)
+            t_end = time.time()
+            if spy:
+                res["profile"] = stop_profiler(spy, os.path.join(rundir, "pyspy.txt"))
+            res["graph"] = st
+            res["drained"] = drained
+            mon.sample()
+            fgmon.sample()
+            res["cpu_s"] = mon.cpu_s
+            res["cpu_ms_per_event"] = 1000.0 * mon.cpu_s / max(1, acked)
+            res["peak_rss_mb"] = mon.peak_rss_mb
+            res["fakegraph_cpu_pct"] = 100.0 * fgmon.cpu_s / max(1e-6, t_end - t0)
+            res["wall_s"] = t_end - t0
+            if system != "bare_ack":
+                replies = st["replies"]
+                # from the first to the last reply: wrk's start-up (loading the bodies) is not load
+                span = (st["last_reply"] - st["first_reply"]) if replies > 1 else 0.0
+                res["replies"] = replies
+                res["e2e_rps"] = (replies - 1) / span if span > 0 else 0.0
+                texts_ok = st["unique_texts"] > 1 or replies <= 1
+                res["unique_replies"] = st["unique_texts"] if texts_ok else None
+                res["duplicates"] = replies - st["unique_texts"] if texts_ok else None
+                res["lost"] = max(0, acked_unique_min - (st["unique_texts"] if texts_ok else replies))
+            res["load_wall_s"] = t_load - t0
+    finally:
+        srv.stop()
+        res["server_log_tail"] = srv.tail(15)
+    return res
+
+
+def start_profiler(cfg, pid: int, out: str):
+    """py-spy on the server tree from the start of the load until drained (``--profile``)."""
+    if not cfg.profile:
+        return None
+    mode = ["--gil"] if cfg.profile == "gil" else []  # gil: on-CPU Python only; active: also waits in C
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--subprocesses", "--rate", "200", *mode,
+                             "--format", "raw", "--output", out, "--duration", "600"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profiler(proc, out: str, top: int = 25) -> dict:
+    proc.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    return summarize_profile(out, top)
+
+
+def summarize_profile(path: str, top: int = 25) -> dict:
+    """Self and inclusive on-CPU samples per frame ``function (file:line)`` from py-spy's raw output."""
+    selfc: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    try:
+        fh = open(path)
+    except OSError:
+        return {}
+    with fh:
+        for line in fh:
+            stack, _, n = line.rstrip("\n").rpartition(" ")
+            if not n.isdigit():
+                continue
+            n = int(n)
+            total += n
+            frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+            if frames:
+                selfc[frames[-1]] = selfc.get(frames[-1], 0) + n
+            for f in set(frames):
+                incl[f] = incl.get(f, 0) + n
+    def best(d):
+        return [(f, round(100.0 * c / total, 1)) for f, c in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+    return {"samples": total, "self": best(selfc), "inclusive": best(incl)}
+
+
+def fakegraph_ceiling(graph: FakeGraph, workroot: str, duration: int, connections: int, quick: bool = False) -> dict:
+    lua = os.path.join(workroot, "send_api.lua")
+    with open(lua, "w") as fh:
+        fh.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                 'wrk.body = \'{"recipient":{"id":"7000000000000001"},"messaging_type":"RESPONSE",'
+                 '"message":{"text":"Hello m_ceiling"}}\'\n')
+    out = {}
+    modes = (("keepalive", []), ("close", ["-H", "Connection: close"]))
+    for label, extra in modes[:1] if quick else modes:
+        if not loadgen.have_wrk():
+            break
+        cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "-s", lua, *extra,
+               graph.url + "/v24.0/me/messages?access_token=x"]
+        text = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+        rps = next((float(l.split()[1]) for l in text.splitlines() if l.startswith("Requests/sec:")), 0.0)
+        out[label] = rps
+    graph.reset()
+    return out
+
+
+# --- report --------------------------------------------------------------------------------------
+
+def loadavg() -> float:
+    """1-minute load average: other work on the machine skews every number."""
+    try:
+        with open("/proc/loadavg") as fh:
+            return float(fh.read().split()[0])
+    except (OSError, ValueError):
+        return -1.0
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), "")
+    except OSError:
+        pass
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    free = subprocess.run(["free", "-m"], capture_output=True, text=True).stdout.strip()
+    wrk = ""
+    if loadgen.have_wrk():
+        wrk = (subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines() or [""])[0]
+    gun = subprocess.run([sys.executable, "-m", "gunicorn", "--version"], capture_output=True, text=True).stdout.strip()
+    return {"cpu": model, "nproc": nproc, "free": free, "kernel": platform.release(),
+            "python": platform.python_version(), "wrk": wrk, "gunicorn": gun}
+
+
+def fmt(v, nd=0, dash="–"):
+    if v is None:
+        return dash
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def ratio(a, b):
+    return (a / b) if (a is not None and b) else None
+
+
+def find(results, system, scenario):
+    return next((r for r in results if r["system"] == system and r["scenario"] == scenario and "error" not in r), None)
+
+
+def write_report(path: str, cfg, results: list[dict], ceiling: dict, mach: dict, started: float) -> None:
+    L = []
+    L.append("# Benchmark results: flask_ampalibe vs Ampalibe 1.1.9 vs bare Flask\n")
+    L.append(f"Generated by `python bench/run.py{' --quick' if cfg.quick else ''}` on "
+             f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')} (run took {time.time() - started:.0f} s).\n")
+    L.append("## Machine\n")
+    L.append(f"- CPU: {mach['cpu']} × {mach['nproc']} (nproc)")
+    L.append(f"- Kernel {mach['kernel']}, Python {mach['python']}, {mach['gunicorn']}, {mach['wrk'] or 'no wrk (asyncio load generator)'}")
+    L.append("- Memory (`free -m`):\n\n```\n" + mach["free"] + "\n```\n")
+    loads = [r["loadavg_before"] for r in results if "loadavg_before" in r]
+    if loads:
+        L.append(f"1-minute load average before each run: {', '.join(f'{x:.1f}' for x in loads)} "
+                 "(each run's own previous load counts in it; a value well above the previous run's "
+                 "server load means something else was running on the machine).\n")
+    L.append("## Settings\n")
+    _, gdesc = gunicorn_args()
+    tool = results[0]["load"]["tool"] if results and "load" in results[0] else cfg.loadgen
+    L.append(f"- Load: {tool}, {cfg.connections} connections, {cfg.wrk_threads} thread(s), {cfg.duration} s per run, "
+             "closed loop, loopback; every request one signed webhook with a unique `mid` "
+             f"({cfg.users_load:,} users in the load).")
+    L.append(f"- flask_ampalibe and the bare apps: `gunicorn {gdesc}`; SQLite file DB (WAL).")
+    L.append(f"- Ampalibe {AMPALIBE_VERSION}: its own `ampalibe run` (uvicorn, 1 process), SQLite + TinyDB; its Graph "
+             "calls rewritten to the fake Graph API by a `sitecustomize.py` in its venv.")
+    if ceiling:
+        L.append(f"- Fake Graph API ceiling (wrk straight at it, same machine): "
+                 f"{ceiling.get('keepalive', 0):,.0f} req/s keep-alive, {ceiling.get('close', 0):,.0f} req/s "
+                 "with a new connection per request.")
+    L.append("- Hello bot: reads and writes one temp value of the user, sends one text reply (`Hello <mid>`).\n")
+    L.append("## Results\n")
+    L.append("| system | scenario | acked req/s | p50 ms | p99 ms | e2e replies/s | replies / unique events | "
+             "dup | lost | errors | CPU ms/event | peak RSS MiB | fake Graph CPU % |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        if "error" in r:
+            L.append(f"| {r['system']} | {r['scenario']} | failed: {r['error'][:120]} |||||||||||")
+            continue
+        scen = r["scenario"]
+        if r.get("prepopulated_users") is not None:
+            scen += f" ({r['prepopulated_users']:,} users in table)"
+        e2e = fmt(r.get("e2e_rps"), 0) + ("" if r.get("drained", True) else " (not drained)")
+        reps = "–" if r["system"] == "bare_ack" else f"{fmt(r.get('replies'))} / {fmt(r['acked_unique_min'])}"
+        L.append(f"| {r['system']} | {scen} | {r['acked_rps']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {e2e} | "
+                 f"{reps} | {fmt(r.get('duplicates'))} | {fmt(r.get('lost'))} | {r['errors']:,} | "
+                 f"{r['cpu_ms_per_event']:.2f} | {r['peak_rss_mb']:.0f} | {r['fakegraph_cpu_pct']:.0f} |")
+    L.append("")
+    L.append("`replies / unique events`: replies counted at the fake Graph API after draining, against the distinct "
+             "events the server acknowledged (lower bound: requests still in flight when the load stopped may or may "
+             "not have been recorded). `dup` = replies whose text (carrying the incoming mid) was already seen; "
+             "`lost` = acknowledged unique events without a reply. CPU ms/event = CPU of the server's process tree "
+             "from the start of the load until drained, per acknowledged request.\n")
+
+    fa, amp = find(results, "flask_ampalibe", "hello"), find(results, "ampalibe", "hello")
+    back, bend = find(results, "bare_ack", "hello"), find(results, "bare_e2e", "hello")
+    sl, u1m = find(results, "flask_ampalibe", "sleep"), find(results, "flask_ampalibe", "users")
+    red = find(results, "flask_ampalibe", "redeliver")
+    L.append("## Ratios and targets (issue 6)\n")
+    L.append("| measure | value | target | met |")
+    L.append("|---|---:|---:|---|")
+
+    def row(name, val, target, ok):
+        L.append(f"| {name} | {fmt(val, 2)} | {target} | {'–' if ok is None else ('yes' if ok else '**no**')} |")
+
+    if fa and amp:
+        row("acked req/s flask_ampalibe / Ampalibe", ratio(fa["acked_rps"], amp["acked_rps"]), "–", None)
+        row("e2e replies/s flask_ampalibe / Ampalibe", ratio(fa.get("e2e_rps"), amp.get("e2e_rps")), "–", None)
+    if fa and back:
+        v = ratio(fa["acked_rps"], back["acked_rps"])
+        row("acked req/s flask_ampalibe / bare ack ceiling", v, "≥ 0.70", v is not None and v >= 0.7)
+    if fa and bend:
+        v = ratio(fa.get("e2e_rps"), bend.get("e2e_rps"))
+        row("e2e replies/s flask_ampalibe / bare e2e ceiling", v, "≥ 0.80", v is not None and v >= 0.8)
+    if fa:
+        row(f"p99 ack ms, hello, {cfg.connections} connections", fa["p99_ms"], "≤ 25", fa["p99_ms"] <= 25)
+    if sl:
+        row("p99 ack ms, 2 s handlers", sl["p99_ms"], "≤ 50", sl["p99_ms"] <= 50)
+    if red:
+        ok = red.get("duplicates") == 0 and red.get("lost") == 0
+        L.append(f"| 10 % redelivered: duplicates / lost replies | {fmt(red.get('duplicates'))} / {fmt(red.get('lost'))} "
+                 f"| 0 / 0 | {'yes' if ok else '**no**'} |")
+    if fa and u1m:
+        v = ratio(u1m["cpu_ms_per_event"], fa["cpu_ms_per_event"])
+        row(f"CPU per event, {cfg.users_large:,} / {cfg.users_small:,} users in table", v, "≤ 1.20",
+            v is not None and v <= 1.2)
+        row(f"acked req/s, {cfg.users_small:,} / {cfg.users_large:,} users in table",
+            ratio(fa["acked_rps"], u1m["acked_rps"]), "–", None)
+    L.append("")
+    analysis = os.path.join(HERE, "ANALYSIS.md")
+    if os.path.exists(analysis) and not cfg.quick:
+        with open(analysis) as fh:
+            L.append(fh.read().strip() + "\n")
+    with open(path, "w") as fh:
+        fh.write("\n".join(L))
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="flask_ampalibe benchmark (see bench/README.md)")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny load, hello scenario only")
+    p.add_argument("--systems", default="flask_ampalibe,ampalibe,ampalibe_nostate,bare",
+                   help="comma list of flask_ampalibe, ampalibe, ampalibe_nostate, bare (= bare_ack,bare_e2e), "
+                        "bare_ack, bare_e2e")
+    p.add_argument("--scenarios", default=None, help="comma list of " + ", ".join(SCENARIOS))
+    p.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    p.add_argument("--json", default=None, help="also write raw results as JSON here")
+    p.add_argument("--duration", type=int, default=None, help="seconds of load per run (default 15, quick 2)")
+    p.add_argument("--connections", type=int, default=None, help="default 32, quick 4")
+    p.add_argument("--wrk-threads", type=int, default=2)
+    p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    p.add_argument("--verbose", action="store_true", help="print tracebacks of failed runs")
+    p.add_argument("--profile", nargs="?", const="gil", choices=("gil", "active"), default=None,
+                   help="record each server with py-spy during the load and drain (raw stacks in the work "
+                        "dir, top frames in --json): gil = threads holding the GIL, active = all non-idle")
+    p.add_argument("--workdir", default=None, help="default: bench/.work/runs (quick: a temp dir)")
+    cfg = p.parse_args(argv)
+    quick = cfg.quick
+    cfg.duration = cfg.duration or (2 if quick else 15)
+    cfg.connections = cfg.connections or (4 if quick else 32)
+    cfg.scenarios = (cfg.scenarios or ("hello" if quick else ",".join(SCENARIOS))).split(",")
+    systems = []
+    for s in cfg.systems.split(","):
+        systems.extend(("bare_ack", "bare_e2e") if s == "bare" else (s,))
+    for s in systems:
+        if s not in SYSTEMS:
+            p.error(f"unknown system {s!r}")
+    cfg.systems = systems
+    cfg.users_small = 100 if quick else 1000
+    cfg.users_large = 10_000 if quick else 1_000_000
+    cfg.users_load = 100 if quick else 1000
+    cfg.warmup = 0.3 if quick else 2.0
+    cfg.drain = 15.0 if quick else 60.0
+    cfg.drain_sleep = 3.0 if quick else 5.0
+    cfg.quiet = 2.0 if quick else 5.0  # drain gives up when no reply arrived for this long
+    cfg.wrk_threads = 1 if quick else cfg.wrk_threads
+    return cfg
+
+
+def plan(cfg) -> list[tuple[str, str]]:
+    runs = []
+    for scen in cfg.scenarios:
+        for system in cfg.systems:
+            if scen == "hello":
+                runs.append((system, scen))
+            elif scen in ("sleep", "redeliver") and system in ("flask_ampalibe", "ampalibe_nostate"):
+                # Ampalibe's stateful bot has no replies to check (its temp store corrupts at once)
+                runs.append((system, scen))
+            elif scen == "users" and system == "flask_ampalibe":
+                runs.append((system, scen))
+    return runs
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    started = time.time()
+    runs = plan(cfg)
+    if cfg.workdir:
+        workroot = cfg.workdir
+        os.makedirs(workroot, exist_ok=True)
+    elif cfg.quick:
+        workroot = tempfile.mkdtemp(prefix="ampbench-")
+    else:
+        workroot = os.path.join(HERE, ".work", "runs")
+        shutil.rmtree(workroot, ignore_errors=True)
+        os.makedirs(workroot)
+    log(f"work dir {workroot}; runs: {', '.join(f'{s}/{c}' for s, c in runs)}")
+    if any(s.startswith("ampalibe") for s, _ in runs):
+        ensure_ampalibe_venv()
+    # the same bodies for every system of a scenario; enough for the fastest system without wrapping
+    n_bodies = max(2000, cfg.duration * (600 if cfg.quick else 6000))
+    bodies = {}
+    gen_t = time.time()
+    for scen in {c for _, c in runs}:
+        kw = {"users": cfg.users_load, "tag": "b"}
+        if scen == "users":
+            kw["user_pool"] = cfg.users_large
+        if scen == "redeliver":
+            kw["redeliver"] = 0.10
+        if scen in ("sleep", "redeliver", "users"):  # slower systems; fewer bodies are plenty
+            count = max(2000, n_bodies // 3)
+        else:
+            count = n_bodies
+        bodies[scen] = loadgen.make_bodies(os.path.join(workroot, f"bodies-{scen}.txt"), count, SECRET, **kw)
+    warm = loadgen.make_bodies(os.path.join(workroot, "bodies-warm.txt"), 3000, SECRET, users=cfg.users_load,
+                               tag="w", seed=2)
+    log(f"generated bodies in {time.time() - gen_t:.1f}s")
+    graph = FakeGraph(workroot)
+    results: list[dict] = []
+    ceiling: dict = {}
+    try:
+        ceiling = fakegraph_ceiling(graph, workroot, 1 if cfg.quick else 5, 32, cfg.quick)
+        log(f"fake Graph API ceiling: {ceiling}")
+        for system, scen in runs:
+            log(f"run {system} / {scen}")
+            try:
+                r = measure(system, scen, cfg, graph, bodies[scen], warm, workroot)
+            except Exception as exc:  # keep going: one broken system must not hide the others
+                r = {"system": system, "scenario": scen, "error": f"{type(exc).__name__}: {exc}"}
+                log(f"  FAILED: {r['error']}")
+                if cfg.verbose:
+                    import traceback
+                    traceback.print_exc()
+            else:
+                log(f"  acked {r['acked_rps']:.0f}/s p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms "
+                    f"e2e {r.get('e2e_rps', 0):.0f}/s replies {r.get('replies', '-')} / {r['acked_unique_min']} "
+                    f"dup {r.get('duplicates')} lost {r.get('lost')} err {r['errors']} "
+                    f"cpu {r['cpu_ms_per_event']:.2f} ms/ev rss {r['peak_rss_mb']:.0f} MiB "
+                    f"fg {r['fakegraph_cpu_pct']:.0f}%")
+            results.append(r)
+    finally:
+        graph.stop()
+    mach = machine()
+    write_report(cfg.out, cfg, results, ceiling, mach, started)
+    if cfg.json:
+        with open(cfg.json, "w") as fh:
+            json.dump({"machine": mach, "ceiling": ceiling, "results": results}, fh, indent=1, default=str)
+    log(f"wrote {cfg.out} in {time.time() - started:.0f}s")
+    if cfg.quick and not cfg.workdir:
+        shutil.rmtree(workroot, ignore_errors=True)
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Smoke run of the benchmark harness (bench/run.py --quick): it must produce numbers.
+
+Never a timing assertion: this only checks that the harness starts the fake Graph API, the
+systems and the load generator, and writes a results table.  Deselect with ``-m "not bench"``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+with warnings.catch_warnings():
+    # until setup.cfg registers the "bench" marker (filterwarnings = error would fail collection)
+    warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
+    pytestmark = [pytest.mark.bench, pytest.mark.timeout(120)]
+
+
+def test_quick_run_writes_numbers(tmp_path: Path) -> None:
+    out, raw = tmp_path / "RESULTS.md", tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--systems", "flask_ampalibe,bare",
+         "--out", str(out), "--json", str(raw), "--workdir", str(tmp_path / "work")],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = {r["system"]: r for r in json.loads(raw.read_text())["results"]}
+    assert set(results) == {"flask_ampalibe", "bare_ack", "bare_e2e"}
+    for name, r in results.items():
+        assert "error" not in r, (name, r.get("error"))
+        assert r["acked"] > 0 and r["acked_rps"] > 0, name
+        assert r["peak_rss_mb"] > 0, name
+    for name in ("flask_ampalibe", "bare_e2e"):
+        assert results[name]["replies"] > 0, name
+    assert results["flask_ampalibe"]["duplicates"] == 0
+
+    table = out.read_text()
+    for name in results:
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
+        assert re.search(r"\| [\d,]+ \| [\d.]+ \| [\d.]+ \|", row), row
+    assert "flask_ampalibe / bare ack ceiling" in table
