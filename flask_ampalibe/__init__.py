@@ -20,9 +20,11 @@ from typing import Any, Callable, TypeVar
 from .blueprint import bp
 from .errors import AmpalibeError, ConfigurationError, PayloadError, RoutingError, StorageError
 from .extension import Ampalibe, Bot, current_state, default_app, default_router, init, set_default_router
+from .i18n import translate
 from .model import Model
 from .payload import Payload
 from .router import Cmd, Router
+from .scheduler import schedule
 from .signature import generate_signature, verify_signature
 
 __version__ = "0.1.0"
@@ -30,8 +32,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Ampalibe", "AmpalibeError", "Bot", "Cmd", "ConfigurationError", "Messenger", "Model", "Payload",
     "PayloadError", "Router", "RoutingError", "StorageError", "action", "after_receive", "before_receive",
-    "bp", "command", "current_state", "event", "generate_signature", "init", "on_error", "set_default_router",
-    "verify_signature", "webserver",
+    "bp", "command", "current_state", "event", "generate_signature", "init", "on_error", "schedule",
+    "set_default_router", "translate", "verify_signature", "webserver",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1,0 +1,490 @@
+"""Scheduled jobs: a function run on a cron schedule, once per run time across every worker and host.
+
+::
+
+    import flask_ampalibe as ampalibe
+
+    bot = ampalibe.init(Configuration())
+
+    @ampalibe.schedule("0 9 * * 1-5", tz="Indian/Antananarivo")
+    def morning_news(when):
+        for user_id in subscribers():
+            bot.chat.send_text(user_id, f"News of {when:%d %B}",
+                               messaging_type="MESSAGE_TAG", tag="CONFIRMED_EVENT_UPDATE")
+
+Every process serving the bot runs a small scheduler thread.  At each run time ("slot") they all
+try to claim the slot in the ``amp_job`` table with one conditional ``UPDATE``; exactly one
+wins and runs the function, so ten gunicorn workers on three hosts send one newsletter, not
+thirty.  The slot is the run time itself (in whole minutes since the epoch), so hosts whose
+clocks differ by a few seconds still agree on it.
+
+- A slot nobody could run (every process was down) runs late if a process comes up within
+  ``grace`` seconds of it; older slots are skipped, never run in bulk.
+- A job that raises is logged and not retried: the slot counts as done.
+- Jobs run inside the app context (``translate``, ``current_app`` work) and in their own thread,
+  so a long job does not delay the others.
+
+The thread starts lazily, never at import: on the first request the app serves (unless the app
+is in testing mode), or explicitly with :func:`start_scheduler` (from a gunicorn
+``post_worker_init`` hook, or a dedicated process running :meth:`Scheduler.run_forever`).
+Tests call :meth:`Scheduler.tick` with the time they want.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+from .errors import AmpalibeError, RoutingError
+from .router import Router, call_handler
+from .storage import insert_ignore, jobs as jobs_table
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .extension import AmpalibeState
+
+__all__ = ["Cron", "Job", "Scheduler", "ScheduleError", "schedule", "jobs", "scheduler_for", "start_scheduler"]
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Default ``grace``: how late (in seconds) a missed run time may still run.
+DEFAULT_GRACE = 300.0
+
+
+class ScheduleError(AmpalibeError, ValueError):
+    """A cron expression or a time zone is not valid."""
+
+
+# -- cron expressions ----------------------------------------------------------------------------
+_MONTHS = {name: i for i, name in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1)}
+_DAYS = {name: i for i, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
+_FIELDS = (
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day of month", 1, 31, {}),
+    ("month", 1, 12, _MONTHS),
+    ("day of week", 0, 7, _DAYS),
+)
+_MACROS = {
+    "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *",
+}
+_MONTH_DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
+
+
+class Cron:
+    """A standard 5-field cron expression: ``minute hour day-of-month month day-of-week``.
+
+    Each field takes ``*``, a number, a range ``a-b``, a step ``*/n`` or ``a-b/n``, or a list of
+    those (``1,15,30-40/5``); months and days of week also take names (``jan``, ``mon-fri``).
+    Sunday is ``0`` or ``7``.  ``@hourly``, ``@daily``, ``@weekly``, ``@monthly`` and ``@yearly``
+    are accepted too.  As in Vixie cron, when both day fields are restricted a day matching
+    either one runs.
+
+    :raises ScheduleError: naming the field that is wrong.
+
+    Example::
+
+        >>> Cron("*/15 9-17 * * mon-fri").matches(datetime(2024, 5, 6, 9, 30))
+        True
+    """
+
+    def __init__(self, expr: str) -> None:
+        self.expr = expr
+        text = _MACROS.get(expr.strip().lower(), expr) if isinstance(expr, str) else expr
+        parts = text.split() if isinstance(text, str) else []
+        if len(parts) != 5:
+            raise ScheduleError(
+                f"cron {expr!r} must have 5 fields (minute hour day-of-month month day-of-week), "
+                "e.g. '*/5 * * * *' for every 5 minutes."
+            )
+        sets = [_parse_field(expr, part, *spec) for part, spec in zip(parts, _FIELDS)]
+        self.minutes, self.hours, self.days, self.months, weekdays = sets
+        self.weekdays = frozenset(d % 7 for d in weekdays)
+        # Vixie cron: a day field starting with '*' is "unrestricted" (even '*/2').
+        self._any_day = parts[2].startswith("*")
+        self._any_weekday = parts[4].startswith("*")
+        if self._any_weekday and not any(d <= _MONTH_DAYS[m] for m in self.months for d in self.days):
+            raise ScheduleError(f"cron {expr!r} never runs: no chosen month has the chosen day of month.")
+
+    def __repr__(self) -> str:
+        return f"Cron({self.expr!r})"
+
+    def matches(self, when: datetime) -> bool:
+        """Whether the minute of ``when`` (a wall-clock time) is a run time."""
+        if when.minute not in self.minutes or when.hour not in self.hours or when.month not in self.months:
+            return False
+        return self._day_matches(when)
+
+    def _day_matches(self, when: datetime) -> bool:
+        in_days = when.day in self.days
+        in_weekdays = (when.weekday() + 1) % 7 in self.weekdays
+        if self._any_day or self._any_weekday:
+            return in_days and in_weekdays
+        return in_days or in_weekdays
+
+    def next_after(self, after: datetime) -> datetime:
+        """The first run time strictly after ``after``, in ``after``'s time zone (wall clock)."""
+        when = after.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        limit = when.year + 30  # a leap-day schedule can wait 8 years; nothing sane waits 30
+        while when.year <= limit:
+            if when.month not in self.months:
+                year, month = (when.year + 1, 1) if when.month == 12 else (when.year, when.month + 1)
+                when = when.replace(year=year, month=month, day=1, hour=0, minute=0)
+            elif not self._day_matches(when):
+                when = when.replace(hour=0, minute=0) + timedelta(days=1)
+            elif when.hour not in self.hours:
+                when = when.replace(minute=0) + timedelta(hours=1)
+            elif when.minute not in self.minutes:
+                when += timedelta(minutes=1)
+            else:
+                return when
+        raise ScheduleError(f"cron {self.expr!r} has no run time in the next 30 years.")
+
+
+def _parse_field(expr: str, text: str, name: str, lo: int, hi: int, names: dict[str, int]) -> frozenset[int]:
+    def bad(part: str, why: str) -> ScheduleError:
+        return ScheduleError(f"cron {expr!r}: {name} {part!r} {why} (allowed: {lo}-{hi}).")
+
+    def number(part: str, token: str) -> int:
+        value = names.get(token.lower()) if names else None
+        if value is None:
+            if not token.isdigit():
+                raise bad(part, "is not a number" + (" or a name" if names else ""))
+            value = int(token)
+        if not lo <= value <= hi:
+            raise bad(part, "is out of range")
+        return value
+
+    values: set[int] = set()
+    for part in text.split(","):
+        base, slash, step_text = part.partition("/")
+        step = 1
+        if slash:
+            if not step_text.isdigit() or int(step_text) < 1:
+                raise bad(part, "has a step that is not a positive number")
+            step = int(step_text)
+        if base == "*":
+            first, last = lo, hi
+        elif "-" in base:
+            start, _, end = base.partition("-")
+            first, last = number(part, start), number(part, end)
+            if first > last:
+                raise bad(part, "is a range that runs backwards")
+        else:
+            first = number(part, base)
+            last = hi if slash else first  # 'a/n' means a, a+n, ... up to the end
+        values.update(range(first, last + 1, step))
+    return frozenset(values)
+
+
+# -- jobs and their registry ---------------------------------------------------------------------
+@dataclass
+class Job:
+    """A scheduled function.
+
+    :ivar name: the job's identity in ``amp_job``; keep it stable across deploys.
+    :ivar cron: when it runs.
+    :ivar tz: the time zone ``cron`` is read in.
+    :ivar grace: how late (seconds) a missed run time may still run.
+    """
+
+    name: str
+    cron: Cron
+    func: Callable[..., Any]
+    tz: tzinfo = timezone.utc
+    grace: float = DEFAULT_GRACE
+
+    def due_slot(self, now: float) -> int | None:
+        """The latest run time within ``grace`` before ``now``, in minutes since the epoch."""
+        latest = math.floor(now / 60)
+        earliest = math.ceil((now - self.grace) / 60)
+        for minute in range(latest, min(earliest, latest) - 1, -1):
+            if self.cron.matches(datetime.fromtimestamp(minute * 60, self.tz)):
+                return minute
+        return None
+
+    def next_run(self, after: datetime | None = None) -> datetime:
+        """The next run time after ``after`` (default: now), in the job's time zone."""
+        start = (after or datetime.now(timezone.utc)).astimezone(self.tz)
+        return self.cron.next_after(start)
+
+
+_registry: "weakref.WeakKeyDictionary[Router, dict[str, Job]]" = weakref.WeakKeyDictionary()
+_registry_lock = threading.Lock()
+
+
+def jobs(router: Router | None = None) -> list[Job]:
+    """The jobs registered on ``router`` (default: the module-level router)."""
+    with _registry_lock:
+        return list(_registry.get(router or _default_router(), {}).values())
+
+
+def schedule(cron: str, name: str | None = None, *, tz: "str | tzinfo | None" = None,
+             grace: float = DEFAULT_GRACE, router: Router | None = None) -> Callable[[F], F]:
+    """Run the decorated function at each run time of ``cron``, once across all workers and hosts.
+
+    The function may take ``when`` (the run time, an aware ``datetime``); it runs in the app
+    context, outside any webhook, so it sends with ``bot.chat`` like any script would.
+
+    :param cron: a 5-field cron expression (see :class:`Cron`), e.g. ``"*/5 * * * *"``.
+    :param name: the job's identity in the database (default ``module.function``); two
+        functions cannot share one.
+    :param tz: time zone of the cron times (an IANA name such as ``"Europe/Paris"``, or a
+        ``tzinfo``); default UTC, so every host agrees whatever its local time.
+    :param grace: seconds a missed run time may still run late (default 300).
+    :param router: where to register (default: the module-level router ``@ampalibe.command`` uses).
+    :returns: a decorator that returns the function unchanged.
+
+    Example::
+
+        @ampalibe.schedule("*/5 * * * *")
+        def heartbeat():
+            bot.chat.send_text(ADMIN_ID, "still alive")
+    """
+    parsed = Cron(cron)
+    zone = _zone(tz)
+
+    def deco(func: F) -> F:
+        target = router or _default_router()
+        job_name = name or f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+        with _registry_lock:
+            table = _registry.setdefault(target, {})
+            old = table.get(job_name)
+            if old is not None and old.func is not func and _qualname(old.func) != _qualname(func):
+                raise RoutingError(
+                    f"@schedule(name={job_name!r}) is already used by {_qualname(old.func)}; "
+                    f"{_qualname(func)} needs another name."
+                )
+            table[job_name] = Job(job_name, parsed, func, zone, float(grace))
+        _connect_autostart()
+        return func
+    return deco
+
+
+def _default_router() -> Router:
+    from .extension import default_router
+    return default_router()
+
+
+def _qualname(func: Callable[..., Any]) -> str:
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def _zone(tz: "str | tzinfo | None") -> tzinfo:
+    if tz is None:
+        return timezone.utc
+    if isinstance(tz, tzinfo):
+        return tz
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    try:
+        return ZoneInfo(str(tz))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ScheduleError(
+            f"time zone {tz!r} is not known; use an IANA name such as 'Europe/Paris' "
+            "(on systems without a time zone database: pip install tzdata)."
+        ) from None
+
+
+# -- running -------------------------------------------------------------------------------------
+class Scheduler:
+    """Runs an app's jobs: one per process, started lazily, safe after a fork.
+
+    :param state: the app's :class:`~flask_ampalibe.extension.AmpalibeState` (jobs come from
+        its router, slots are claimed in its database).
+    :param clock: returns the time in seconds since the epoch (tests shift it).
+    """
+
+    def __init__(self, state: "AmpalibeState", clock: Callable[[], float] = time.time) -> None:
+        self.state = state
+        self.clock = clock
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._running: dict[str, threading.Thread] = {}
+        self._pid = 0
+
+    @property
+    def jobs(self) -> list[Job]:
+        """The jobs of the app's router (read at each tick, so late registrations count)."""
+        return jobs(self.state.router)
+
+    @property
+    def owner(self) -> str:
+        """Who claims slots: ``host:pid``, recorded in ``amp_job.owner``."""
+        return f"{socket.gethostname()[:80]}:{os.getpid()}"
+
+    def claim(self, name: str, slot: int) -> bool:
+        """Claim run time ``slot`` of job ``name``; ``True`` for exactly one caller across all processes.
+
+        One conditional ``UPDATE`` decides: the row moves forward to ``slot`` only if it is
+        behind it, and the database lets a single transaction do that.
+        """
+        store = self.state.store
+        store.ensure()
+        with store.engine.begin() as conn:
+            insert_ignore(conn, jobs_table, [{"name": name, "slot": -1, "owner": None, "ran_at": None}])
+            result = conn.execute(
+                jobs_table.update()
+                .where(jobs_table.c.name == name, jobs_table.c.slot < slot)
+                .values(slot=slot, owner=self.owner, ran_at=time.time())
+            )
+            return result.rowcount == 1
+
+    def tick(self, now: "float | datetime | None" = None, *, background: bool = False) -> list[str]:
+        """Run the jobs due at ``now`` whose slot this process wins.
+
+        :param now: the time (a timestamp or an aware ``datetime``); default: the clock.
+        :param background: run each job in its own thread (the scheduler thread does) instead of
+            before returning (tests and one-shot runs do).
+        :returns: the names of the jobs this call ran (or started).
+        """
+        if now is None:
+            now = self.clock()
+        elif isinstance(now, datetime):
+            if now.tzinfo is None:
+                raise ScheduleError("tick(now=...) needs an aware datetime (with tzinfo), or a timestamp.")
+            now = now.timestamp()
+        ran = []
+        for job in self.jobs:
+            slot = job.due_slot(now)
+            if slot is None:
+                continue
+            with self._lock:
+                busy = job.name in self._running
+            if busy:
+                logger.warning("scheduled job %s is still running; this process leaves its next run to others",
+                               job.name)
+                continue
+            if not self.claim(job.name, slot):
+                continue
+            ran.append(job.name)
+            if background:
+                thread = threading.Thread(target=self._run, args=(job, slot), name=f"ampalibe-job-{job.name}",
+                                          daemon=True)
+                with self._lock:
+                    self._running[job.name] = thread
+                thread.start()
+            else:
+                self._run(job, slot)
+        return ran
+
+    def _run(self, job: Job, slot: int) -> None:
+        when = datetime.fromtimestamp(slot * 60, job.tz)
+        logger.info("running scheduled job %s for %s", job.name, when.isoformat())
+        try:
+            with self.state.app.app_context():
+                call_handler(job.func, when=when)
+        except Exception:
+            logger.exception("scheduled job %s (run time %s) failed; it runs again at its next time",
+                             job.name, when.isoformat())
+        finally:
+            with self._lock:
+                if self._running.get(job.name) is threading.current_thread():
+                    del self._running[job.name]
+
+    # -- the thread ------------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Start the scheduler thread of this process if the app has jobs (idempotent, fork-aware).
+
+        :returns: whether a thread is running.
+        """
+        if self._pid == os.getpid():
+            return True
+        if self.stopping.is_set() or not self.jobs:
+            return False
+        with self._lock:
+            if self._pid != os.getpid():
+                self._running.clear()  # a forked child has none of the parent's threads
+                self._thread = threading.Thread(target=self._loop, name="ampalibe-scheduler", daemon=True)
+                self._thread.start()
+                self._pid = os.getpid()
+        return True
+
+    def _loop(self) -> None:
+        delay = 0.0  # tick at once: a run time missed while starting up may still be within grace
+        while not self.stopping.wait(delay):
+            try:
+                self.tick(background=True)
+            except Exception:
+                logger.exception("scheduler tick failed (database unreachable?); trying again next minute")
+            now = self.clock()
+            delay = 60.0 - now % 60.0 + 0.01  # wake just after the next minute starts
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the thread and wait up to ``timeout`` seconds for running jobs."""
+        self.stopping.set()
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = [t for t in (self._thread, *self._running.values()) if t is not None]
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def run_forever(self) -> None:
+        """Tick every minute in the calling thread until :meth:`stop` (a dedicated scheduler process)."""
+        if not self.jobs:
+            logger.warning("no @schedule jobs are registered for %s; the scheduler has nothing to do",
+                           self.state.app.name)
+        self._loop()
+
+
+def scheduler_for(app: "Flask | AmpalibeState") -> Scheduler:
+    """The :class:`Scheduler` of ``app`` (created on first use, kept in ``app.extensions["ampalibe"]``)."""
+    state = app.extensions["ampalibe"] if hasattr(app, "extensions") else app
+    scheduler = getattr(state, "scheduler", None)
+    if scheduler is None:
+        with _registry_lock:
+            scheduler = getattr(state, "scheduler", None)
+            if scheduler is None:
+                scheduler = state.scheduler = Scheduler(state)
+    return scheduler
+
+
+def start_scheduler(app: "Flask | None" = None) -> bool:
+    """Start the scheduler thread of ``app`` (default: the app :func:`flask_ampalibe.init` set up).
+
+    Call it where a worker process starts, e.g. in the project's ``gunicorn.conf.py``::
+
+        def post_worker_init(worker):
+            flask_ampalibe.scheduler.start_scheduler(worker.wsgi)
+
+    :returns: whether a scheduler thread runs (``False`` when the app has no jobs).
+    """
+    if app is None:
+        from .extension import current_state
+        return scheduler_for(current_state()).start()
+    return scheduler_for(app).start()
+
+
+def _on_request(sender: Any, **extra: Any) -> None:
+    state = getattr(sender, "extensions", {}).get("ampalibe")
+    if state is None or sender.testing:
+        return
+    try:
+        scheduler_for(state).start()
+    except Exception:  # never fail a request because the scheduler could not start
+        logger.exception("could not start the scheduler")
+
+
+_connected = False
+
+
+def _connect_autostart() -> None:
+    global _connected
+    if not _connected:
+        from flask import request_started
+        request_started.connect(_on_request)
+        _connected = True
+
