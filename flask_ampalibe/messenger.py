@@ -370,21 +370,24 @@ class Messenger:
                 failure = GraphConnectionError(f"Graph did not accept a connection within {self.timeout}s ({label}).")
                 retry, reason = True, "connect timeout"
             except requests.exceptions.ReadTimeout:
-                failure = GraphTimeout(
-                    f"Graph did not answer {label} within {self.timeout}s; the request was sent, so it may have "
-                    "been carried out. It was not retried, to avoid a double send."
-                )
                 retry, reason = idempotent, "read timeout"
+                failure = GraphTimeout(
+                    f"Graph did not answer {label} within {self.timeout}s"
+                    + ("." if idempotent else "; the request was sent, so it may have been carried out. "
+                       "It was not retried, to avoid a double send.")
+                )
             except requests.exceptions.ConnectionError as exc:
                 never_sent = _never_sent(exc)
+                retry, reason = never_sent or idempotent, "connection error"
                 if never_sent:
                     failure = GraphConnectionError(f"Graph could not be reached for {label} ({_describe(exc)}).")
+                elif idempotent:
+                    failure = GraphConnectionError(f"The connection to Graph broke during {label} ({_describe(exc)}).")
                 else:
                     failure = GraphConnectionError(
                         f"The connection to Graph broke during {label} ({_describe(exc)}); the request may have been "
                         "carried out, so it was not retried."
                     )
-                retry, reason = never_sent or idempotent, "connection error"
             except requests.exceptions.RequestException as exc:
                 # Never chain requests' exception: its text holds the URL and so the access token.
                 raise GraphError(f"Graph request {label} failed: {_describe(exc)}") from None

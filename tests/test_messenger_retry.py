@@ -220,3 +220,13 @@ def test_payload_too_long_raises_before_sending(chat: Messenger, graph: FakeGrap
     with pytest.raises(ValueError, match="1000"):
         chat.send_button(USER, [{"type": "postback", "title": "Go", "payload": Payload("/go", blob="x")}], "Go?")
     assert graph.requests == []
+
+
+def test_reads_that_keep_timing_out_are_reported(graph: FakeGraph, clock: Clock) -> None:
+    chat = make_chat(graph.url, clock, timeout=0.2, max_retries=1)
+    graph.fail_next(status=200, delay=0.6, count=2)
+    with pytest.raises(GraphTimeout, match="within 0.2s") as info:
+        chat.get_personas("123")
+    assert "not retried" not in str(info.value)
+    assert len(graph.requests) == 2 and len(clock.sleeps) == 1
+    chat.close()
