@@ -44,7 +44,8 @@ def gunicorn_server(folder: Path, overrides: dict[str, Any]) -> Any:
     """
     try:
         from gunicorn.app.base import BaseApplication
-        from gunicorn.errors import AppImportError
+        from gunicorn.arbiter import Arbiter
+        from gunicorn.errors import AppImportError, HaltServer
     except ImportError as exc:
         raise ProjectError(
             f"gunicorn cannot run here ({exc}); it needs a POSIX system (Linux, macOS, WSL, Docker). "
@@ -76,6 +77,23 @@ def gunicorn_server(folder: Path, overrides: dict[str, Any]) -> Any:
                 if _is_configuration_error(exc):
                     raise AppImportError(f"Error: {exc}") from exc
                 raise
+
+        def run(self) -> None:
+            arbiter = Arbiter(self)
+            try:
+                arbiter.run()
+            except HaltServer as exc:
+                # When several workers fail to load at once, gunicorn's halt() meets the next
+                # failed worker while stopping and raises HaltServer out of run(), with a
+                # traceback.  Finish stopping (halt() ends with sys.exit) quietly instead.
+                while True:
+                    try:
+                        arbiter.halt(reason=exc.reason, exit_status=exc.exit_status)
+                    except HaltServer:
+                        continue
+            except RuntimeError as exc:  # as BaseApplication.run: e.g. the address is in use
+                click.echo(f"Error: {exc}", err=True)
+                sys.exit(1)
 
     return GunicornServer(prog="ampalibe run")
 
