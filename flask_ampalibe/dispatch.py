@@ -38,11 +38,12 @@ class Dispatcher:
             token = _current_codec.set(state.codec)
             try:
                 router = state.router
-                for middleware in router.before:
-                    if call_handler(middleware, **base) is False:
-                        return None
                 result, error = None, None
                 try:
+                    # A failing before_receive is the event's failure, reported like a handler's.
+                    for middleware in router.before:
+                        if call_handler(middleware, **base) is False:
+                            return None
                     result = self._route(claimed, base)
                 except Exception as exc:
                     error = exc
