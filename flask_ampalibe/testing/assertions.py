@@ -16,6 +16,7 @@ replies to the last event it posted.
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -23,15 +24,34 @@ if TYPE_CHECKING:
     from .graph import FakeGraph
 
 __all__ = [
-    "messages", "text_of", "describe", "assert_replied", "assert_no_reply", "assert_quick_replies",
+    "messages", "recipient_of", "text_of", "describe", "assert_replied", "assert_no_reply", "assert_quick_replies",
     "assert_buttons", "assert_attachment",
 ]
 
+_RECIPIENT_KEYS = ("id", "notification_messages_token", "one_time_notif_token", "user_ref")
+
+
+def recipient_of(request: Any) -> str | None:
+    """Who a Send API call was addressed to: the PSID, else the notification token or ``user_ref``."""
+    data = request.json if isinstance(request.json, dict) else {}
+    recipient = data.get("recipient")
+    if recipient is None and "recipient" in request.form:
+        recipient = json.loads(request.form["recipient"])
+    if isinstance(recipient, dict):
+        for key in _RECIPIENT_KEYS:
+            if recipient.get(key):
+                return str(recipient[key])
+    return None
+
+
 def messages(graph: "FakeGraph", user: str, since: int = 0) -> list[dict]:
-    """The ``message`` objects sent to ``user`` from request number ``since`` on, in order."""
+    """The ``message`` objects sent to ``user`` from request number ``since`` on, in order.
+
+    :param user: a PSID, or the notification token (or ``user_ref``) a send was addressed to.
+    """
     requests = graph.requests[since:]  # a slice: safe while the fake records from another thread
     return [r.message for r in requests
-            if r.path.endswith("/messages") and r.recipient == str(user) and r.message is not None]
+            if r.path.endswith("/messages") and r.message is not None and recipient_of(r) == str(user)]
 
 
 def text_of(message: dict) -> str | None:
