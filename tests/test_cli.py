@@ -94,6 +94,34 @@ def test_create_writes_the_skeleton(runner: CliRunner, tmp_path: Path) -> None:
     assert ".env" in (project / ".gitignore").read_text().splitlines()
 
 
+def test_every_template_file_is_packaged_and_tracked() -> None:
+    """Each skeleton file matches a package_data glob of setup.cfg and is not ignored by git
+    (a real .gitignore among the templates once hid the template .env from git)."""
+    import configparser
+    import glob
+    import shutil
+
+    root = Path(flask_ampalibe.__file__).parent
+    templates = sorted(
+        p.relative_to(root).as_posix() for p in (root / "templates" / "project").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
+    setup_cfg = root.parent / "setup.cfg"
+    if not setup_cfg.exists():
+        pytest.skip("not a source checkout")
+    config = configparser.ConfigParser()
+    config.read(setup_cfg)
+    patterns = config["options.package_data"]["flask_ampalibe"].split()
+    packaged = {
+        Path(found).relative_to(root).as_posix()
+        for pattern in patterns for found in glob.glob(str(root / pattern)) if Path(found).is_file()
+    }
+    assert set(templates) <= packaged
+    if shutil.which("git") and (root.parent / ".git").exists():
+        ignored = subprocess.run(["git", "check-ignore", *templates], cwd=root, capture_output=True, text=True)
+        assert ignored.stdout == ""
+
+
 def test_every_env_setting_is_commented(runner: CliRunner, tmp_path: Path) -> None:
     runner.invoke(cli, ["create", str(tmp_path / "bot")])
     lines = (tmp_path / "bot" / ".env").read_text().splitlines()

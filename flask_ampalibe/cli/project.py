@@ -51,11 +51,17 @@ def skeleton() -> dict[str, bytes]:
     return dict(sorted(files.items()))
 
 
+#: Template files named ``dot-X`` are written as ``.X``: a real ``.gitignore`` in the package
+#: would make git ignore the template ``.env`` (and hidden files are easy to lose in packaging).
+_DOT = "dot-"
+
+
 def _walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
     for child in node.iterdir():
         if child.name == "__pycache__" or child.name.endswith(".pyc"):
             continue  # pip byte-compiles the template .py files when it installs them
-        rel = f"{prefix}{child.name}"
+        name = "." + child.name[len(_DOT):] if child.name.startswith(_DOT) else child.name
+        rel = f"{prefix}{name}"
         if child.is_dir():
             yield from _walk(child, rel + "/")
         else:
