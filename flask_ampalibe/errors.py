@@ -1,7 +1,10 @@
 """The exceptions flask_ampalibe raises.  All derive from :class:`AmpalibeError`."""
 from __future__ import annotations
 
-__all__ = ["AmpalibeError", "ConfigurationError", "RoutingError", "PayloadError", "StorageError"]
+__all__ = [
+    "AmpalibeError", "ConfigurationError", "RoutingError", "PayloadError", "StorageError", "LimitError",
+    "GraphError", "GraphTimeout", "GraphConnectionError",
+]
 
 
 class AmpalibeError(Exception):
@@ -22,3 +25,22 @@ class PayloadError(AmpalibeError, ValueError):
 
 class StorageError(AmpalibeError):
     """The database could not be reached or used; the message says which setting to check."""
+
+
+class LimitError(AmpalibeError, ValueError):
+    """Something to send exceeds one of Messenger's limits; the message names the limit and the fix."""
+
+
+class GraphError(AmpalibeError):
+    """The Graph API could not be used for a request (no answer to return)."""
+
+
+class GraphTimeout(GraphError):
+    """The request was sent but Graph did not answer within the timeout.
+
+    Its outcome is unknown (the message may have been delivered), so it was not sent again.
+    """
+
+
+class GraphConnectionError(GraphError):
+    """Graph could not be reached, or the connection broke after the request was sent."""
