@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Iterator
 
-from .errors import AmpalibeError
+from .errors import LimitError
 
 __all__ = [
     "LimitError",
@@ -86,10 +86,6 @@ NOTIFICATION_TITLE_MAX = 65
 PRODUCTS_MAX = 10
 #: Size of an uploaded attachment.
 ATTACHMENT_MAX_BYTES = 25 * 1024 * 1024
-
-
-class LimitError(AmpalibeError, ValueError):
-    """Something to send exceeds one of Messenger's limits; the message names the limit and the fix."""
 
 
 # -- enumerations (str subclasses: they compare equal to, and serialise as, their value) -------
