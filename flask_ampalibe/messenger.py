@@ -8,38 +8,27 @@ Messenger's limits before sending, and returns the :class:`requests.Response` (s
     if res.status_code != 200:
         print(res.text)  # Graph's error, also logged with its code, subcode and fbtrace_id
 
-Transient Graph errors (rate limits, temporary failures, connection refused) are retried with
-exponential backoff and jitter, bounded in count (``max_retries``) and time (``retry_budget``).
-A request that may have reached Meta without an answer (a read timeout, a dropped connection) is
-never sent again: the Send API has no idempotency key, so a retry could deliver a message twice;
-:class:`GraphTimeout` or :class:`GraphConnectionError` is raised instead.
+The transport (authentication, JSON encoding, retries of transient errors, never a double send)
+is :class:`~flask_ampalibe.graph.GraphClient`; text splitting is :mod:`flask_ampalibe.text`.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import logging
 import mimetypes
 import os
-import random
-import socket
-import time
-import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import requests
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
 from . import ui
+from .errors import GraphConnectionError, GraphError, GraphTimeout, LimitError
+from .graph import TRANSIENT_CODES, GraphClient, GraphErrorInfo, graph_error
+from .text import split_text
 from .ui import (
     BUTTON_TEXT_MAX, ELEMENT_BUTTONS_MAX, MENU_TITLE_MAX, NOTIFICATION_TITLE_MAX, PRODUCTS_MAX,
-    QUICK_REPLIES_MAX, QUICK_REPLY_TITLE_MAX, TEMPLATE_ELEMENTS_MAX, TEXT_LIMIT, Action, Filetype, LimitError,
+    QUICK_REPLIES_MAX, QUICK_REPLY_TITLE_MAX, TEMPLATE_ELEMENTS_MAX, TEXT_LIMIT, Action, Filetype,
 )
-
-from .errors import AmpalibeError, ConfigurationError
 
 __all__ = [
     "Messenger",
@@ -58,9 +47,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Graph error codes worth retrying: temporary failures and rate limits.
-TRANSIENT_CODES = frozenset({1, 2, 4, 17, 32, 341, 613, 1200})
-
 #: The quick-reply payload of a "next page" button: ``"__amp_page <token>"``.
 PAGE_PREFIX = "__amp_page "
 
@@ -71,67 +57,6 @@ _SEND_KWARGS = frozenset({
     "messaging_type", "tag", "notification_type", "persona_id", "personas_id",
     "one_time_notif_token", "notification_messages_token",
 })
-
-
-class GraphError(AmpalibeError):
-    """The Graph API could not be used for a request (no answer to return)."""
-
-
-class GraphTimeout(GraphError):
-    """The request was sent but Graph did not answer within the timeout.
-
-    Its outcome is unknown (the message may have been delivered), so it was not sent again.
-    """
-
-
-class GraphConnectionError(GraphError):
-    """Graph could not be reached, or the connection broke after the request was sent."""
-
-
-@dataclass(frozen=True)
-class GraphErrorInfo:
-    """The ``error`` object of a Graph answer."""
-
-    status: int
-    code: int | None
-    subcode: int | None
-    type: str | None
-    message: str | None
-    fbtrace_id: str | None
-
-
-def graph_error(response: requests.Response) -> GraphErrorInfo | None:
-    """The Graph error carried by ``response``, or ``None`` when it has none.
-
-    Example::
-
-        res = chat.send_text(sender_id, "Hi")
-        err = graph_error(res)
-        if err is not None and err.code == 551:
-            ...  # the user cannot be reached
-    """
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    error = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(error, dict):
-        return None if response.ok else GraphErrorInfo(response.status_code, None, None, None, None, None)
-
-    def _int(value: Any) -> int | None:
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            return None
-
-    return GraphErrorInfo(
-        status=response.status_code,
-        code=_int(error.get("code")),
-        subcode=_int(error.get("error_subcode")),
-        type=error.get("type"),
-        message=error.get("message"),
-        fbtrace_id=error.get("fbtrace_id"),
-    )
 
 
 class PageStore(Protocol):
@@ -146,107 +71,8 @@ class PageStore(Protocol):
     def take_page(self, token: str, user_id: str) -> dict | None: ...
 
 
-# -- text splitting ---------------------------------------------------------------------------
-def _utf16_len(text: str) -> int:
-    # Counted in UTF-16 code units, as JavaScript-based clients do: conservative for astral emoji.
-    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
-
-
-def _is_extender(ch: str) -> bool:
-    """True when ``ch`` continues the character before it (so no split may come before it)."""
-    code = ord(ch)
-    return (
-        code == 0x200D  # zero width joiner
-        or 0xFE00 <= code <= 0xFE0F  # variation selectors
-        or 0x1F3FB <= code <= 0x1F3FF  # skin tone modifiers
-        or 0xE0020 <= code <= 0xE007F  # tag characters (flag sequences)
-        or 0xE0100 <= code <= 0xE01EF
-        or 0x0300 <= code <= 0x036F  # combining diacritics (fast path of the category test)
-        or unicodedata.category(ch) in ("Mn", "Me", "Mc")
-    )
-
-
-def _is_regional(ch: str) -> bool:
-    return 0x1F1E6 <= ord(ch) <= 0x1F1FF
-
-
-def _cluster_end(text: str, i: int) -> int:
-    """Index just after the user-perceived character starting at ``i`` (an approximation of
-    Unicode grapheme clusters good enough for emoji ZWJ sequences, flags and combining marks)."""
-    n = len(text)
-    if text[i] == "\r" and i + 1 < n and text[i + 1] == "\n":
-        return i + 2
-    j = i + 1
-    if _is_regional(text[i]) and j < n and _is_regional(text[j]):
-        j += 1
-    while j < n and (_is_extender(text[j]) or text[j - 1] == "\u200d"):
-        j += 1
-    return j
-
-
-def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
-    """Split ``text`` into pieces each shorter than ``limit`` characters.
-
-    Pieces end at a paragraph or word boundary; a word longer than the limit is cut, but never
-    inside a character, an emoji sequence or a flag.  Length is counted in UTF-16 code units
-    (an emoji outside the Basic Multilingual Plane counts twice), which is never less than what
-    Messenger counts.  The whitespace at a split point is dropped.
-
-    Example::
-
-        >>> [len(p) for p in split_text("x" * 5000)]
-        [1999, 1999, 1002]
-    """
-    budget = limit - 1
-    if _utf16_len(text) <= budget:
-        return [text]
-    pieces: list[str] = []
-    n, start = len(text), 0
-    while start < n:
-        end, used = start, 0
-        while end < n:
-            nxt = _cluster_end(text, end)
-            width = _utf16_len(text[end:nxt])
-            if used + width > budget:
-                if end == start:  # one absurdly long cluster: cut it between code points
-                    while end < n and used + _utf16_len(text[end]) <= budget:
-                        used += _utf16_len(text[end])
-                        end += 1
-                break
-            used += width
-            end = nxt
-        if end >= n:
-            piece, start = text[start:], n
-        else:
-            cut = _soft_break(text, start, end)
-            if cut is None:
-                piece, start = text[start:end], end
-            else:
-                piece, start = text[start:cut], cut
-                while start < n and text[start].isspace():
-                    start += 1
-        piece = piece.rstrip() if start < n else piece
-        if piece.strip():
-            pieces.append(piece)
-    return pieces
-
-
-def _soft_break(text: str, start: int, end: int) -> int | None:
-    """Best split index in ``text[start:end]``: a line break in its second half, else the last
-    whitespace; ``None`` when the window is one single word."""
-    newline = text.rfind("\n", start + 1, end + 1)
-    if newline >= start + (end - start) // 2:
-        return newline
-    if text[end].isspace():
-        return end
-    for i in range(end - 1, start, -1):
-        if text[i].isspace():
-            return i
-    return None
-
-
 # -- the client -------------------------------------------------------------------------------
-class Messenger:
+class Messenger(GraphClient):
     """A client of the Messenger Send API and Messenger Profile API.
 
     :param access_token: the Page access token (an empty one makes every call raise
@@ -267,10 +93,6 @@ class Messenger:
     may replace; the backoff policy itself stays the same.
     """
 
-    #: First backoff delay in seconds, doubled at each retry, capped by :attr:`backoff_max`.
-    backoff_base = 0.5
-    backoff_max = 8.0
-
     def __init__(
         self,
         access_token: str,
@@ -285,146 +107,11 @@ class Messenger:
         retry_budget: float = 30.0,
         session: requests.Session | None = None,
     ) -> None:
-        version = str(graph_version).strip("/")
-        if not version.startswith("v"):
-            version = "v" + version
-        self.base_url = f"{graph_url.rstrip('/')}/{version}"
-        self.timeout = timeout
+        super().__init__(
+            access_token, graph_url=graph_url, graph_version=graph_version, app_secret=app_secret, timeout=timeout,
+            payload_encoder=payload_encoder, max_retries=max_retries, retry_budget=retry_budget, session=session,
+        )
         self.pages = pages
-        self.payload_encoder = payload_encoder
-        self.max_retries = max(0, int(max_retries))
-        self.retry_budget = float(retry_budget)
-        self._own_session = session is None
-        self.session = session if session is not None else requests.Session()
-        self._auth = {"access_token": access_token or ""}
-        if app_secret and access_token:
-            proof = hmac.new(app_secret.encode(), access_token.encode(), hashlib.sha256).hexdigest()
-            self._auth["appsecret_proof"] = proof
-        self.sleep: Callable[[float], Any] = time.sleep
-        self.clock: Callable[[], float] = time.monotonic
-
-    def __repr__(self) -> str:
-        return f"<Messenger {self.base_url}>"
-
-    def close(self) -> None:
-        """Close the HTTP session (only when this client created it)."""
-        if self._own_session:
-            self.session.close()
-
-    # -- JSON ----------------------------------------------------------------------------------
-    def _default(self, obj: Any) -> Any:
-        """``json.dumps`` hook: builders and mappings become dicts, Payloads their string."""
-        if isinstance(obj, Mapping):
-            return dict(obj)
-        if isinstance(obj, (set, frozenset)):
-            return list(obj)
-        if self.payload_encoder is not None:
-            return self.payload_encoder(obj)
-        return str(obj)
-
-    def _dumps(self, body: Any) -> bytes:
-        return json.dumps(body, default=self._default, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-    def _jsonable(self, value: Any) -> Any:
-        """``value`` as plain JSON data, Payloads encoded (what a page store can keep)."""
-        return json.loads(self._dumps(value))
-
-    # -- transport -----------------------------------------------------------------------------
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        label: str,
-        json_body: Any = None,
-        params: Mapping[str, Any] | None = None,
-        data: Any = None,
-        files: Any = None,
-        idempotent: bool = False,
-    ) -> requests.Response:
-        """Send one Graph request with the retry policy; return Graph's answer.
-
-        ``idempotent`` requests (reads, profile settings) may also be retried after a read
-        timeout or a 5xx; the others only when Graph surely did not act on them.
-        """
-        if not self._auth["access_token"]:
-            raise ConfigurationError(
-                f"{label}: no Page access token; set AMPALIBE_ACCESS_TOKEN (Configuration.ACCESS_TOKEN)."
-            )
-        url = self.base_url + path
-        query = dict(self._auth)
-        query.update(params or {})
-        headers = None
-        if json_body is not None:
-            data = self._dumps(json_body)  # once: every attempt sends the same bytes
-            headers = {"Content-Type": "application/json; charset=utf-8"}
-        started = self.clock()
-        attempt = 0
-        while True:
-            response: requests.Response | None = None
-            failure: GraphError | None = None
-            try:
-                response = self.session.request(method, url, params=query, data=data, files=files,
-                                                headers=headers, timeout=self.timeout)
-            except requests.exceptions.ConnectTimeout:
-                failure = GraphConnectionError(f"Graph did not accept a connection within {self.timeout}s ({label}).")
-                retry, reason = True, "connect timeout"
-            except requests.exceptions.ReadTimeout:
-                retry, reason = idempotent, "read timeout"
-                failure = GraphTimeout(
-                    f"Graph did not answer {label} within {self.timeout}s"
-                    + ("." if idempotent else "; the request was sent, so it may have been carried out. "
-                       "It was not retried, to avoid a double send.")
-                )
-            except requests.exceptions.ConnectionError as exc:
-                never_sent = _never_sent(exc)
-                retry, reason = never_sent or idempotent, "connection error"
-                if never_sent:
-                    failure = GraphConnectionError(f"Graph could not be reached for {label} ({_describe(exc)}).")
-                elif idempotent:
-                    failure = GraphConnectionError(f"The connection to Graph broke during {label} ({_describe(exc)}).")
-                else:
-                    failure = GraphConnectionError(
-                        f"The connection to Graph broke during {label} ({_describe(exc)}); the request may have been "
-                        "carried out, so it was not retried."
-                    )
-            except requests.exceptions.RequestException as exc:
-                # Never chain requests' exception: its text holds the URL and so the access token.
-                raise GraphError(f"Graph request {label} failed: {_describe(exc)}") from None
-            else:
-                if response.ok:
-                    return response
-                error = graph_error(response)
-                retry = self._transient(response, error, idempotent)
-                reason = _error_text(error)
-                if not retry:
-                    _log_error(label, error)
-                    return response
-
-            delay = min(self.backoff_max, self.backoff_base * (2 ** attempt))
-            delay = delay / 2 + random.random() * delay / 2  # "equal jitter"
-            out_of_budget = self.clock() - started + delay > self.retry_budget
-            if not retry or attempt >= self.max_retries or out_of_budget:
-                if retry:
-                    logger.warning("Graph %s: giving up after %d attempt(s): %s", label, attempt + 1, reason)
-                if response is not None:
-                    _log_error(label, graph_error(response))
-                    return response
-                assert failure is not None
-                logger.warning("Graph %s: %s", label, failure)
-                raise failure from None
-            attempt += 1
-            logger.warning("Graph %s: %s; retry %d of %d in %.2fs", label, reason, attempt, self.max_retries, delay)
-            self.sleep(delay)
-
-    @staticmethod
-    def _transient(response: requests.Response, error: GraphErrorInfo | None, idempotent: bool) -> bool:
-        if error is not None and error.code is not None:
-            return error.code in TRANSIENT_CODES
-        # No Graph error code: 502/503 come from Meta's front end before the request is handled.
-        if response.status_code in (502, 503):
-            return True
-        return idempotent and response.status_code >= 500
 
     # -- the Send API envelope -------------------------------------------------------------------
     def _envelope(self, dest_id: Any, kwargs: Mapping[str, Any], method: str) -> dict[str, Any]:
@@ -1031,46 +718,3 @@ def _json_or(response: requests.Response, default: Any) -> Any:
         return default
     return body if isinstance(body, type(default)) else default
 
-
-def _never_sent(exc: BaseException) -> bool:
-    """True when the exception proves the request never left (no connection was made)."""
-    stack: list[Any] = [exc]
-    seen: set[int] = set()
-    while stack:
-        err = stack.pop()
-        if not isinstance(err, BaseException) or id(err) in seen:
-            continue
-        seen.add(id(err))
-        if isinstance(err, (NewConnectionError, ConnectTimeoutError, ConnectionRefusedError, socket.gaierror)):
-            return True
-        if isinstance(err, MaxRetryError):
-            stack.append(err.reason)
-        stack.extend(err.args)
-        stack.extend((err.__cause__, err.__context__))
-    return False
-
-
-def _describe(exc: BaseException) -> str:
-    """The kind of a transport failure, without requests' text (which holds the URL and token)."""
-    inner: BaseException | None = exc
-    while inner is not None:
-        reason = inner.args[0] if inner.args and isinstance(inner.args[0], BaseException) else None
-        if isinstance(reason, MaxRetryError):
-            reason = reason.reason
-        if reason is None:
-            break
-        inner = reason
-    return type(inner or exc).__name__
-
-
-def _error_text(error: GraphErrorInfo | None) -> str:
-    if error is None:
-        return "no error body"
-    return (f"HTTP {error.status}, code={error.code}, subcode={error.subcode}, type={error.type}, "
-            f"fbtrace_id={error.fbtrace_id}")
-
-
-def _log_error(label: str, error: GraphErrorInfo | None) -> None:
-    if error is None:
-        return
-    logger.warning("Graph refused %s: %s: %s", label, _error_text(error), error.message)
