@@ -6,16 +6,19 @@ payloads make the full round trip: encoded by the bot, posted back, decoded into
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import requests
 
 import flask_ampalibe
 from flask_ampalibe.extension import reset_default
 from flask_ampalibe.testing import FakeGraph, WebhookClient
+from test_cli import AMP_KEYS, Server, console_script, free_port, message, port_is_free, signed_post
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example_app"
 MODULES = ("core", "conf", "model", "signup")
@@ -156,3 +159,28 @@ def test_custom_stats_endpoint(demo: Demo) -> None:
     response = demo.app.test_client().get("/stats")
     assert response.status_code == 200
     assert response.get_json() == {"users": 2, "products": 25}
+
+
+def test_example_app_runs_under_ampalibe_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's way to start it: `cd example_app && ampalibe run`, here on a loopback port."""
+    project = tmp_path / "example_app"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("*.db*", "__pycache__"))
+    port = free_port()
+    with FakeGraph() as graph:
+        env = {k: v for k, v in os.environ.items() if k not in AMP_KEYS}
+        env.update(AMP_HOST="127.0.0.1", AMP_PORT=str(port), AMP_ACCESS_TOKEN="page-token",
+                   AMP_APP_SECRET="e2e-app-secret", AMP_GRAPH_URL=graph.url, AMP_URL=f"http://127.0.0.1:{port}")
+        server = Server([*console_script("ampalibe", "flask_ampalibe.cli"), "run"], project, env, port)
+        try:
+            server.wait_listening()
+            assert signed_post(port, message("/logo", "m_example_logo")).status_code == 200
+            sent = graph.wait_for(1, timeout=20)[0].message
+            url = sent["attachment"]["payload"]["url"]
+            assert url == f"http://127.0.0.1:{port}/asset/logo.png"
+            logo = requests.get(url, timeout=10)
+            assert logo.status_code == 200 and logo.content.startswith(b"\x89PNG")
+            assert requests.get(f"http://127.0.0.1:{port}/stats", timeout=10).json() == {"users": 1, "products": 25}
+            assert server.stop() == 0, server.output()
+            assert port_is_free(port)
+        finally:
+            server.kill()
