@@ -15,10 +15,13 @@ The Flask way: ``Ampalibe(app)`` or ``app.register_blueprint(ampalibe.bp)``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from .blueprint import bp
-from .errors import AmpalibeError, ConfigurationError, PayloadError, RoutingError, StorageError
+from .errors import (
+    AmpalibeError, ConfigurationError, GraphError, GraphTimeout, LimitError, PayloadError, RoutingError,
+    StorageError,
+)
 from .extension import Ampalibe, Bot, current_state, default_app, default_router, init, set_default_router
 from .i18n import translate
 from .model import Model
@@ -26,12 +29,19 @@ from .payload import Payload
 from .router import Cmd, Router
 from .scheduler import schedule
 from .signature import generate_signature, verify_signature
+from .ui import Button, Element, QuickReply
+
+if TYPE_CHECKING:
+    # Served by __getattr__ below: importing it here would pull in requests at every
+    # ``import flask_ampalibe`` (and so at every ``flask`` command, through the CLI plugin).
+    from .messenger import Messenger
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Ampalibe", "AmpalibeError", "Bot", "Cmd", "ConfigurationError", "Messenger", "Model", "Payload",
-    "PayloadError", "Router", "RoutingError", "StorageError", "action", "after_receive", "before_receive",
+    "Ampalibe", "AmpalibeError", "Bot", "Button", "Cmd", "ConfigurationError", "Element", "GraphError",
+    "GraphTimeout", "LimitError", "Messenger", "Model", "Payload", "PayloadError", "QuickReply", "Router",
+    "RoutingError", "StorageError", "action", "after_receive", "before_receive",
     "bp", "command", "current_state", "event", "generate_signature", "init", "on_error", "schedule",
     "set_default_router", "translate", "verify_signature", "webserver",
 ]
