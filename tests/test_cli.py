@@ -514,12 +514,24 @@ def stop_and_check(server: Server, expected_rc: int = 0) -> None:
     assert port_is_free(server.port), f"port {server.port} still in use after the server stopped"
 
 
-def test_ampalibe_run_under_gunicorn(project: Path, graph: FakeGraph) -> None:
+def test_ampalibe_run_under_gunicorn_and_reload_on_hup(project: Path, graph: FakeGraph) -> None:
     port = free_port()
     server = Server([*console_script("ampalibe", "flask_ampalibe.cli"), "run"], project, bot_env(graph, port), port)
     try:
         talk_to(server, project, graph)
         assert signed_post(port, message("forged", "m_e2e_2"), secret="wrong").status_code == 403
+        # HUP: gunicorn replaces its workers gracefully; the app is not imported in the master,
+        # so the new workers run the new code.
+        core = project / "core.py"
+        core.write_text(core.read_text().replace('"Hello, Ampalibe"', '"Hello, new code"'))
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        n = 0
+        while "Hello, new code" not in graph.sent_texts(USER):
+            assert time.monotonic() < deadline, f"no new code after HUP:\n{server.output()}"
+            n += 1
+            signed_post(port, message("hi", f"m_e2e_hup_{n}"))
+            time.sleep(0.5)
         stop_and_check(server)
     finally:
         server.kill()
