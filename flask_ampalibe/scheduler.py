@@ -413,14 +413,16 @@ class Scheduler:
         return True
 
     def _loop(self) -> None:
-        delay = 0.0  # tick at once: a run time missed while starting up may still be within grace
-        while not self.stopping.wait(delay):
+        # Tick at once (a run time missed while starting up may still be within grace), then just
+        # after each minute starts; a tick that overran into the next minute is followed at once.
+        next_tick = self.clock()
+        while not self.stopping.wait(max(0.0, next_tick - self.clock())):
+            now = self.clock()
             try:
-                self.tick(background=True)
+                self.tick(now, background=True)
             except Exception:
                 logger.exception("scheduler tick failed (database unreachable?); trying again next minute")
-            now = self.clock()
-            delay = 60.0 - now % 60.0 + 0.01  # wake just after the next minute starts
+            next_tick = (math.floor(now / 60) + 1) * 60 + 0.01
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the thread and wait up to ``timeout`` seconds for running jobs."""
