@@ -1,0 +1,441 @@
+"""flask_ampalibe.storage on SQLite, MariaDB and PostgreSQL (every test runs on each).
+
+The server backends are real throwaway servers from ``tests/dbservers.py``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from flask_ampalibe import storage
+from flask_ampalibe.errors import ConfigurationError
+from flask_ampalibe.storage import Store, make_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+UNICODE = {
+    "emoji": "😀🎉",
+    "rtl": "مرحبا بالعالم — שלום עולם",
+    "astral": "𝄞 𠜎 𐍈",  # 4-byte UTF-8 outside emoji blocks
+    "zwj": "👩🏽‍💻👨‍👩‍👧",
+    "combining": "e\u0301 n\u0303",
+    "mixed": "Salut 😀 مرحبا 𝄞 !",
+}
+
+
+@pytest.fixture
+def store(database_url):
+    engine = make_engine(database_url)
+    store = Store(engine)
+    store.create_all()
+    yield store
+    engine.dispose()
+
+
+def run_threads(count: int, target, timeout: float = 120.0) -> None:
+    """Run ``target(index)`` in ``count`` threads started together; re-raise the first error."""
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def wrapper(index: int) -> None:
+        try:
+            barrier.wait(timeout)
+            target(index)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wrapper, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(t.is_alive() for t in threads), "threads still running (deadlock?)"
+    if errors:
+        raise errors[0]
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def test_create_all_is_idempotent_and_records_the_schema_version(store):
+    Store(store.engine).create_all()  # a second app / worker on the same database
+    names = set(sa.inspect(store.engine).get_table_names())
+    assert {"amp_user", "amp_temp", "amp_page", "amp_inbox", "amp_lease", "amp_job", "amp_meta"} <= names
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(storage.meta.c.value).where(storage.meta.c.name == "schema_version")).all()
+    assert [r.value for r in rows] == [str(storage.SCHEMA_VERSION)]
+
+
+def test_create_all_races_safely(database_url):
+    engine = make_engine(database_url)
+    try:
+        run_threads(6, lambda i: Store(engine).create_all())
+        assert "amp_user" in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_hot_paths_are_indexed(store):
+    inspector = sa.inspect(store.engine)
+    user_unique = [tuple(u["column_names"]) for u in inspector.get_unique_constraints("amp_user")]
+    user_unique += [tuple(i["column_names"]) for i in inspector.get_indexes("amp_user") if i["unique"]]
+    assert ("user_id",) in user_unique
+    inbox_indexed = {tuple(i["column_names"]) for i in inspector.get_indexes("amp_inbox")}
+    assert any(cols[0] == "user_id" for cols in inbox_indexed)
+    assert any(cols[0] == "status" for cols in inbox_indexed)
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def test_unknown_user(store):
+    assert store.get_user("nobody") == (None, {}, None)
+
+
+def test_set_get_and_clear_action(store):
+    store.set_action("u1", "/get_name")
+    assert store.get_user("u1") == ("/get_name", {}, None)
+    store.set_action("u1", "/get_age", {"name": "Rakoto", "step": 2})
+    assert store.get_user("u1") == ("/get_age", {"name": "Rakoto", "step": 2}, None)
+    store.set_action("u1", None)
+    assert store.get_user("u1") == (None, {}, None)
+
+
+def test_touch_user_creates_the_row_and_returns_the_state(store):
+    assert store.touch_user("u1") == (None, {}, None)
+    store.set_action("u1", "/next", {"a": 1})
+    assert store.touch_user("u1") == ("/next", {"a": 1}, None)
+    with store.engine.connect() as conn:
+        count = conn.execute(sa.select(sa.func.count()).select_from(storage.users)).scalar()
+        last_use = conn.execute(sa.select(storage.users.c.last_use)).scalar()
+    assert count == 1
+    assert last_use is not None
+
+
+def test_actions_of_users_are_independent(store):
+    store.set_action("u1", "/a")
+    store.set_action("u2", "/b", {"x": 1})
+    store.set_action("u1", None)
+    assert store.get_user("u1") == (None, {}, None)
+    assert store.get_user("u2") == ("/b", {"x": 1}, None)
+
+
+def test_setting_the_action_keeps_the_language_and_back(store):
+    store.set_user_fields("u1", lang="mg")
+    store.set_action("u1", "/a")
+    assert store.get_user("u1") == ("/a", {}, "mg")
+    store.set_user_fields("u1", lang="fr")
+    assert store.get_user("u1") == ("/a", {}, "fr")
+
+
+# --------------------------------------------------------------------------- temporary data
+
+
+def test_temp_set_get_del(store):
+    assert store.get_temp("u1", "name") is None
+    store.set_temp("u1", "name", "Rakoto")
+    assert store.get_temp("u1", "name") == "Rakoto"
+    store.set_temp("u1", "name", "Rabe")  # overwrite
+    assert store.get_temp("u1", "name") == "Rabe"
+    store.del_temp("u1", "name")
+    assert store.get_temp("u1", "name") is None
+    store.del_temp("u1", "name")  # deleting twice is not an error
+
+
+@pytest.mark.parametrize("value", [
+    0, 42, -1.5, True, "", "text", [1, "two", None], {"nested": {"list": [1, 2], "ok": False}},
+])
+def test_temp_keeps_json_values(store, value):
+    store.set_temp("u1", "k", value)
+    assert store.get_temp("u1", "k") == value
+
+
+def test_temp_is_per_user_and_per_key(store):
+    store.set_temp("u1", "k", 1)
+    store.set_temp("u2", "k", 2)
+    store.set_temp("u1", "other", 3)
+    store.del_temp("u1", "k")
+    assert store.get_temp("u1", "k") is None
+    assert store.get_temp("u2", "k") == 2
+    assert store.get_temp("u1", "other") == 3
+
+
+def test_temp_keys_are_exact(store):
+    # MariaDB's default collations are case- and accent-insensitive and give
+    # every emoji the same weight; keys must still be told apart.
+    keys = ["name", "Name", "NAME", "cafe", "café", "😀", "🎉", "𝄞"]
+    for i, key in enumerate(keys):
+        store.set_temp("u1", key, i)
+    assert [store.get_temp("u1", key) for key in keys] == list(range(len(keys)))
+
+
+def test_large_temp_value(store):
+    value = {"text": "😀 مرحبا " * 20000}  # ~300 kB of UTF-8: more than a MySQL TEXT
+    store.set_temp("u1", "big", value)
+    assert store.get_temp("u1", "big") == value
+
+
+# --------------------------------------------------------------------------- unicode
+
+
+@pytest.mark.parametrize("text", UNICODE.values(), ids=UNICODE.keys())
+def test_unicode_round_trips(store, text):
+    store.set_action(text, f"/{text}", {"arg": text, text: [text]})
+    assert store.get_user(text) == (f"/{text}", {"arg": text, text: [text]}, None)
+    store.set_temp("u1", text, {"value": text})
+    assert store.get_temp("u1", text) == {"value": text}
+    store.set_temp("u1", "plain", text)
+    assert store.get_temp("u1", "plain") == text
+    token = store.save_page("u1", {"items": [text]})
+    assert store.take_page(token, "u1") == {"items": [text]}
+
+
+def test_unicode_is_stored_as_text_not_escapes(store):
+    # A value must be readable (and searchable) in the database, not \\ud83d escapes.
+    store.set_temp("u1", "k", UNICODE["mixed"])
+    with store.engine.connect() as conn:
+        raw = conn.execute(sa.select(storage.temps.c.value)).scalar()
+    assert json.loads(raw) == UNICODE["mixed"]
+    assert "😀" in raw
+
+
+# --------------------------------------------------------------------------- pages
+
+
+def test_page_is_taken_once_and_only_by_its_user(store):
+    token = store.save_page("u1", {"items": [1, 2, 3], "next": 3})
+    assert isinstance(token, str) and token
+    assert store.take_page(token, "u2") is None
+    assert store.take_page(token, "u1") == {"items": [1, 2, 3], "next": 3}
+    assert store.take_page(token, "u1") is None
+    assert store.take_page("no-such-token", "u1") is None
+
+
+def test_page_taken_once_under_concurrency(store):
+    token = store.save_page("u1", {"n": 1})
+    results: list[object] = []
+    lock = threading.Lock()
+
+    def take(_: int) -> None:
+        page = store.take_page(token, "u1")
+        with lock:
+            results.append(page)
+
+    run_threads(8, take)
+    assert sorted(results, key=repr) == [None] * 7 + [{"n": 1}]
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+THREADS = 8
+ROUNDS = 25
+
+
+def test_threads_on_different_users(store):
+    def work(i: int) -> None:
+        user = f"user-{i}"
+        for n in range(ROUNDS):
+            store.touch_user(user)
+            store.set_action(user, f"/step{n}", {"n": n, "u": user})
+            store.set_temp(user, "n", n)
+            assert store.get_user(user)[0] == f"/step{n}"
+            assert store.get_temp(user, "n") == n
+
+    run_threads(THREADS, work)
+    for i in range(THREADS):
+        assert store.get_user(f"user-{i}") == (f"/step{ROUNDS - 1}", {"n": ROUNDS - 1, "u": f"user-{i}"}, None)
+        assert store.get_temp(f"user-{i}", "n") == ROUNDS - 1
+
+
+def test_threads_on_the_same_user_lose_no_update(store):
+    # Different keys of one user, the action and the language are written at
+    # once: none of these writes may undo another.
+    def work(i: int) -> None:
+        for n in range(ROUNDS):
+            store.touch_user("shared")
+            store.set_temp("shared", f"key-{i}", n)
+            store.set_temp("shared", "last", {"by": i, "n": n})
+            if i == 0:
+                store.set_action("shared", f"/step{n}")
+            elif i == 1:
+                store.set_user_fields("shared", lang=f"l{n}")
+            store.get_user("shared")
+
+    run_threads(THREADS, work)
+    assert [store.get_temp("shared", f"key-{i}") for i in range(THREADS)] == [ROUNDS - 1] * THREADS
+    assert store.get_temp("shared", "last")["n"] == ROUNDS - 1
+    assert store.get_user("shared") == (f"/step{ROUNDS - 1}", {}, f"l{ROUNDS - 1}")
+    with store.engine.connect() as conn:
+        users = conn.execute(sa.select(sa.func.count()).select_from(storage.users)).scalar()
+    assert users == 1
+
+
+def test_threads_first_contact_of_one_user(store):
+    # Many webhooks of a brand-new user arrive at once: one row, no error.
+    results: list[tuple] = []
+    lock = threading.Lock()
+
+    def work(_: int) -> None:
+        state = store.touch_user("newcomer")
+        with lock:
+            results.append(state)
+
+    run_threads(THREADS, work)
+    assert results == [(None, {}, None)] * THREADS
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(storage.users.c.user_id)).scalars().all()
+    assert rows == ["newcomer"]
+
+
+def test_threads_insert_the_same_new_keys(store):
+    # Concurrent first inserts of the same keys: the classic upsert deadlock on MySQL.
+    def work(i: int) -> None:
+        for n in range(ROUNDS):
+            store.set_temp(f"u{n % 3}", f"k{n}", i)
+            store.set_action(f"fresh-{n}", f"/by{i}")
+
+    run_threads(THREADS, work)
+    for n in range(ROUNDS):
+        assert store.get_temp(f"u{n % 3}", f"k{n}") in range(THREADS)
+        assert store.get_user(f"fresh-{n}")[0] in {f"/by{i}" for i in range(THREADS)}
+
+
+WORKER = textwrap.dedent("""
+    import sys, threading
+    from flask_ampalibe.storage import Store, make_engine
+
+    url, me, threads, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    store = Store(make_engine(url))
+    store.create_all()  # both processes race to create the schema
+    errors = []
+
+    def work(t):
+        try:
+            for n in range(rounds):
+                store.touch_user("shared")
+                store.set_temp("shared", f"{me}-{t}", {"n": n, "s": "😀"})
+                store.set_temp("shared", "last", me)
+                store.set_action(f"{me}-{t}", f"/step{n}", {"n": n})
+                store.set_temp(f"{me}-{t}", "n", n)
+                assert store.get_user(f"{me}-{t}")[0] == f"/step{n}"
+                assert store.get_temp(f"{me}-{t}", "n") == n
+                assert store.get_temp("shared", f"{me}-{t}") == {"n": n, "s": "😀"}
+        except BaseException as exc:
+            errors.append(repr(exc))
+
+    pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    if errors:
+        sys.exit("errors: " + "; ".join(errors))
+    print("ok")
+""")
+
+
+def test_two_processes(database_url):
+    threads, rounds = 4, 20
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WORKER, database_url, name, str(threads), str(rounds)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        for name in ("p1", "p2")
+    ]
+    outputs = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+                p.communicate()
+            pytest.fail("worker processes did not finish (deadlock?)")
+        outputs.append((proc.returncode, out, err))
+    assert [o[0] for o in outputs] == [0, 0], outputs
+    store = Store(make_engine(database_url))
+    try:
+        for name in ("p1", "p2"):
+            for t in range(threads):
+                assert store.get_temp("shared", f"{name}-{t}") == {"n": rounds - 1, "s": "😀"}
+                assert store.get_user(f"{name}-{t}") == (f"/step{rounds - 1}", {"n": rounds - 1}, None)
+        assert store.get_temp("shared", "last") in ("p1", "p2")
+    finally:
+        store.engine.dispose()
+
+
+# --------------------------------------------------------------------------- server restart
+
+
+@pytest.mark.parametrize("server_name", ["mariadb", "postgresql"])
+def test_store_survives_a_server_restart(request, server_name):
+    server = request.getfixturevalue(f"{server_name}_server")
+    server.reset()
+    store = Store(make_engine(server.url))
+    try:
+        store.create_all()
+        store.set_action("u1", "/before", {"s": "😀"})
+        store.set_temp("u1", "k", "before")
+        server.restart()
+        # The pooled connections died with the server; the next calls just work.
+        assert store.get_user("u1") == ("/before", {"s": "😀"}, None)
+        store.set_temp("u1", "k", "after")
+        assert store.get_temp("u1", "k") == "after"
+        assert store.touch_user("u2") == (None, {}, None)
+    finally:
+        store.engine.dispose()
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def test_make_engine_is_cached_per_url(database_url):
+    assert make_engine(database_url) is make_engine(database_url)
+
+
+def test_engine_settings(database_url):
+    engine = make_engine(database_url)
+    assert engine.pool._pre_ping
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar().lower() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+        elif engine.dialect.name in ("mysql", "mariadb"):
+            assert conn.exec_driver_sql("SELECT @@character_set_connection").scalar() == "utf8mb4"
+            assert 0 < engine.pool._recycle <= 3600 * 8
+
+
+def test_mysql_url_without_charset_gets_utf8mb4(mariadb_server):
+    url = sa.make_url(mariadb_server.url)
+    url = url.set(query={k: v for k, v in url.query.items() if k != "charset"})
+    engine = make_engine(url.render_as_string(hide_password=False))
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT @@character_set_connection").scalar() == "utf8mb4"
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("url, module, extra", [
+    ("mysql+pymysql://u:p@127.0.0.1:9/no_driver", "pymysql", "mysql"),
+    ("postgresql+psycopg://u:p@127.0.0.1:9/no_driver", "psycopg", "postgresql"),
+])
+def test_missing_driver_names_the_extra(monkeypatch, url, module, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(ConfigurationError, match=re.escape(f"pip install 'flask_ampalibe[{extra}]'")):
+        make_engine(url)
+
+
+def test_bad_url_names_the_setting():
+    with pytest.raises(ConfigurationError, match="DATABASE_URL"):
+        make_engine("not a url")
