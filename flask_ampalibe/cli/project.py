@@ -125,7 +125,7 @@ def create(name: Path) -> None:
 )
 @click.option("--force", "-f", is_flag=True, help="Overwrite files that already exist.")
 def init(directory: Path, force: bool) -> None:
-    """Write the bot project skeleton into DIRECTORY (default: the current folder).
+    """Write the project skeleton into DIRECTORY (default: here).
 
     Files that already exist are kept, unless --force.
     """
@@ -163,7 +163,7 @@ def _rewrite_one(rel: str, force: bool) -> None:
 @click.command()
 @click.option("--force", "-f", is_flag=True, help="Overwrite without asking.")
 def env(force: bool) -> None:
-    """Write the .env template (every setting, commented) in the current folder.
+    """Write the .env template (every setting, commented) here.
 
     Asks before overwriting an existing .env. The new file has a fresh random verify token.
     """
@@ -173,7 +173,7 @@ def env(force: bool) -> None:
 @click.command()
 @click.option("--force", "-f", is_flag=True, help="Overwrite without asking.")
 def lang(force: bool) -> None:
-    """Write the langs.json template (translations) in the current folder.
+    """Write the langs.json template (translations) here.
 
     Asks before overwriting an existing langs.json.
     """
