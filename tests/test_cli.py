@@ -540,6 +540,41 @@ def test_ampalibe_run_under_gunicorn_and_reload_on_hup(project: Path, graph: Fak
     assert "Using worker: gthread" in out and out.count("Booting worker") >= 2
 
 
+def test_sigterm_finishes_the_running_handler_and_leaves_the_rest(project: Path, graph: FakeGraph) -> None:
+    """gunicorn_conf's worker_exit hook stops the executor: the running handler finishes, the
+    user's next event is not started but stays recorded, and the next server handles it."""
+    core = project / "core.py"
+    core.write_text(core.read_text().replace(
+        '    chat.send_message(sender_id, "Hello, Ampalibe")',
+        '    if cmd == "slow":\n'
+        '        chat.send_message(sender_id, "started")\n'
+        '        import time\n'
+        '        time.sleep(2)\n'
+        '    chat.send_message(sender_id, "done " + cmd)',
+    ))
+    command = [*console_script("ampalibe", "flask_ampalibe.cli"), "run", "-w", "1"]
+    port = free_port()
+    server = Server(command, project, bot_env(graph, port), port)
+    try:
+        server.wait_listening()
+        assert signed_post(port, message("slow", "m_e2e_slow")).status_code == 200
+        graph.wait_for(1, timeout=20)  # the slow handler is running
+        assert signed_post(port, message("next", "m_e2e_next")).status_code == 200  # queued behind it
+        assert server.stop() == 0, server.output()
+    finally:
+        server.kill()
+    assert graph.sent_texts(USER) == ["started", "done slow"], server.output()
+
+    port = free_port()
+    again = Server(command, project, bot_env(graph, port), port)
+    try:
+        graph.wait_for(3, timeout=30)
+        assert graph.sent_texts(USER) == ["started", "done slow", "done next"], again.output()
+        assert again.stop() == 0, again.output()
+    finally:
+        again.kill()
+
+
 def test_ampalibe_run_dev_reloads_on_change(project: Path, graph: FakeGraph) -> None:
     port = free_port()
     env = bot_env(graph, port)
