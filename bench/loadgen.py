@@ -111,6 +111,7 @@ def have_wrk() -> bool:
 def run_wrk(url: str, bodies: Bodies, *, connections: int, duration: float, threads: int = 1,
             timeout: float = 10.0) -> dict:
     """Run wrk with the webhook script; return the common result dict."""
+    threads = max(1, min(threads, connections))  # wrk wants at least one connection per thread
     host_path = url.split("://", 1)[1]
     path = "/" + host_path.split("/", 1)[1] if "/" in host_path else "/"
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, int(round(duration)))}s",
