@@ -85,7 +85,9 @@ def _iter_events(entries: list) -> Iterator[Event]:
             continue
         page_id = str(entry.get("id", ""))
         for field, standby in (("messaging", False), ("standby", True)):
-            items = entry.get(field) or ()
+            items = entry.get(field)
+            if items is None:
+                continue
             if not isinstance(items, list):
                 logger.warning("webhook entry %s: %s is not a list; skipped", page_id, field)
                 continue

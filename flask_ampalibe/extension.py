@@ -132,7 +132,8 @@ class Ampalibe:
         values = settings(app.config)
         if not values["APP_SECRET"]:
             if values["ALLOW_UNSIGNED"] or app.debug or app.testing:
-                logger.warning("AMPALIBE_APP_SECRET is not set: webhook signatures are NOT checked")
+                logger.warning("no app secret (AMP_APP_SECRET in .env, AMPALIBE_APP_SECRET in Flask config): "
+                               "webhook signatures are NOT checked")
             else:
                 raise ConfigurationError(
                     "AMPALIBE_APP_SECRET is not set, so anyone could post fake messages to the webhook. "
@@ -140,7 +141,8 @@ class Ampalibe:
                     "AMPALIBE_ALLOW_UNSIGNED=1 (AMP_ALLOW_UNSIGNED=1) to accept unsigned posts knowingly."
                 )
         if not values["VERIF_TOKEN"]:
-            logger.warning("AMPALIBE_VERIF_TOKEN is not set: Facebook cannot verify the webhook")
+            logger.warning("no verify token (AMP_VERIF_TOKEN in .env, AMPALIBE_VERIF_TOKEN in Flask config): "
+                           "Facebook cannot verify the webhook")
         app.extensions["ampalibe"] = AmpalibeState(app, self.router)
         if register_blueprint and "ampalibe" not in app.blueprints:
             from .blueprint import bp
