@@ -25,6 +25,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+LIB = REPO  # where flask_ampalibe is imported from (--library: compare another checkout)
 sys.path.insert(0, HERE)
 
 import loadgen  # noqa: E402
@@ -146,7 +147,7 @@ class FakeGraph:
 
 def gunicorn_args() -> tuple[list[str], str]:
     """flask_ampalibe's recommended gunicorn settings when they exist, else the interim ones."""
-    if os.path.exists(os.path.join(REPO, "flask_ampalibe", "gunicorn_conf.py")):
+    if os.path.exists(os.path.join(LIB, "flask_ampalibe", "gunicorn_conf.py")):
         return ["-c", "python:flask_ampalibe.gunicorn_conf"], "-c python:flask_ampalibe.gunicorn_conf"
     args = ["-w", "2", "--threads", "4", "-k", "gthread"]
     return args, " ".join(args)
@@ -181,14 +182,14 @@ def start_system(system: str, rundir: str, graph: FakeGraph, sleep: float) -> tu
     gargs, _ = gunicorn_args()
     gun = [sys.executable, "-m", "gunicorn", *gargs, "-b", f"127.0.0.1:{port}"]
     if system in ("bare_ack", "bare_e2e"):
-        env["PYTHONPATH"] = os.pathsep.join([os.path.join(HERE, "apps"), REPO])
+        env["PYTHONPATH"] = os.pathsep.join([os.path.join(HERE, "apps"), LIB])
         srv = Server(system, gun + [f"{system}:app"], os.path.join(HERE, "apps"), env, port, logfile)
         path = "/e2e" if system == "bare_e2e" else "/"
     elif system == "flask_ampalibe":
         proj = os.path.join(rundir, "project")
         shutil.copytree(os.path.join(HERE, "apps", "flask_ampalibe_bot"), proj, dirs_exist_ok=True)
         env.update(BENCH_DB_FILE=os.path.join(rundir, "bench.db"), BENCH_PORT=str(port))
-        env["PYTHONPATH"] = os.pathsep.join([proj, REPO])
+        env["PYTHONPATH"] = os.pathsep.join([proj, LIB])
         srv = Server(system, gun + ["core:app"], proj, env, port, logfile)
         path = "/"
     elif system in ("ampalibe", "ampalibe_nostate"):
@@ -219,7 +220,7 @@ def prepopulate(system: str, rundir: str, n: int) -> float:
     if system == "flask_ampalibe":
         code = ("import sys; from flask_ampalibe.storage import Store, make_engine; "
                 "Store(make_engine(sys.argv[1])).create_all()")
-        env = dict(os.environ, PYTHONPATH=REPO)
+        env = dict(os.environ, PYTHONPATH=LIB)
         subprocess.run([sys.executable, "-c", code, "sqlite:///" + db], check=True, env=env, cwd=rundir)
     con = sqlite3.connect(db)  # journal mode left as the system sets it (flask_ampalibe: WAL)
     con.execute("""CREATE TABLE IF NOT EXISTS amp_user (
@@ -349,10 +350,12 @@ def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGrap
             res["wall_s"] = t_end - t0
             if system != "bare_ack":
                 replies = st["replies"]
-                # from the first to the last reply: wrk's start-up (loading the bodies) is not load
+                # from the first to the last reply (wrk's start-up, loading the bodies, is not load), and
+                # never over less than the load's duration (a few replies then silence is not a rate)
                 span = (st["last_reply"] - st["first_reply"]) if replies > 1 else 0.0
+                span = max(span, load["duration_s"])
                 res["replies"] = replies
-                res["e2e_rps"] = (replies - 1) / span if span > 0 else 0.0
+                res["e2e_rps"] = replies / span if span > 0 else 0.0
                 texts_ok = st["unique_texts"] > 1 or replies <= 1
                 res["unique_replies"] = st["unique_texts"] if texts_ok else None
                 res["duplicates"] = replies - st["unique_texts"] if texts_ok else None
@@ -614,6 +617,8 @@ def parse_args(argv=None):
     p.add_argument("--wrk-threads", type=int, default=2)
     p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failed runs")
+    p.add_argument("--library", default=None,
+                   help="folder holding the flask_ampalibe package to measure (default: this checkout)")
     p.add_argument("--profile", nargs="?", const="gil", choices=("gil", "active"), default=None,
                    help="record each server with py-spy during the load and drain (raw stacks in the work "
                         "dir, top frames in --json): gil = threads holding the GIL, active = all non-idle")
@@ -656,7 +661,10 @@ def plan(cfg) -> list[tuple[str, str]]:
 
 
 def main(argv=None) -> int:
+    global LIB
     cfg = parse_args(argv)
+    if cfg.library:
+        LIB = os.path.abspath(cfg.library)
     started = time.time()
     runs = plan(cfg)
     if cfg.workdir:
