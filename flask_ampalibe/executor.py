@@ -5,11 +5,15 @@ first, release.  They differ in *when* it runs:
 
 - :class:`InlineExecutor` — inside the request, before the 200 (tests, debugging);
 - :class:`ThreadExecutor` — in a thread pool of the web worker, after the 200 (the default);
-- :class:`PollingExecutor` — records only; a separate ``flask ampalibe worker`` process
+- :class:`PollingExecutor` — records only; a separate ``ampalibe worker`` process
   (a :class:`ThreadExecutor` driven by polling) handles the events.
 
 The interface is small on purpose (``notify``, ``start``, ``shutdown``) so that a distributed
 executor (Celery, …) can take its place.
+
+Executors survive ``fork()`` (gunicorn's ``preload_app``, multiprocessing): the child gets its
+own lease owner name, fresh locks, no inherited threads, and does not reuse the parent's
+database connections.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterable
 
@@ -30,6 +35,22 @@ logger = logging.getLogger(__name__)
 
 Handle = Callable[[Claimed], "BaseException | None"]
 
+#: Seconds between two purges of handled events older than the retention.
+PURGE_EVERY = 600.0
+
+_executors: "weakref.WeakSet[Executor]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Runs in the child right after fork(), when it has a single thread: nothing can hold the
+    # locks being replaced.
+    for executor in list(_executors):
+        executor._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class Executor:
     """Base class: runs :meth:`drain` for users that have events.
@@ -37,6 +58,8 @@ class Executor:
     :param inbox: where events are recorded.
     :param handle: runs one event; returns the handler's exception, if it raised.
     :param lease_seconds: how long a claimed user stays reserved without renewal.
+    :param poll_seconds: how often abandoned work is looked for (thread and worker executors).
+    :param retention_seconds: how long handled events are kept.
     """
 
     def __init__(self, inbox: Inbox, handle: Handle, lease_seconds: float = 30.0, poll_seconds: float = 2.0,
@@ -47,11 +70,34 @@ class Executor:
         self.poll_seconds = poll_seconds
         self.retention_seconds = retention_seconds
         self.stopping = threading.Event()
-        self.owner = ""
-        self._new_owner()
+        self._owner = ""
+        self._owner_pid = 0
+        self._owner_lock = threading.Lock()
+        _executors.add(self)
 
-    def _new_owner(self) -> None:
-        self.owner = f"{socket.gethostname()[:48]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    @property
+    def owner(self) -> str:
+        """The name this process's leases are held under (a new one in each process)."""
+        pid = os.getpid()
+        if self._owner_pid != pid:
+            with self._owner_lock:
+                if self._owner_pid != pid:
+                    self._owner = f"{socket.gethostname()[:48]}:{pid}:{uuid.uuid4().hex[:12]}"
+                    self._owner_pid = pid
+        return self._owner
+
+    def _after_fork(self) -> None:
+        """Forget what belongs to the parent process (called in a forked child)."""
+        self._owner_lock = threading.Lock()
+        self._owner_pid = 0  # the child's leases get a name of their own
+        stopped, self.stopping = self.stopping.is_set(), threading.Event()
+        if stopped:
+            self.stopping.set()
+        try:
+            # The parent's pooled connections must not be used by two processes.
+            self.inbox.engine.dispose(close=False)
+        except Exception:  # pragma: no cover - never fatal for the child
+            logger.exception("could not reset the database pool after fork")
 
     def notify(self, users: Iterable[str]) -> None:
         """Events were recorded for ``users``: get them handled."""
@@ -60,9 +106,13 @@ class Executor:
     def start(self) -> None:
         """Start background threads, if this executor has any (idempotent)."""
 
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop taking work; wait up to ``timeout`` seconds for running handlers."""
+    def shutdown(self, timeout: float = 30.0) -> bool:
+        """Stop taking work; wait up to ``timeout`` seconds for running handlers.
+
+        :returns: whether no handler is still running.
+        """
         self.stopping.set()
+        return True
 
     def drain(self, user_id: str) -> int:
         """Handle ``user_id``'s unfinished events, one at a time, oldest first, if no one else is.
@@ -70,23 +120,34 @@ class Executor:
         :returns: how many events were handled.
         """
         handled = 0
+        owner = self.owner
         while not self.stopping.is_set():
-            if not self.inbox.claim(user_id, self.owner, self.lease_seconds):
-                return handled  # another worker holds it; it re-checks for new events before leaving
+            if not self.inbox.claim(user_id, owner, self.lease_seconds):
+                return handled  # the holder looks for new events before it lets go (release)
             try:
-                while not self.stopping.is_set():
-                    claimed = self.inbox.next_event(user_id, self.owner, self.lease_seconds)
-                    if claimed is None:
-                        break
-                    error = self.handle(claimed)
-                    self.inbox.finish(claimed, error)
+                claimed = self.inbox.next_event(user_id, owner, self.lease_seconds)
+                if claimed is not None and self.stopping.is_set():  # shutdown began: leave it to the next worker
+                    self.inbox.putback(claimed)
+                    claimed = None
+                while claimed is not None:
+                    error = self._handle(claimed)
                     handled += 1
+                    if self.stopping.is_set():  # shutdown: finish this one, start no other
+                        self.inbox.finish(claimed, error)
+                        break
+                    claimed = self.inbox.next_event(user_id, owner, self.lease_seconds, finished=claimed, error=error)
             finally:
-                self.inbox.release(user_id, self.owner)
-            # An event recorded while we held the lease may have found it taken: look once more.
-            if not self.inbox.has_work(user_id):
+                more = self.inbox.release(user_id, owner)
+            if not more:
                 break
         return handled
+
+    def _handle(self, claimed: Claimed) -> BaseException | None:
+        try:
+            return self.handle(claimed)
+        except Exception as exc:  # the handler's errors are caught by ``handle``; this is a hook's or ours
+            logger.exception("event %s of user %s could not be handled", claimed.event.key, claimed.event.sender_id)
+            return exc
 
     def sweep(self) -> int:
         """Pick up events nobody is handling (missed wake-ups, expired leases); returns users woken."""
@@ -105,7 +166,7 @@ class InlineExecutor(Executor):
 
 
 class PollingExecutor(Executor):
-    """Only records: a separate ``flask ampalibe worker`` process handles the events."""
+    """Only records: a separate ``ampalibe worker`` process handles the events."""
 
     def notify(self, users: Iterable[str]) -> None:
         pass
@@ -114,35 +175,41 @@ class PollingExecutor(Executor):
 class ThreadExecutor(Executor):
     """Handles events in a thread pool after the response; one user at a time, users in parallel.
 
-    A background thread renews the leases this process holds, picks up abandoned work every
-    ``poll_seconds`` and purges old handled events.  Threads start on first use in each process
-    (never at import, and again after a fork).
+    A background thread renews the leases this process holds (every third of
+    ``lease_seconds``, so a handler may run longer than the lease), picks up abandoned work
+    every ``poll_seconds`` and purges old handled events.  Threads start on first use in each
+    process (never at import, and again after a fork), or with :meth:`start`.
+
+    :param threads: how many handlers run at once in this process.
     """
 
     def __init__(self, inbox: Inbox, handle: Handle, threads: int = 8, **kwargs: float) -> None:
         super().__init__(inbox, handle, **kwargs)
         self.threads = threads
-        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        # Reentrant: a future that is already done runs its done-callback (which takes the lock)
+        # inside ``add_done_callback``, under the lock ``notify`` holds.
+        self._lock = threading.RLock()
         self._active: dict[str, bool] = {}  # user -> "notified again while running"
         self._futures: set[Future[None]] = set()
         self._pool: ThreadPoolExecutor | None = None
         self._sweeper: threading.Thread | None = None
-        self._pid = 0
+
+    def _after_fork(self) -> None:
+        super()._after_fork()
+        self._reset()  # the parent's threads do not exist in the child
 
     def start(self) -> None:
-        if self._pid == os.getpid() or self.stopping.is_set():
+        if self._pool is not None or self.stopping.is_set():
             return
         with self._lock:
-            if self._pid == os.getpid():
+            if self._pool is not None or self.stopping.is_set():
                 return
-            if self._pid:  # forked: the parent's threads and owner id do not carry over
-                self._new_owner()
-                self._active.clear()
-                self._futures.clear()
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ampalibe")
             self._sweeper = threading.Thread(target=self._sweep_loop, name="ampalibe-sweeper", daemon=True)
             self._sweeper.start()
-            self._pid = os.getpid()
 
     def notify(self, users: Iterable[str]) -> None:
         self.start()
@@ -156,7 +223,11 @@ class ThreadExecutor(Executor):
                 self._active[user_id] = False
                 future = self._pool.submit(self._run, user_id)
                 self._futures.add(future)
-                future.add_done_callback(self._futures.discard)
+                future.add_done_callback(self._forget)
+
+    def _forget(self, future: Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
 
     def _run(self, user_id: str) -> None:
         while True:
@@ -172,33 +243,53 @@ class ThreadExecutor(Executor):
                 return
 
     def _sweep_loop(self) -> None:
-        last_purge = 0.0
-        while not self.stopping.wait(self.poll_seconds):
+        # Renewing well inside the lease keeps it through a slow database or a busy moment; a
+        # lease that lapses while its handler still runs lets another worker run the event too.
+        tick = max(0.05, min(self.poll_seconds, self.lease_seconds / 3))
+        next_sweep = next_purge = time.monotonic()
+        while True:
+            now = time.monotonic()
             try:
-                self.inbox.renew(self.owner, self.lease_seconds)
-                self.sweep()
-                if time.monotonic() - last_purge > 600:
-                    last_purge = time.monotonic()
+                if self._active:
+                    self.inbox.renew(self.owner, self.lease_seconds)
+                if now >= next_sweep:
+                    next_sweep = now + self.poll_seconds
+                    self.sweep()
+                if now >= next_purge:
+                    next_purge = now + PURGE_EVERY
                     self.inbox.purge(self.retention_seconds)
             except Exception:
-                logger.exception("inbox sweep failed; retrying in %.1f s", self.poll_seconds)
+                logger.exception("inbox upkeep failed; retrying in %.1f s", tick)
+            if self.stopping.wait(tick):
+                return
 
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Finish running handlers (up to ``timeout`` s); unstarted events stay recorded for others."""
+    def shutdown(self, timeout: float = 30.0) -> bool:
+        """Finish running handlers (up to ``timeout`` s); unstarted events stay recorded for others.
+
+        :returns: whether every handler finished in time.  Those still running keep their
+            lease until it expires; their events are then handled again (``redelivered=True``).
+        """
         self.stopping.set()
         with self._lock:
             pool, futures = self._pool, list(self._futures)
         if pool is None:
-            return
+            return True
         pool.shutdown(wait=False, cancel_futures=True)
-        wait(futures, timeout=timeout)
+        # Only the futures that were not cancelled: ``wait`` never counts a future cancelled by
+        # ``shutdown(cancel_futures=True)`` as done, and would always sit out the whole timeout.
+        _, running = wait([f for f in futures if not f.cancelled()], timeout=timeout)
+        if running:
+            logger.warning("%s bot handler(s) still running after %.1f s; their events will be handled again "
+                           "once their lease expires", len(running), timeout)
+        return not running
 
     def run_forever(self) -> None:
-        """Poll for work until :meth:`shutdown` (the ``flask ampalibe worker`` loop)."""
+        """Handle events until :meth:`shutdown` is called from another thread (a worker process's loop).
+
+        The sweeper thread finds the work (every ``poll_seconds``); this thread only waits.
+        """
         self.start()
-        self.sweep()
-        while not self.stopping.wait(self.poll_seconds):
-            pass
+        self.stopping.wait()
 
 
 def make_executor(kind: str, inbox: Inbox, handle: Handle, threads: int, lease_seconds: float,

@@ -5,10 +5,13 @@ is recognised across restarts, workers and hosts.  A worker handles a user's eve
 it holds that user's *lease* (a row in ``amp_lease`` claimed by an atomic ``UPDATE``), oldest
 ``timestamp`` first.  A lease that is not renewed expires, and the events of a worker that died
 become available to the others: delivery is at-least-once, and a handler that runs an event a
-second time sees ``redelivered=True``.
+second time sees ``redelivered=True``.  An event whose handling was started
+:attr:`Inbox.max_attempts` times without ever finishing (each worker died on it) is marked
+failed instead of being tried forever.
 """
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from dataclasses import dataclass
@@ -22,6 +25,8 @@ from .storage import Store, inbox, insert_ignore, leases
 __all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED"]
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,10 +44,16 @@ class Claimed:
 
 
 class Inbox:
-    """Inbox operations on a :class:`~flask_ampalibe.storage.Store`'s database."""
+    """Inbox operations on a :class:`~flask_ampalibe.storage.Store`'s database.
 
-    def __init__(self, store: Store) -> None:
+    :param store: the app's store (its engine and tables).
+    :param max_attempts: how many times an event may be started without finishing (the worker
+        handling it died, or was stopped past its graceful timeout) before it is marked failed.
+    """
+
+    def __init__(self, store: Store, max_attempts: int = 5) -> None:
         self.store = store
+        self.max_attempts = max_attempts
 
     @property
     def engine(self) -> Any:
@@ -87,46 +98,87 @@ class Inbox:
                 leases.update().where(leases.c.owner == owner).values(expires_at=time.time() + seconds)
             ).rowcount
 
-    def release(self, user_id: str, owner: str) -> None:
-        """Give ``user_id``'s lease back."""
+    def release(self, user_id: str, owner: str) -> bool:
+        """Give ``user_id``'s lease back.
+
+        :returns: whether the user has unfinished events (recorded while the lease was held,
+            their recorder found it taken: the caller should try again).  Checked in the same
+            transaction, so such an event is either seen here or finds the lease free.
+        """
         with self.engine.begin() as conn:
             conn.execute(leases.update().where(leases.c.user_id == user_id, leases.c.owner == owner)
                          .values(owner=None, expires_at=0.0))
+            return self._has_work(conn, user_id)
 
-    def next_event(self, user_id: str, owner: str, seconds: float) -> Claimed | None:
-        """Mark the user's oldest unfinished event running and return it (lease holder only)."""
+    def next_event(self, user_id: str, owner: str, seconds: float, finished: Claimed | None = None,
+                   error: BaseException | None = None) -> Claimed | None:
+        """Mark the user's oldest unfinished event running and return it (lease holder only).
+
+        :param finished: an event this worker just handled, recorded as :meth:`finish` does in
+            the same transaction (one round trip per event).
+        :param error: what ``finished``'s handler raised.
+        """
         now = time.time()
         with self.engine.begin() as conn:
+            if finished is not None:
+                self._finish(conn, finished, error, now)
             held = conn.execute(select(leases.c.owner).where(leases.c.user_id == user_id)).scalar()
             if held != owner:
                 return None  # the lease expired and someone else took it: stop
-            row = conn.execute(
-                select(inbox.c.id, inbox.c.event_key, inbox.c.timestamp, inbox.c.body, inbox.c.attempts)
-                .where(inbox.c.user_id == user_id, inbox.c.status.in_((PENDING, RUNNING)))
-                .order_by(inbox.c.timestamp, inbox.c.id).limit(1)
-            ).first()
-            if row is None:
-                return None
+            while True:
+                row = conn.execute(
+                    select(inbox.c.id, inbox.c.event_key, inbox.c.timestamp, inbox.c.body, inbox.c.attempts)
+                    .where(inbox.c.user_id == user_id, inbox.c.status.in_((PENDING, RUNNING)))
+                    .order_by(inbox.c.timestamp, inbox.c.id).limit(1)
+                ).first()
+                if row is None:
+                    return None
+                if row.attempts < self.max_attempts:
+                    break
+                # Every earlier attempt died with its worker: a poison event must not block the user.
+                logger.error("event %s of user %s given up after %s attempts that never finished",
+                             row.event_key, user_id, row.attempts)
+                conn.execute(inbox.update().where(inbox.c.id == row.id).values(
+                    status=FAILED, finished_at=now,
+                    error=f"Given up after {row.attempts} attempts: the process handling this event died "
+                          f"(or was stopped) each time before the handler returned. Check the workers' logs, "
+                          f"then replay it with `ampalibe inbox replay {row.id}`."))
             conn.execute(inbox.update().where(inbox.c.id == row.id)
                          .values(status=RUNNING, attempts=row.attempts + 1))
             conn.execute(leases.update().where(leases.c.user_id == user_id).values(expires_at=now + seconds))
         event = Event.from_json(row.event_key, user_id, row.timestamp, row.body)
         return Claimed(row.id, event, row.attempts + 1)
 
+    def putback(self, claimed: Claimed) -> None:
+        """Return an event taken by :meth:`next_event` but not started (shutdown began) to pending."""
+        with self.engine.begin() as conn:
+            conn.execute(inbox.update().where(inbox.c.id == claimed.id, inbox.c.status == RUNNING)
+                         .values(status=PENDING, attempts=claimed.attempts - 1))
+
     def finish(self, claimed: Claimed, error: BaseException | None = None) -> None:
         """Mark an event handled, or failed with ``error``'s traceback."""
-        values: dict[str, Any] = {"status": DONE, "finished_at": time.time(), "error": None}
+        with self.engine.begin() as conn:
+            self._finish(conn, claimed, error, time.time())
+
+    @staticmethod
+    def _finish(conn: Any, claimed: Claimed, error: BaseException | None, now: float) -> None:
+        values: dict[str, Any] = {"status": DONE, "finished_at": now, "error": None}
         if error is not None:
             values.update(status=FAILED, error="".join(traceback.format_exception(error))[-8000:])
-        with self.engine.begin() as conn:
-            conn.execute(inbox.update().where(inbox.c.id == claimed.id).values(**values))
+        # Only a running event: if this worker's lease lapsed and another one finished it meanwhile,
+        # that outcome stands.
+        conn.execute(inbox.update().where(inbox.c.id == claimed.id, inbox.c.status == RUNNING).values(**values))
 
     def has_work(self, user_id: str) -> bool:
         """Whether ``user_id`` has unfinished events."""
         with self.engine.connect() as conn:
-            return conn.execute(
-                select(inbox.c.id).where(inbox.c.user_id == user_id, inbox.c.status.in_((PENDING, RUNNING))).limit(1)
-            ).first() is not None
+            return self._has_work(conn, user_id)
+
+    @staticmethod
+    def _has_work(conn: Any, user_id: str) -> bool:
+        return conn.execute(
+            select(inbox.c.id).where(inbox.c.user_id == user_id, inbox.c.status.in_((PENDING, RUNNING))).limit(1)
+        ).first() is not None
 
     def ready_users(self, limit: int = 100) -> list[str]:
         """Users with unfinished events whose lease is free or expired (work nobody is doing)."""

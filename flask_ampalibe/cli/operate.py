@@ -1,0 +1,224 @@
+"""Operating a bot: ``worker``, ``inbox stats|failed|replay|purge`` and ``db create``.
+
+These commands need the bot's app.  They find it, in this order: the app of the current Flask
+CLI context; the one named by ``flask --app`` or ``FLASK_APP``; the ``core.py`` of the current
+folder (see :mod:`flask_ampalibe.cli.loader`).  Importing the app starts nothing: the commands
+only read and write the inbox tables, and ``worker`` starts its own handler threads.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import ScriptInfo
+from sqlalchemy.engine import make_url
+
+from . import loader
+from .loader import ProjectError
+
+__all__ = ["register", "worker", "inbox", "db", "load_state"]
+
+#: Signals that stop ``ampalibe worker`` gracefully (a second one stops it at once).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def register(group: click.Group) -> None:
+    """Attach the operational commands to ``group`` (the ``ampalibe`` group)."""
+    for command in (worker, inbox, db):
+        group.add_command(command)
+
+
+def load_state() -> Any:
+    """The :class:`~flask_ampalibe.extension.AmpalibeState` of the bot these commands operate.
+
+    :raises click.ClickException: when no app is found or it has no flask_ampalibe.
+    """
+    app = _load_app()
+    state = app.extensions.get("ampalibe")
+    if state is None:
+        raise click.ClickException(
+            f"The app {app.name!r} does not use flask_ampalibe: call ampalibe.init(Configuration()) "
+            "in core.py, or Ampalibe(app) in your app module."
+        )
+    return state
+
+
+def _load_app() -> Flask:
+    if current_app:
+        return current_app._get_current_object()  # type: ignore[attr-defined]
+    info = click.get_current_context().find_object(ScriptInfo)
+    if info is not None and info.app_import_path:
+        return info.load_app()
+    if os.environ.get("FLASK_APP"):
+        return ScriptInfo(app_import_path=os.environ["FLASK_APP"], set_debug_flag=False).load_app()
+    try:
+        return loader.load_app()
+    except ProjectError as exc:
+        raise ProjectError(f"{exc.format_message()} A Flask-native app can be named with FLASK_APP.") from None
+
+
+def _where(state: Any) -> str:
+    return make_url(state.database_url).render_as_string(hide_password=True)
+
+
+# -- worker -----------------------------------------------------------------------------------
+@click.command()
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Handlers that run at once. Default: AMPALIBE_WORKER_THREADS (8).")
+@click.option("--graceful-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds running handlers get to finish after SIGTERM or Ctrl-C.")
+def worker(threads: int | None, graceful_timeout: float) -> None:
+    """Handle the bot's recorded events in this process.
+
+    For deployments whose web processes only record (AMPALIBE_EXECUTOR=worker).  Start as
+    many workers, on as many hosts, as you like: they share the database, and each user's
+    events are still handled one at a time, oldest first.
+
+    SIGTERM or Ctrl-C: no new event is started, running handlers get --graceful-timeout
+    seconds to finish, the rest stays recorded for the next worker.  A second signal stops
+    at once (what was running is handled again later, with redelivered=True).
+    """
+    from ..dispatch import Dispatcher
+    from ..executor import ThreadExecutor
+
+    state = load_state()
+    settings = state.settings
+    if not logging.getLogger().handlers:  # the library adds no handlers; this program shows its logs
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    executor = ThreadExecutor(
+        state.inbox, Dispatcher(state), threads=threads or settings["WORKER_THREADS"],
+        lease_seconds=settings["LEASE_SECONDS"], poll_seconds=settings["POLL_SECONDS"],
+        retention_seconds=settings["RETENTION_DAYS"] * 86400,
+    )
+    state.store.create_all()
+    # The signal handler only writes to a pipe: taking locks (Event.set) in a handler can
+    # deadlock with the interrupted code, a pipe write cannot.
+    wake_read, wake_write = os.pipe()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        os.write(wake_write, b"!")
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    try:
+        executor.start()
+        click.echo(f"ampalibe worker (pid {os.getpid()}): handling the events recorded in {_where(state)} "
+                   f"with {executor.threads} threads. Stop with Ctrl-C or SIGTERM.")
+        os.read(wake_read, 1)
+        click.echo(f"Stopping: waiting up to {graceful_timeout:g} s for running handlers "
+                   "(signal again to stop at once).")
+        finished = executor.shutdown(graceful_timeout)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(wake_read)
+        os.close(wake_write)
+    if not finished:
+        click.echo("Handlers still running were cut short; their events will be handled again "
+                   f"(redelivered=True) once their lease ({settings['LEASE_SECONDS']:g} s) expires.", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)  # a normal exit would wait for those handler threads
+    click.echo("Stopped.")
+
+
+# -- inbox ------------------------------------------------------------------------------------
+@click.group()
+def inbox() -> None:
+    """Look at and repair the webhook inbox (recorded events)."""
+
+
+@inbox.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for monitoring).")
+def stats(as_json: bool) -> None:
+    """Counts of recorded events by status, and the age of the oldest unfinished one."""
+    counts = load_state().inbox.stats()
+    if as_json:
+        click.echo(json.dumps(counts, sort_keys=True))
+        return
+    for key in ("received", "pending", "running", "done", "failed"):
+        click.echo(f"{key:<9} {counts[key]}")
+    age = counts["oldest_pending_age"]
+    click.echo(f"oldest unfinished event: {_age(age)} old" if age else "no unfinished event")
+
+
+@inbox.command()
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="How many to list.")
+@click.option("--traceback", "full", is_flag=True, help="Show each error's whole traceback.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def failed(limit: int, full: bool, as_json: bool) -> None:
+    """Failed events, newest first, with their error (replay them with `inbox replay`)."""
+    rows = load_state().inbox.failed(limit)
+    if as_json:
+        click.echo(json.dumps(rows, sort_keys=True, default=str))
+        return
+    if not rows:
+        click.echo("No failed events.")
+        return
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["finished_at"])) if row["finished_at"] else "?"
+        click.echo(f"#{row['id']}  {when}  user {row['user_id']}  {row['kind']}  "
+                   f"attempts {row['attempts']}  key {row['event_key']}")
+        error = (row["error"] or "").rstrip()
+        lines = error.splitlines() if full else error.splitlines()[-1:]
+        for line in lines:
+            click.echo(f"    {line}")
+
+
+@inbox.command()
+@click.argument("event_id", type=int, required=False)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every failed event.")
+def replay(event_id: int | None, replay_all: bool) -> None:
+    """Put the failed event EVENT_ID (or --all of them) back in the queue, to be handled again."""
+    if (event_id is None) == (not replay_all):
+        raise click.UsageError("Give the id of one failed event (see `inbox failed`), or --all.")
+    state = load_state()
+    users = state.inbox.replay(None if replay_all else event_id)
+    if not users:
+        raise click.ClickException(
+            "No failed events to replay." if replay_all
+            else f"No failed event has id {event_id}; `inbox failed` lists them."
+        )
+    click.echo(f"Back in the queue (users: {', '.join(users)}). The running bot, or `ampalibe worker`, "
+               f"handles them within {state.settings['POLL_SECONDS']:g} s.")
+
+
+@inbox.command()
+@click.option("--days", type=click.FloatRange(min=0),
+              help="Keep handled events this many days. Default: AMPALIBE_RETENTION_DAYS (7).")
+def purge(days: float | None) -> None:
+    """Delete handled events older than the retention (failed ones are kept)."""
+    state = load_state()
+    days = state.settings["RETENTION_DAYS"] if days is None else days
+    count = state.inbox.purge(days * 86400)
+    click.echo(f"Deleted {count} handled event{'s' if count != 1 else ''} finished more than {days:g} days ago.")
+
+
+# -- db ---------------------------------------------------------------------------------------
+@click.group()
+def db() -> None:
+    """The bot's database."""
+
+
+@db.command()
+def create() -> None:
+    """Create the bot's tables (they are also created on first use)."""
+    state = load_state()
+    state.store.create_all()
+    click.echo(f"Tables ready in {_where(state)}.")
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,55 @@
+"""The bot of tests/test_delivery.py and tests/test_operate_cli.py, served by real processes.
+
+Written in the spec's style; the tests copy it into a temporary folder with the project
+template's ``conf.py`` and configure it through the environment.
+
+Every message is appended to the sender's ``seen`` list (temporary data: safe without a lock,
+since one user's events are handled one at a time) and echoed through the Send API.  A text
+``slow SECONDS TAG`` first sleeps; ``gate FILE TAG`` first waits until ``FILE`` exists in
+the project folder (at most a minute); ``boom`` raises.  Each run also appends a JSON line to
+``markers.jsonl`` (short ``O_APPEND`` writes from several processes do not interleave).
+"""
+import json
+import os
+import time
+
+import flask_ampalibe as ampalibe
+from conf import Configuration
+
+bot = ampalibe.init(Configuration())
+chat = bot.chat
+query = bot.query
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MARKERS = os.path.join(HERE, "markers.jsonl")
+
+
+def mark(phase, sender_id, cmd, redelivered):
+    """Note that a handler reached ``phase``, with the process that runs it."""
+    line = json.dumps({"phase": phase, "user": sender_id, "cmd": cmd, "redelivered": redelivered,
+                       "pid": os.getpid(), "time": time.time()})
+    with open(MARKERS, "a", encoding="utf-8") as markers:
+        markers.write(line + "\n")
+
+
+@ampalibe.command("/")
+def main(sender_id, cmd, redelivered, **extends):
+    cmd = str(cmd)
+    mark("started", sender_id, cmd, redelivered)
+    words = cmd.split()
+    if words[:1] == ["slow"]:
+        time.sleep(float(words[1]))
+    if words[:1] == ["gate"]:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(HERE, words[1])) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if cmd == "boom":
+        raise RuntimeError("boom: the handler failed on purpose")
+    seen = query.get_temp(sender_id, "seen") or []
+    seen.append(cmd)
+    query.set_temp(sender_id, "seen", seen)
+    chat.send_message(sender_id, cmd)
+    mark("finished", sender_id, cmd, redelivered)
+
+
+app = ampalibe.webserver
