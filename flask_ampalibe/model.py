@@ -126,27 +126,48 @@ class Model:
         except Exception:
             return False
 
+    def _release(self) -> None:
+        """Give this thread's connection back to the pool (rolled back if left uncommitted)."""
+        conn, cursor = getattr(self._local, "db", None), getattr(self._local, "cursor", None)
+        self._local.db = self._local.cursor = None
+        for thing in (cursor, conn):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:
+                    pass
+
     @staticmethod
     def verif_db(func: F) -> F:
-        """Decorator: make sure ``self.db``/``self.cursor`` are connected before ``func`` runs.
+        """Decorator: ``self.db``/``self.cursor`` are connected while ``func`` runs.
 
-        A connection that dropped (database restarted) is replaced; if ``func`` fails on a
-        connection error it is retried once on a fresh connection.
+        Each call takes a connection from the pool (checked with a ping, so one that dropped
+        when the database restarted is replaced) and gives it back when the outermost decorated
+        call returns, so handler threads never hoard connections.  If ``func`` fails because the
+        connection died under it, it is retried once on a fresh connection.
         """
         @functools.wraps(func)
         def wrapper(self: "Model", *args: Any, **kwargs: Any) -> Any:
-            if not self._alive():
-                self._reconnect()
+            depth = getattr(self._local, "depth", 0)
+            self._local.depth = depth + 1
             try:
-                return func(self, *args, **kwargs)
-            except Exception as exc:
-                if self._alive():
-                    try:
-                        self.db.rollback()
-                    except Exception:
-                        pass
-                    raise
-                logger.warning("database connection lost (%s); reconnecting and retrying once", exc)
-                self._reconnect()
-                return func(self, *args, **kwargs)
+                if depth:
+                    return func(self, *args, **kwargs)
+                self._release()
+                try:
+                    return func(self, *args, **kwargs)
+                except Exception as exc:
+                    if self._alive():
+                        try:
+                            self.db.rollback()
+                        except Exception:
+                            pass
+                        raise
+                    logger.warning("database connection lost (%s); reconnecting and retrying once", exc)
+                    self._reconnect()
+                    return func(self, *args, **kwargs)
+            finally:
+                self._local.depth = depth
+                if not depth:
+                    self._release()
         return wrapper  # type: ignore[return-value]

@@ -194,6 +194,16 @@ def test_models_in_threads(model):
     assert sorted(row[1] for row in model.get_list_users()) == [f"u{i}" for i in range(6)]
 
 
+def test_decorated_calls_give_their_connection_back(model):
+    # Handler threads must not hoard pooled connections between calls: 40 threads share a pool of 15.
+    def work(i: int) -> None:
+        assert len(model.get_list_users()) >= 0
+        assert model.action_of(f"nobody{i}") is None
+
+    run_threads(40, work)
+    assert model.store.engine.pool.checkedout() == 0
+
+
 def test_two_models_share_the_data(database_url):
     first = Database(make_conf(DATABASE_URL=database_url))
     second = Database(make_conf(DATABASE_URL=database_url))
