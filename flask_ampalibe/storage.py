@@ -139,10 +139,11 @@ def _create(url: str) -> Engine:
     try:
         engine = create_engine(parsed, **kwargs)
     except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
-        extra = {"mysql": "mysql", "mariadb": "mysql", "postgresql": "postgresql"}.get(backend, backend)
+        extra, driver = {"mysql": ("mysql", "mysql+pymysql"), "mariadb": ("mysql", "mysql+pymysql"),
+                         "postgresql": ("postgresql", "postgresql+psycopg")}.get(backend, (backend, backend))
         raise ConfigurationError(
-            f"The database driver for {backend} is not installed ({exc}); "
-            f"install it with: pip install 'flask_ampalibe[{extra}]'"
+            f"The database driver of {parsed.drivername!r} is not installed ({exc}); "
+            f"install the supported one with: pip install 'flask_ampalibe[{extra}]' and use a {driver}:// URL"
         ) from None
     if backend == "sqlite":
         _sqlite_setup(engine, parsed.database in (None, "", ":memory:"))
