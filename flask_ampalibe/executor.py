@@ -220,8 +220,12 @@ class ThreadExecutor(Executor):
                 if user_id in self._active:
                     self._active[user_id] = True
                     continue
+                try:
+                    future = self._pool.submit(self._run, user_id)
+                except RuntimeError:  # the interpreter is exiting: the events stay recorded for others
+                    logger.info("not handling events of user %s here: this process is exiting", user_id)
+                    return
                 self._active[user_id] = False
-                future = self._pool.submit(self._run, user_id)
                 self._futures.add(future)
                 future.add_done_callback(self._forget)
 
