@@ -9,17 +9,13 @@ import json
 import re
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-with warnings.catch_warnings():
-    # until setup.cfg registers the "bench" marker (filterwarnings = error would fail collection)
-    warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
-    pytestmark = [pytest.mark.bench, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.bench, pytest.mark.timeout(120)]
 
 
 def test_quick_run_writes_numbers(tmp_path: Path) -> None:
