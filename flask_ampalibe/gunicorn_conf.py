@@ -85,7 +85,18 @@ def settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "post_worker_init": post_worker_init,
         "worker_int": worker_int,
         "worker_exit": worker_exit,
+        # gunicorn >= 25.1 opens a control socket at one path per user: two bots on one host
+        # would take each other's.  The bot does not use it.
+        **({"control_socket_disable": True} if _has_control_socket() else {}),
     }
+
+
+def _has_control_socket() -> bool:
+    try:
+        from gunicorn.config import KNOWN_SETTINGS
+    except ImportError:
+        return False
+    return any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS)
 
 
 def _executor_of(worker: Any) -> Any:
@@ -125,6 +136,11 @@ def post_worker_init(worker: Any) -> None:
     def on_term(signum: int, frame: Any) -> None:
         if getattr(worker, "_ampalibe_stopping_since", None) is None:
             worker._ampalibe_stopping_since = time.monotonic()
+            # Start no new handler while gunicorn finishes the requests in flight (up to 2 s
+            # for kept-alive connections); worker_exit then waits for the running ones.
+            stopping = getattr(_executor_of(worker), "stopping", None)
+            if stopping is not None:
+                stopping.set()
         if callable(previous):
             previous(signum, frame)
 
@@ -158,4 +174,6 @@ threads = _defaults["threads"]
 timeout = _defaults["timeout"]
 graceful_timeout = _defaults["graceful_timeout"]
 proc_name = _defaults["proc_name"]
+if "control_socket_disable" in _defaults:
+    control_socket_disable = True
 del _defaults

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from sqlalchemy import and_, func, or_, select
 
 from .events import Event
-from .storage import Store, inbox, insert_ignore, leases
+from .storage import Store, inbox, insert_ignore, leases, read_only
 
 __all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED"]
 
@@ -171,7 +171,7 @@ class Inbox:
 
     def has_work(self, user_id: str) -> bool:
         """Whether ``user_id`` has unfinished events."""
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             return self._has_work(conn, user_id)
 
     @staticmethod
@@ -184,7 +184,7 @@ class Inbox:
         """Users with unfinished events whose lease is free or expired (work nobody is doing)."""
         self.store.ensure()
         now = time.time()
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             rows = conn.execute(
                 select(inbox.c.user_id).distinct()
                 .select_from(inbox.join(leases, leases.c.user_id == inbox.c.user_id))
@@ -198,7 +198,7 @@ class Inbox:
     def stats(self) -> dict[str, Any]:
         """Counts by status and the age in seconds of the oldest unfinished event."""
         self.store.ensure()
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             counts = dict(conn.execute(select(inbox.c.status, func.count()).group_by(inbox.c.status)).all())
             oldest = conn.execute(
                 select(func.min(inbox.c.received_at)).where(inbox.c.status.in_((PENDING, RUNNING)))
@@ -211,7 +211,7 @@ class Inbox:
     def failed(self, limit: int = 100) -> list[dict[str, Any]]:
         """The failed events, newest first, with their error."""
         self.store.ensure()
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             rows = conn.execute(
                 select(inbox.c.id, inbox.c.event_key, inbox.c.user_id, inbox.c.kind, inbox.c.attempts,
                        inbox.c.error, inbox.c.finished_at)

@@ -23,7 +23,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from .errors import ConfigurationError
 
 __all__ = ["Store", "make_engine", "metadata", "users", "temps", "pages", "inbox", "leases", "jobs", "upsert",
-           "insert_ignore", "SCHEMA_VERSION"]
+           "insert_ignore", "read_only", "SCHEMA_VERSION"]
 
 #: Bumped when a release changes the tables; see README "Upgrading".
 SCHEMA_VERSION = 1
@@ -165,7 +165,19 @@ def _sqlite_setup(engine: Engine, memory: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads (see read_only) take no write lock, so they never queue behind the writers.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
+
+
+_READ_ONLY = "ampalibe_read_only"
+
+
+def read_only(engine: Engine) -> Connection:
+    """A connection for reads only: on SQLite its transactions take no write lock.
+
+    Use as ``with read_only(engine) as conn: ...``.
+    """
+    return engine.connect().execution_options(**{_READ_ONLY: True})
 
 
 def _dialect_insert(conn: Connection, table: Table) -> Any:
@@ -270,7 +282,7 @@ class Store:
     def get_user(self, user_id: str) -> tuple[str | None, dict[str, Any], str | None]:
         """``(action, action_args, lang)`` of ``user_id`` (``(None, {}, None)`` when unknown)."""
         self.ensure()
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             row = conn.execute(
                 select(users.c.action, users.c.action_args, users.c.lang).where(users.c.user_id == user_id)
             ).first()
@@ -299,7 +311,7 @@ class Store:
     def get_temp(self, user_id: str, key: str) -> Any:
         """The value kept under ``key``, or ``None``."""
         self.ensure()
-        with self.engine.connect() as conn:
+        with read_only(self.engine) as conn:
             value = conn.execute(
                 select(temps.c.value).where(temps.c.user_id == user_id, temps.c.key == key)
             ).scalar()

@@ -439,3 +439,17 @@ def test_missing_driver_names_the_extra(monkeypatch, url, module, extra):
 def test_bad_url_names_the_setting():
     with pytest.raises(ConfigurationError, match="DATABASE_URL"):
         make_engine("not a url")
+
+
+def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path):
+    # Reads start deferred transactions: a writer holding the write lock does not block them.
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'locks.db'}"))
+    store.set_temp("u", "k", "before")
+    with store.engine.begin() as writer:  # BEGIN IMMEDIATE: the write lock is held until the end
+        writer.execute(storage.temps.update().values(value='"during"'))
+        with ThreadPoolExecutor(1) as pool:
+            reading = pool.submit(store.get_temp, "u", "k")
+            assert reading.result(timeout=10) == "before"
+    assert store.get_temp("u", "k") == "during"
