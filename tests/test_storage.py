@@ -405,7 +405,8 @@ def test_make_engine_is_cached_per_url(database_url):
 
 def test_engine_settings(database_url):
     engine = make_engine(database_url)
-    assert engine.pool._pre_ping
+    # A server may restart under us; a local SQLite file needs no ping per checkout.
+    assert engine.pool._pre_ping == (engine.dialect.name != "sqlite")
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar().lower() == "wal"
@@ -413,6 +414,50 @@ def test_engine_settings(database_url):
         elif engine.dialect.name in ("mysql", "mariadb"):
             assert conn.exec_driver_sql("SELECT @@character_set_connection").scalar() == "utf8mb4"
             assert 0 < engine.pool._recycle <= 3600 * 8
+
+
+def test_sqlite_write_lock_is_held_for_the_write_transaction_only(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'lock.db'}")
+    lock = None
+    with engine.begin() as conn:  # a write transaction: BEGIN IMMEDIATE under the process's lock
+        lock = conn.connection.dbapi_connection.write_lock
+        assert lock.locked()
+        conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+    assert not lock.locked()
+    with pytest.raises(RuntimeError):
+        with engine.begin() as conn:
+            assert lock.locked()
+            raise RuntimeError("rolled back")
+    assert not lock.locked()
+    with storage.read_only(engine) as conn:  # reads never queue behind the writers
+        assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 0
+        assert not lock.locked()
+    engine.dispose()
+
+
+def test_sqlite_writers_of_one_process_queue_instead_of_timing_out(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'queue.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE n (x INTEGER)")
+    errors = []
+
+    def writer():
+        try:
+            for _ in range(50):
+                with engine.begin() as conn:
+                    conn.exec_driver_sql("INSERT INTO n VALUES (1)")
+        except Exception as exc:  # pragma: no cover - shown by the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM n").scalar() == 400
+    engine.dispose()
 
 
 def test_mysql_url_without_charset_gets_utf8mb4(mariadb_server):
