@@ -119,28 +119,33 @@ class Executor:
 
         :returns: how many events were handled.
         """
-        handled = 0
+        if self.stopping.is_set():
+            return 0
         owner = self.owner
-        while not self.stopping.is_set():
-            if not self.inbox.claim(user_id, owner, self.lease_seconds):
-                return handled  # the holder looks for new events before it lets go (release)
-            try:
-                claimed = self.inbox.next_event(user_id, owner, self.lease_seconds)
-                if claimed is not None and self.stopping.is_set():  # shutdown began: leave it to the next worker
-                    self.inbox.putback(claimed)
-                    claimed = None
-                while claimed is not None:
-                    error = self._handle(claimed)
-                    handled += 1
-                    if self.stopping.is_set():  # shutdown: finish this one, start no other
-                        self.inbox.finish(claimed, error)
-                        break
-                    claimed = self.inbox.next_event(user_id, owner, self.lease_seconds, finished=claimed, error=error)
-            finally:
-                more = self.inbox.release(user_id, owner)
-            if not more:
-                break
-        return handled
+        # ``take`` and ``next_event`` give the lease back themselves when the user has no event
+        # left (None); other exits (shutdown, a database error) release it here.  A holder that
+        # lost its lease stops: the new holder handles what is left.
+        claimed = self.inbox.take(user_id, owner, self.lease_seconds)
+        if claimed is None:
+            return 0  # nothing to do, or another worker holds the user
+        handled = 0
+        try:
+            if self.stopping.is_set():  # shutdown began: leave it to the next worker
+                self.inbox.putback(claimed)
+                return handled
+            while True:
+                error = self._handle(claimed)
+                handled += 1
+                if self.stopping.is_set():  # shutdown: finish this one, start no other
+                    self.inbox.finish(claimed, error)
+                    return handled
+                claimed = self.inbox.next_event(user_id, owner, self.lease_seconds, finished=claimed, error=error)
+                if claimed is None:
+                    owner = ""  # released (or lost) inside next_event
+                    return handled
+        finally:
+            if owner:
+                self.inbox.release(user_id, owner)
 
     def _handle(self, claimed: Claimed) -> BaseException | None:
         try:

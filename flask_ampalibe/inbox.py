@@ -110,42 +110,75 @@ class Inbox:
                          .values(owner=None, expires_at=0.0))
             return self._has_work(conn, user_id)
 
+    def take(self, user_id: str, owner: str, seconds: float) -> Claimed | None:
+        """Claim ``user_id``'s lease if it is free or expired and take their oldest unfinished event.
+
+        One transaction: :meth:`claim` and the first :meth:`next_event`.  When the user has no
+        event left the lease is given back at once.
+
+        :returns: the event, or ``None`` (lease held by someone else, or nothing to do).
+        """
+        now = time.time()
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                leases.update()
+                .where(leases.c.user_id == user_id, or_(leases.c.owner.is_(None), leases.c.expires_at < now))
+                .values(owner=owner, expires_at=now + seconds)
+            ).rowcount
+            if taken != 1:
+                return None
+            return self._next(conn, user_id, owner, now)
+
     def next_event(self, user_id: str, owner: str, seconds: float, finished: Claimed | None = None,
                    error: BaseException | None = None) -> Claimed | None:
         """Mark the user's oldest unfinished event running and return it (lease holder only).
 
+        When there is none, the lease is given back in the same transaction: an event recorded
+        meanwhile is either seen here or finds the lease free (its recorder's claim waits for
+        this transaction's row lock), so the caller need not :meth:`release`.
+
         :param finished: an event this worker just handled, recorded as :meth:`finish` does in
             the same transaction (one round trip per event).
         :param error: what ``finished``'s handler raised.
+        :returns: the event, or ``None`` (nothing left, or the lease was lost to another worker).
         """
         now = time.time()
         with self.engine.begin() as conn:
             if finished is not None:
                 self._finish(conn, finished, error, now)
-            held = conn.execute(select(leases.c.owner).where(leases.c.user_id == user_id)).scalar()
-            if held != owner:
+            # Renewing the lease checks that it is still ours and, on server databases, locks its
+            # row until the end of the transaction.
+            held = conn.execute(
+                leases.update().where(leases.c.user_id == user_id, leases.c.owner == owner)
+                .values(expires_at=now + seconds)
+            ).rowcount
+            if held != 1:
                 return None  # the lease expired and someone else took it: stop
-            while True:
-                row = conn.execute(
-                    select(inbox.c.id, inbox.c.event_key, inbox.c.timestamp, inbox.c.body, inbox.c.attempts)
-                    .where(inbox.c.user_id == user_id, inbox.c.status.in_((PENDING, RUNNING)))
-                    .order_by(inbox.c.timestamp, inbox.c.id).limit(1)
-                ).first()
-                if row is None:
-                    return None
-                if row.attempts < self.max_attempts:
-                    break
-                # Every earlier attempt died with its worker: a poison event must not block the user.
-                logger.error("event %s of user %s given up after %s attempts that never finished",
-                             row.event_key, user_id, row.attempts)
-                conn.execute(inbox.update().where(inbox.c.id == row.id).values(
-                    status=FAILED, finished_at=now,
-                    error=f"Given up after {row.attempts} attempts: the process handling this event died "
-                          f"(or was stopped) each time before the handler returned. Check the workers' logs, "
-                          f"then replay it with `ampalibe inbox replay {row.id}`."))
-            conn.execute(inbox.update().where(inbox.c.id == row.id)
-                         .values(status=RUNNING, attempts=row.attempts + 1))
-            conn.execute(leases.update().where(leases.c.user_id == user_id).values(expires_at=now + seconds))
+            return self._next(conn, user_id, owner, now)
+
+    def _next(self, conn: Any, user_id: str, owner: str, now: float) -> Claimed | None:
+        """With the lease held and renewed: mark the oldest unfinished event running, or release."""
+        while True:
+            row = conn.execute(
+                select(inbox.c.id, inbox.c.event_key, inbox.c.timestamp, inbox.c.body, inbox.c.attempts)
+                .where(inbox.c.user_id == user_id, inbox.c.status.in_((PENDING, RUNNING)))
+                .order_by(inbox.c.timestamp, inbox.c.id).limit(1)
+            ).first()
+            if row is None:
+                conn.execute(leases.update().where(leases.c.user_id == user_id, leases.c.owner == owner)
+                             .values(owner=None, expires_at=0.0))
+                return None
+            if row.attempts < self.max_attempts:
+                break
+            # Every earlier attempt died with its worker: a poison event must not block the user.
+            logger.error("event %s of user %s given up after %s attempts that never finished",
+                         row.event_key, user_id, row.attempts)
+            conn.execute(inbox.update().where(inbox.c.id == row.id).values(
+                status=FAILED, finished_at=now,
+                error=f"Given up after {row.attempts} attempts: the process handling this event died "
+                      f"(or was stopped) each time before the handler returned. Check the workers' logs, "
+                      f"then replay it with `ampalibe inbox replay {row.id}`."))
+        conn.execute(inbox.update().where(inbox.c.id == row.id).values(status=RUNNING, attempts=row.attempts + 1))
         event = Event.from_json(row.event_key, user_id, row.timestamp, row.body)
         return Claimed(row.id, event, row.attempts + 1)
 
