@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 
 from .events import Event
 from .storage import Store, inbox, insert_ignore, leases, read_only
@@ -27,6 +27,26 @@ __all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED"]
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 
 logger = logging.getLogger(__name__)
+
+# The statements of the per-event path, built once (see storage._statements for why).
+_unfinished = inbox.c.status.in_((PENDING, RUNNING))
+_claim = (leases.update()
+          .where(leases.c.user_id == bindparam("uid"),
+                 or_(leases.c.owner.is_(None), leases.c.expires_at < bindparam("now")))
+          .values(owner=bindparam("new_owner"), expires_at=bindparam("until")))
+_renew_one = (leases.update().where(leases.c.user_id == bindparam("uid"), leases.c.owner == bindparam("holder"))
+              .values(expires_at=bindparam("until")))
+_release = (leases.update().where(leases.c.user_id == bindparam("uid"), leases.c.owner == bindparam("holder"))
+            .values(owner=None, expires_at=0.0))
+_oldest = (select(inbox.c.id, inbox.c.event_key, inbox.c.timestamp, inbox.c.body, inbox.c.attempts)
+           .where(inbox.c.user_id == bindparam("uid"), _unfinished)
+           .order_by(inbox.c.timestamp, inbox.c.id).limit(1))
+_start = inbox.update().where(inbox.c.id == bindparam("event_id")).values(status=RUNNING, attempts=bindparam("n"))
+# Only a running event: if this worker's lease lapsed and another one finished it meanwhile,
+# that outcome stands.
+_end = (inbox.update().where(inbox.c.id == bindparam("event_id"), inbox.c.status == RUNNING)
+        .values(status=bindparam("outcome"), finished_at=bindparam("now"), error=bindparam("err")))
+_any_unfinished = select(inbox.c.id).where(inbox.c.user_id == bindparam("uid"), _unfinished).limit(1)
 
 
 @dataclass
@@ -84,11 +104,7 @@ class Inbox:
         """Take ``user_id``'s lease if it is free or expired."""
         now = time.time()
         with self.engine.begin() as conn:
-            result = conn.execute(
-                leases.update()
-                .where(leases.c.user_id == user_id, or_(leases.c.owner.is_(None), leases.c.expires_at < now))
-                .values(owner=owner, expires_at=now + seconds)
-            )
+            result = conn.execute(_claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
         return result.rowcount == 1
 
     def renew(self, owner: str, seconds: float) -> int:
@@ -106,8 +122,7 @@ class Inbox:
             transaction, so such an event is either seen here or finds the lease free.
         """
         with self.engine.begin() as conn:
-            conn.execute(leases.update().where(leases.c.user_id == user_id, leases.c.owner == owner)
-                         .values(owner=None, expires_at=0.0))
+            conn.execute(_release, {"uid": user_id, "holder": owner})
             return self._has_work(conn, user_id)
 
     def take(self, user_id: str, owner: str, seconds: float) -> Claimed | None:
@@ -121,10 +136,7 @@ class Inbox:
         now = time.time()
         with self.engine.begin() as conn:
             taken = conn.execute(
-                leases.update()
-                .where(leases.c.user_id == user_id, or_(leases.c.owner.is_(None), leases.c.expires_at < now))
-                .values(owner=owner, expires_at=now + seconds)
-            ).rowcount
+                _claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds}).rowcount
             if taken != 1:
                 return None
             return self._next(conn, user_id, owner, now)
@@ -148,10 +160,7 @@ class Inbox:
                 self._finish(conn, finished, error, now)
             # Renewing the lease checks that it is still ours and, on server databases, locks its
             # row until the end of the transaction.
-            held = conn.execute(
-                leases.update().where(leases.c.user_id == user_id, leases.c.owner == owner)
-                .values(expires_at=now + seconds)
-            ).rowcount
+            held = conn.execute(_renew_one, {"uid": user_id, "holder": owner, "until": now + seconds}).rowcount
             if held != 1:
                 return None  # the lease expired and someone else took it: stop
             return self._next(conn, user_id, owner, now)
@@ -159,14 +168,9 @@ class Inbox:
     def _next(self, conn: Any, user_id: str, owner: str, now: float) -> Claimed | None:
         """With the lease held and renewed: mark the oldest unfinished event running, or release."""
         while True:
-            row = conn.execute(
-                select(inbox.c.id, inbox.c.event_key, inbox.c.timestamp, inbox.c.body, inbox.c.attempts)
-                .where(inbox.c.user_id == user_id, inbox.c.status.in_((PENDING, RUNNING)))
-                .order_by(inbox.c.timestamp, inbox.c.id).limit(1)
-            ).first()
+            row = conn.execute(_oldest, {"uid": user_id}).first()
             if row is None:
-                conn.execute(leases.update().where(leases.c.user_id == user_id, leases.c.owner == owner)
-                             .values(owner=None, expires_at=0.0))
+                conn.execute(_release, {"uid": user_id, "holder": owner})
                 return None
             if row.attempts < self.max_attempts:
                 break
@@ -178,7 +182,7 @@ class Inbox:
                 error=f"Given up after {row.attempts} attempts: the process handling this event died "
                       f"(or was stopped) each time before the handler returned. Check the workers' logs, "
                       f"then replay it with `ampalibe inbox replay {row.id}`."))
-        conn.execute(inbox.update().where(inbox.c.id == row.id).values(status=RUNNING, attempts=row.attempts + 1))
+        conn.execute(_start, {"event_id": row.id, "n": row.attempts + 1})
         event = Event.from_json(row.event_key, user_id, row.timestamp, row.body)
         return Claimed(row.id, event, row.attempts + 1)
 
@@ -195,12 +199,10 @@ class Inbox:
 
     @staticmethod
     def _finish(conn: Any, claimed: Claimed, error: BaseException | None, now: float) -> None:
-        values: dict[str, Any] = {"status": DONE, "finished_at": now, "error": None}
+        values: dict[str, Any] = {"event_id": claimed.id, "outcome": DONE, "now": now, "err": None}
         if error is not None:
-            values.update(status=FAILED, error="".join(traceback.format_exception(error))[-8000:])
-        # Only a running event: if this worker's lease lapsed and another one finished it meanwhile,
-        # that outcome stands.
-        conn.execute(inbox.update().where(inbox.c.id == claimed.id, inbox.c.status == RUNNING).values(**values))
+            values.update(outcome=FAILED, err="".join(traceback.format_exception(error))[-8000:])
+        conn.execute(_end, values)
 
     def has_work(self, user_id: str) -> bool:
         """Whether ``user_id`` has unfinished events."""
@@ -209,9 +211,7 @@ class Inbox:
 
     @staticmethod
     def _has_work(conn: Any, user_id: str) -> bool:
-        return conn.execute(
-            select(inbox.c.id).where(inbox.c.user_id == user_id, inbox.c.status.in_((PENDING, RUNNING))).limit(1)
-        ).first() is not None
+        return conn.execute(_any_unfinished, {"uid": user_id}).first() is not None
 
     def ready_users(self, limit: int = 100) -> list[str]:
         """Users with unfinished events whose lease is free or expired (work nobody is doing)."""

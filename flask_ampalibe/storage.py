@@ -14,7 +14,7 @@ import time
 from typing import Any, Iterable
 
 from sqlalchemy import (
-    BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text, create_engine, event,
+    BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text, bindparam, create_engine, event,
     select,
 )
 from sqlalchemy.dialects import mysql
@@ -259,41 +259,72 @@ def _dialect_insert(conn: Connection, table: Table) -> Any:
     return insert(table)
 
 
+# Statements are built once and executed with parameters: building and cache-keying a
+# SQLAlchemy construct costs several times more than running it on SQLite.
+_statements: dict[tuple[Any, ...], Any] = {}
+
+
+def _insert_ignore_stmt(conn: Connection, table: Table, first: str) -> Any:
+    key = ("insert_ignore", conn.dialect.name, table.name, first)
+    stmt = _statements.get(key)
+    if stmt is None:
+        stmt = _dialect_insert(conn, table)
+        if stmt is not None:
+            if conn.dialect.name in ("mysql", "mariadb"):
+                stmt = stmt.on_duplicate_key_update({first: stmt.inserted[first]})
+            else:
+                stmt = stmt.on_conflict_do_nothing()
+        _statements[key] = stmt
+    return stmt
+
+
+def _upsert_stmt(conn: Connection, table: Table, columns: tuple[str, ...], keys: tuple[str, ...]) -> Any:
+    key = ("upsert", conn.dialect.name, table.name, columns, keys)
+    stmt = _statements.get(key)
+    if stmt is None:
+        stmt = _dialect_insert(conn, table)
+        changes = [c for c in columns if c not in keys]
+        if stmt is not None:
+            if conn.dialect.name in ("mysql", "mariadb"):
+                stmt = stmt.on_duplicate_key_update({k: stmt.inserted[k] for k in changes})
+            else:
+                stmt = stmt.on_conflict_do_update(index_elements=list(keys),
+                                                  set_={k: stmt.excluded[k] for k in changes})
+        _statements[key] = stmt
+    return stmt
+
+
 def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     """Insert ``rows``, silently keeping existing rows with the same unique key."""
     if not rows:
         return
-    stmt = _dialect_insert(conn, table)
+    stmt = _insert_ignore_stmt(conn, table, next(iter(rows[0])))
     if stmt is None:
         for row in rows:  # portable fallback: check first
             key = {c.name: row[c.name] for c in table.primary_key.columns if c.name in row}
             if not conn.execute(select(table).filter_by(**key)).first():
                 conn.execute(table.insert().values(**row))
         return
-    if conn.dialect.name in ("mysql", "mariadb"):
-        first = next(iter(rows[0]))
-        stmt = stmt.on_duplicate_key_update({first: stmt.inserted[first]})
-    else:
-        stmt = stmt.on_conflict_do_nothing()
     conn.execute(stmt, rows)
 
 
 def upsert(conn: Connection, table: Table, values: dict[str, Any], keys: Iterable[str]) -> None:
     """Insert ``values`` or, when a row with the same ``keys`` exists, update its other columns."""
-    keys = list(keys)
-    stmt = _dialect_insert(conn, table)
-    changes = {k: v for k, v in values.items() if k not in keys}
+    keys = tuple(keys)
+    stmt = _upsert_stmt(conn, table, tuple(values), keys)
     if stmt is None:
+        changes = {k: v for k, v in values.items() if k not in keys}
         where = [table.c[k] == values[k] for k in keys]
         if conn.execute(table.update().where(*where).values(**changes)).rowcount == 0:
             conn.execute(table.insert().values(**values))
         return
-    stmt = stmt.values(**values)
-    if conn.dialect.name in ("mysql", "mariadb"):
-        stmt = stmt.on_duplicate_key_update({k: stmt.inserted[k] for k in changes})
-    else:
-        stmt = stmt.on_conflict_do_update(index_elements=keys, set_={k: stmt.excluded[k] for k in changes})
-    conn.execute(stmt)
+    conn.execute(stmt, values)
+
+
+_user_state = select(users.c.action, users.c.action_args, users.c.lang).where(users.c.user_id == bindparam("uid"))
+_user_used = users.update().where(users.c.user_id == bindparam("uid")).values(last_use=bindparam("now"))
+_temp_value = select(temps.c.value).where(temps.c.user_id == bindparam("uid"), temps.c.key == bindparam("k"))
+_temp_delete = temps.delete().where(temps.c.user_id == bindparam("uid"), temps.c.key == bindparam("k"))
 
 
 class Store:
@@ -336,22 +367,18 @@ class Store:
         self.ensure()
         now = time.time()
         with self.engine.begin() as conn:
-            row = conn.execute(
-                select(users.c.action, users.c.action_args, users.c.lang).where(users.c.user_id == user_id)
-            ).first()
+            row = conn.execute(_user_state, {"uid": user_id}).first()
             if row is None:
                 insert_ignore(conn, users, [{"user_id": user_id, "last_use": now}])
                 return None, {}, None
-            conn.execute(users.update().where(users.c.user_id == user_id).values(last_use=now))
+            conn.execute(_user_used, {"uid": user_id, "now": now})
         return row.action, _loads(row.action_args) or {}, row.lang
 
     def get_user(self, user_id: str) -> tuple[str | None, dict[str, Any], str | None]:
         """``(action, action_args, lang)`` of ``user_id`` (``(None, {}, None)`` when unknown)."""
         self.ensure()
         with read_only(self.engine) as conn:
-            row = conn.execute(
-                select(users.c.action, users.c.action_args, users.c.lang).where(users.c.user_id == user_id)
-            ).first()
+            row = conn.execute(_user_state, {"uid": user_id}).first()
         if row is None:
             return None, {}, None
         return row.action, _loads(row.action_args) or {}, row.lang
@@ -378,16 +405,14 @@ class Store:
         """The value kept under ``key``, or ``None``."""
         self.ensure()
         with read_only(self.engine) as conn:
-            value = conn.execute(
-                select(temps.c.value).where(temps.c.user_id == user_id, temps.c.key == key)
-            ).scalar()
+            value = conn.execute(_temp_value, {"uid": user_id, "k": key}).scalar()
         return _loads(value)
 
     def del_temp(self, user_id: str, key: str) -> None:
         """Forget the value kept under ``key`` (no error if there is none)."""
         self.ensure()
         with self.engine.begin() as conn:
-            conn.execute(temps.delete().where(temps.c.user_id == user_id, temps.c.key == key))
+            conn.execute(_temp_delete, {"uid": user_id, "k": key})
 
     # -- pagination pages (used by the Messenger client) --------------------------------------
     def save_page(self, user_id: str, data: dict[str, Any]) -> str:
