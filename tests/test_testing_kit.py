@@ -342,3 +342,12 @@ def test_the_readme_example_runs_with_only_the_installed_plugin(project):
                          cwd=project, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 passed" in run.stdout
+
+
+def test_a_project_without_a_bot_is_reported(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "core.py").write_text("x = 1\n")
+    with FakeGraph() as graph, BotTesters(graph, tmp_path / "work") as testers:
+        with pytest.raises(RuntimeError, match="core.py sets up no bot"):
+            testers.project(folder)

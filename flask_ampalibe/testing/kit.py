@@ -396,8 +396,11 @@ class BotTesters:
         def undo() -> None:
             reset_default()
             _forget_modules(folder, module)
-            os.environ.clear()
-            os.environ.update(saved_env)
+            for key in set(os.environ) - set(saved_env):  # what .env files and the test added
+                del os.environ[key]
+            for key, value in saved_env.items():
+                if os.environ.get(key) != value:
+                    os.environ[key] = value
             sys.path[:] = saved_path
             os.chdir(saved_cwd)
 
@@ -413,6 +416,9 @@ class BotTesters:
 
         if not isinstance(app, Flask) or "ampalibe" not in app.extensions:
             app = default_app()
+        if "ampalibe" not in app.extensions:
+            raise RuntimeError(f"{folder / (module + '.py')} sets up no bot: it should call "
+                               "ampalibe.init(Configuration()), or define a Flask app `app` with Ampalibe(app).")
         if app.extensions["ampalibe"].settings["GRAPH_URL"] != self.graph.url and app is default_app():
             raise RuntimeError(
                 f"{folder / 'conf.py'} does not take GRAPH_URL from the AMP_GRAPH_URL environment variable, "
