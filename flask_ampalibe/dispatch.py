@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .inbox import Claimed
+from .inbox import USER_STATE_KINDS, Claimed
 from .payload import _current_codec
 from .router import call_handler, command_input
 
@@ -61,7 +61,7 @@ class Dispatcher:
         state, event = self.state, claimed.event
         router = state.router
         kind = "standby" if event.standby else event.kind
-        if kind not in ("message", "postback"):
+        if kind not in USER_STATE_KINDS:
             fields = event.raw.get(event.kind if event.kind != "echo" else "message")
             extra = {k: v for k, v in fields.items() if k not in RESERVED} if isinstance(fields, dict) else {}
             result = None
@@ -76,7 +76,12 @@ class Dispatcher:
         handle_internal = getattr(state.chat, "handle_internal", None)
         if handle_internal is not None and text.startswith("__amp_") and handle_internal(event.sender_id, text):
             return None
-        action, action_args, lang = state.store.touch_user(event.sender_id)
+        # The inbox read the user's state when it handed the event out (same transaction).  Read
+        # it again if code of the bot ran since (middleware, event handlers): it may have changed it.
+        user = claimed.user
+        if user is None or router.before or router.events.get(kind):
+            user = state.store.touch_user(event.sender_id)
+        action, action_args, lang = user
         match = router.resolve(event, action, action_args, state.codec)
         if match is None:
             logger.info("no handler for a %s of user %s: register @ampalibe.command('/')", kind, event.sender_id)

@@ -22,9 +22,13 @@ from sqlalchemy import and_, bindparam, func, or_, select
 from .events import Event
 from .storage import Store, inbox, insert_ignore, leases, read_only
 
-__all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED"]
+__all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED", "USER_STATE_KINDS"]
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+
+#: Kinds of events the dispatcher routes by the user's pending action (unless in standby): their
+#: user state is read in the transaction that hands them out, one round trip less per event.
+USER_STATE_KINDS = frozenset({"message", "postback"})
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,10 @@ class Claimed:
     id: int
     event: Event
     attempts: int  # including this one
+    #: The user's ``(action, action_args, lang)``, read (and ``last_use`` set) in the transaction
+    #: that handed the event out, for the events routed by the user's state (see
+    #: :data:`USER_STATE_KINDS`); ``None`` when not read.
+    user: tuple[str | None, dict[str, Any], str | None] | None = None
 
     @property
     def redelivered(self) -> bool:
@@ -184,7 +192,10 @@ class Inbox:
                       f"then replay it with `ampalibe inbox replay {row.id}`."))
         conn.execute(_start, {"event_id": row.id, "n": row.attempts + 1})
         event = Event.from_json(row.event_key, user_id, row.timestamp, row.body)
-        return Claimed(row.id, event, row.attempts + 1)
+        user = None
+        if event.kind in USER_STATE_KINDS and not event.standby:
+            user = self.store.touch_user(user_id, conn)
+        return Claimed(row.id, event, row.attempts + 1, user)
 
     def putback(self, claimed: Claimed) -> None:
         """Return an event taken by :meth:`next_event` but not started (shutdown began) to pending."""

@@ -362,16 +362,23 @@ class Store:
             self.create_all()
 
     # -- users ----------------------------------------------------------------------------
-    def touch_user(self, user_id: str) -> tuple[str | None, dict[str, Any], str | None]:
-        """Record that ``user_id`` wrote now; return their ``(action, action_args, lang)``."""
-        self.ensure()
+    def touch_user(self, user_id: str, conn: Connection | None = None
+                   ) -> tuple[str | None, dict[str, Any], str | None]:
+        """Record that ``user_id`` wrote now; return their ``(action, action_args, lang)``.
+
+        :param conn: a write transaction to run in (the inbox's, when it hands out the event);
+            by default a transaction of its own.
+        """
+        if conn is None:
+            self.ensure()
+            with self.engine.begin() as own:
+                return self.touch_user(user_id, own)
         now = time.time()
-        with self.engine.begin() as conn:
-            row = conn.execute(_user_state, {"uid": user_id}).first()
-            if row is None:
-                insert_ignore(conn, users, [{"user_id": user_id, "last_use": now}])
-                return None, {}, None
-            conn.execute(_user_used, {"uid": user_id, "now": now})
+        row = conn.execute(_user_state, {"uid": user_id}).first()
+        if row is None:
+            insert_ignore(conn, users, [{"user_id": user_id, "last_use": now}])
+            return None, {}, None
+        conn.execute(_user_used, {"uid": user_id, "now": now})
         return row.action, _loads(row.action_args) or {}, row.lang
 
     def get_user(self, user_id: str) -> tuple[str | None, dict[str, Any], str | None]:

@@ -126,6 +126,47 @@ def test_redelivered_event_is_handled_once(app, hook, seen):
     assert app.extensions["ampalibe"].inbox.stats()["done"] == 2
 
 
+def test_each_message_is_routed_by_the_action_its_predecessor_set(app, ext, hook):
+    # The inbox reads the user's action in the transaction that hands out the next event:
+    # the previous handler's set_action must be seen there.
+    got = []
+    query = app.extensions["ampalibe"].query
+
+    @ext.router.command("/")
+    def main(sender_id, cmd, **extends):
+        got.append(("main", str(cmd)))
+        query.set_action(sender_id, "/name")
+
+    @ext.router.action("/name")
+    def name(sender_id, cmd, **extends):
+        got.append(("name", str(cmd)))
+        query.set_action(sender_id, None)
+
+    assert hook.post(message_event("u", "hi", timestamp=1), message_event("u", "Ana", timestamp=2),
+                     message_event("u", "again", timestamp=3)).status_code == 200
+    assert got == [("main", "hi"), ("name", "Ana"), ("main", "again")]
+
+
+def test_an_action_set_by_middleware_routes_the_same_event(app, ext, hook):
+    got = []
+    query = app.extensions["ampalibe"].query
+
+    @ext.router.before_receive
+    def to_survey(sender_id, **extends):
+        query.set_action(sender_id, "/survey")
+
+    @ext.router.command("/")
+    def main(sender_id, cmd, **extends):
+        got.append("main")
+
+    @ext.router.action("/survey")
+    def survey(sender_id, cmd, **extends):
+        got.append("survey")
+
+    assert hook.post(message_event("u", "hi")).status_code == 200
+    assert got == ["survey"]
+
+
 def test_events_without_mid_are_deduplicated_too(ext, hook):
     reads = []
 
