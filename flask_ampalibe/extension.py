@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable, TypeVar
 
 from flask import Flask, current_app, has_app_context
@@ -89,6 +90,26 @@ class AmpalibeState:
             poll_seconds=self.settings["POLL_SECONDS"], retention_seconds=self.settings["RETENTION_DAYS"] * 86400,
         )
         self.bot = Bot(self)
+
+    def start(self) -> None:
+        """Start this process's background work: the executor's threads and, if the bot has
+        ``@schedule`` jobs, the scheduler thread (idempotent; gunicorn's ``post_worker_init``)."""
+        from .scheduler import scheduler_for
+
+        self.executor.start()
+        scheduler_for(self).start()
+
+    def shutdown(self, timeout: float = 30.0) -> bool:
+        """Stop taking work; wait up to ``timeout`` seconds for running handlers and jobs.
+
+        :returns: whether everything running finished in time.
+        """
+        deadline = time.monotonic() + timeout
+        finished = self.executor.shutdown(timeout)
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            scheduler.stop(max(0.0, deadline - time.monotonic()))
+        return bool(finished) if finished is not None else True
 
 
 class Ampalibe:
@@ -218,7 +239,7 @@ def reset_default() -> None:
     global _default_app
     with _default_lock:
         if _default_app is not None and "ampalibe" in _default_app.extensions:
-            _default_app.extensions["ampalibe"].executor.shutdown(timeout=5)
+            _default_app.extensions["ampalibe"].shutdown(timeout=5)
         _default_app = None
         set_default_router(Router())
 

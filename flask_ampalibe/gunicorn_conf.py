@@ -99,17 +99,20 @@ def _has_control_socket() -> bool:
     return any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS)
 
 
-def _executor_of(worker: Any) -> Any:
-    """The flask_ampalibe executor of the worker's app, or ``None``."""
+def _state_of(worker: Any) -> Any:
+    """The flask_ampalibe state (``app.extensions["ampalibe"]``) of the worker's app, or ``None``."""
     app = getattr(worker, "wsgi", None)
-    state = None
     for _ in range(5):  # unwrap WSGI middleware (ProxyFix and friends keep the app in .app)
         extensions = getattr(app, "extensions", None)
         if isinstance(extensions, dict):
-            state = extensions.get("ampalibe")
-            break
+            return extensions.get("ampalibe")
         app = getattr(app, "app", None)
-    return getattr(state, "executor", None)
+    return None
+
+
+def _executor_of(worker: Any) -> Any:
+    """The flask_ampalibe executor of the worker's app, or ``None``."""
+    return getattr(_state_of(worker), "executor", None)
 
 
 def _stop_executor(worker: Any, timeout: float) -> None:
@@ -117,7 +120,7 @@ def _stop_executor(worker: Any, timeout: float) -> None:
     if getattr(worker, "_ampalibe_stopped", False):
         return
     worker._ampalibe_stopped = True
-    shutdown = getattr(_executor_of(worker), "shutdown", None)
+    shutdown = getattr(_state_of(worker), "shutdown", None)
     if not callable(shutdown):
         return
     log = getattr(worker, "log", logger)
@@ -147,8 +150,9 @@ def post_worker_init(worker: Any) -> None:
     signal.signal(signal.SIGTERM, on_term)
     signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn does: let requests in flight finish
     # Start the executor now rather than on the first webhook: its sweeper takes over the
-    # events a stopped or killed worker left behind, even when no new message arrives.
-    start = getattr(_executor_of(worker), "start", None)
+    # events a stopped or killed worker left behind, even when no new message arrives; and the
+    # scheduler, so @schedule jobs run even on a bot nobody writes to.
+    start = getattr(_state_of(worker), "start", None)
     if callable(start):
         start()
 

@@ -354,8 +354,13 @@ class _Worker:
 
 
 class _State:
+    """Stands for AmpalibeState: its shutdown() stops the executor (and the scheduler)."""
+
     def __init__(self) -> None:
         self.executor = _Executor()
+
+    def shutdown(self, timeout: float) -> None:
+        self.executor.shutdown(timeout)
 
 
 def test_worker_exit_lets_the_executor_finish_within_graceful_timeout() -> None:

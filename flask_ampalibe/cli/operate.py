@@ -87,6 +87,7 @@ def worker(threads: int | None, graceful_timeout: float) -> None:
     """
     from ..dispatch import Dispatcher
     from ..executor import ThreadExecutor
+    from ..scheduler import scheduler_for
 
     state = load_state()
     settings = state.settings
@@ -108,14 +109,18 @@ def worker(threads: int | None, graceful_timeout: float) -> None:
         os.write(wake_write, b"!")
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    scheduler = scheduler_for(state)
     try:
         executor.start()
+        scheduler.start()
         click.echo(f"ampalibe worker (pid {os.getpid()}): handling the events recorded in {_where(state)} "
                    f"with {executor.threads} threads. Stop with Ctrl-C or SIGTERM.")
         os.read(wake_read, 1)
         click.echo(f"Stopping: waiting up to {graceful_timeout:g} s for running handlers "
                    "(signal again to stop at once).")
+        deadline = time.monotonic() + graceful_timeout
         finished = executor.shutdown(graceful_timeout)
+        scheduler.stop(max(0.0, deadline - time.monotonic()))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
