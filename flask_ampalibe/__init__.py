@@ -42,7 +42,7 @@ __all__ = [
     "Ampalibe", "AmpalibeError", "Bot", "Button", "Cmd", "ConfigurationError", "Element", "GraphError",
     "GraphTimeout", "LimitError", "Messenger", "Model", "Payload", "PayloadError", "QuickReply", "Router",
     "RoutingError", "StorageError", "action", "after_receive", "before_receive",
-    "bp", "command", "current_state", "event", "generate_signature", "init", "on_error", "schedule",
+    "bp", "command", "crontab", "current_state", "event", "generate_signature", "init", "on_error", "schedule",
     "set_default_router", "translate", "verify_signature", "webserver",
 ]
 
@@ -68,14 +68,26 @@ def event(kind: str) -> Callable[[F], F]:
     return default_router().event(kind)
 
 
-def before_receive(func: F) -> F:
-    """Run ``func`` before each event's handler; returning ``False`` stops the event."""
+def before_receive(func: F | None = None) -> Any:
+    """Run ``func`` before each event's handler; returning ``False`` stops the event.
+
+    Usable bare (``@ampalibe.before_receive``) or called (``@ampalibe.before_receive()``, as in
+    later Ampalibe releases).
+    """
+    if func is None:
+        return default_router().before_receive
     return default_router().before_receive(func)
 
 
-def after_receive(func: F) -> F:
-    """Run ``func`` after each event's handler, with ``result`` and ``error``."""
+def after_receive(func: F | None = None) -> Any:
+    """Run ``func`` after each event's handler, with ``result`` and ``error`` (bare or called)."""
+    if func is None:
+        return default_router().after_receive
     return default_router().after_receive(func)
+
+
+#: Later Ampalibe releases name the scheduler ``crontab``.
+crontab = schedule
 
 
 def on_error(func: F) -> F:

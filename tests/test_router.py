@@ -242,3 +242,36 @@ def test_import_does_no_work(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_middleware_decorators_work_bare_and_called(tmp_path, graph):
+    old = flask_ampalibe.set_default_router(flask_ampalibe.Router())
+    try:
+        order = []
+
+        @flask_ampalibe.before_receive
+        def bare(sender_id, **extends):
+            order.append("bare")
+
+        @flask_ampalibe.before_receive()
+        def called(sender_id, **extends):
+            order.append("called")
+
+        @flask_ampalibe.after_receive()
+        def after(sender_id, result, **extends):
+            order.append(("after", result))
+
+        @flask_ampalibe.command("/")
+        def main(sender_id, **extends):
+            return "done"
+
+        assert bare.__name__ == "bare" and called.__name__ == "called"
+        assert flask_ampalibe.crontab is flask_ampalibe.schedule
+        app = Flask("mw", instance_path=str(tmp_path / "i"))
+        app.config.update(TESTING=True, AMPALIBE_ACCESS_TOKEN="t", AMPALIBE_VERIF_TOKEN="v",
+                          AMPALIBE_APP_SECRET=SECRET, AMPALIBE_GRAPH_URL=graph.url, AMPALIBE_EXECUTOR="inline")
+        flask_ampalibe.Ampalibe(app)
+        WebhookClient(app.test_client(), SECRET).send_text("u", "hi")
+        assert order == ["bare", "called", ("after", "done")]
+    finally:
+        flask_ampalibe.set_default_router(old)
