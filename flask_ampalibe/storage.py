@@ -14,7 +14,7 @@ import time
 from typing import Any, Iterable
 
 from sqlalchemy import (
-    BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text, bindparam, create_engine, event,
+    BigInteger, Column, Double, Index, Integer, MetaData, String, Table, Text, bindparam, create_engine, event,
     select,
 )
 from sqlalchemy.dialects import mysql
@@ -30,6 +30,9 @@ __all__ = ["Store", "make_engine", "metadata", "users", "temps", "pages", "inbox
 SCHEMA_VERSION = 1
 
 metadata = MetaData()
+# Epoch seconds: MySQL's FLOAT is single precision (a 128 s step at today's epoch), so ask for a
+# double everywhere.
+_Seconds = Double()
 _LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
 
@@ -48,7 +51,7 @@ users = Table(
     Column("user_id", _Key(64), nullable=False, unique=True),
     Column("action", Text, nullable=True),
     Column("action_args", Text, nullable=True),
-    Column("last_use", Float, nullable=True),
+    Column("last_use", _Seconds, nullable=True),
     Column("lang", String(16), nullable=True),
 )
 
@@ -64,7 +67,7 @@ pages = Table(
     Column("token", _Key(64), primary_key=True),
     Column("user_id", _Key(64), nullable=False),
     Column("data", _LongText, nullable=False),
-    Column("created_at", Float, nullable=False),
+    Column("created_at", _Seconds, nullable=False),
 )
 
 inbox = Table(
@@ -78,8 +81,8 @@ inbox = Table(
     Column("status", String(8), nullable=False),  # pending, running, done, failed
     Column("attempts", Integer, nullable=False, default=0),
     Column("error", Text, nullable=True),
-    Column("received_at", Float, nullable=False),
-    Column("finished_at", Float, nullable=True),
+    Column("received_at", _Seconds, nullable=False),
+    Column("finished_at", _Seconds, nullable=True),
     Index("ix_amp_inbox_user_status", "user_id", "status", "timestamp"),
     Index("ix_amp_inbox_status", "status", "received_at"),
 )
@@ -88,7 +91,7 @@ leases = Table(
     "amp_lease", metadata,
     Column("user_id", _Key(64), primary_key=True),
     Column("owner", String(96), nullable=True),
-    Column("expires_at", Float, nullable=False, default=0.0),
+    Column("expires_at", _Seconds, nullable=False, default=0.0),
     Index("ix_amp_lease_owner", "owner"),
 )
 
@@ -97,7 +100,7 @@ jobs = Table(
     Column("name", _Key(191), primary_key=True),
     Column("slot", BigInteger, nullable=False),
     Column("owner", String(96), nullable=True),
-    Column("ran_at", Float, nullable=True),
+    Column("ran_at", _Seconds, nullable=True),
 )
 
 meta = Table(

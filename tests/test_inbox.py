@@ -1,0 +1,133 @@
+"""The durable inbox on SQLite, MariaDB and PostgreSQL (every test runs on each backend).
+
+Recording and deduplication, per-user leases (exclusive across threads), timestamp order,
+failures and replays, purging, stats; and a webhook handled normally after the database
+server restarted under a running app.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from flask import Flask
+
+import flask_ampalibe
+from flask_ampalibe.events import parse_body
+from flask_ampalibe.inbox import Inbox
+from flask_ampalibe.storage import Store, make_engine
+from flask_ampalibe.testing import WebhookClient, message_event, page_body, read_event
+from conftest import SECRET
+
+
+@pytest.fixture
+def box(database_url):
+    inbox = Inbox(Store(make_engine(database_url)))
+    yield inbox
+    inbox.engine.dispose()
+
+
+def events(*items):
+    return parse_body(page_body(*items))
+
+
+def test_record_ignores_redeliveries_and_events_without_mid(box):
+    first = events(message_event("u1", "a", mid="m.1"), read_event("u1", watermark=5, timestamp=9))
+    assert box.record(first) == ["u1"]
+    box.record(first)
+    box.record(events(message_event("u1", "a", mid="m.1")))
+    assert box.stats()["pending"] == 2 and box.stats()["received"] == 2
+
+
+def test_events_come_out_oldest_first_and_one_holder_at_a_time(box):
+    box.record(events(message_event("u", "late", timestamp=3000), message_event("u", "early", timestamp=1000)))
+    box.record(events(message_event("u", "middle", timestamp=2000)))
+    first = box.take("u", "w1", 30)
+    assert first.event.raw["message"]["text"] == "early" and not first.redelivered
+    assert box.take("u", "w2", 30) is None  # w1 holds the user
+    second = box.next_event("u", "w1", 30, finished=first)
+    third = box.next_event("u", "w1", 30, finished=second)
+    assert [c.event.raw["message"]["text"] for c in (second, third)] == ["middle", "late"]
+    assert box.next_event("u", "w1", 30, finished=third) is None  # done: the lease is free again
+    assert box.stats()["done"] == 3
+    box.record(events(message_event("u", "next")))
+    assert box.take("u", "w2", 30).event.raw["message"]["text"] == "next"
+
+
+def test_only_one_of_many_threads_claims_a_user(box):
+    box.record(events(message_event("solo", "x")))
+    box.store.ensure()
+    winners, barrier = [], threading.Barrier(8)
+
+    def grab(i):
+        barrier.wait()
+        if box.claim("solo", f"w{i}", 30):
+            winners.append(i)
+
+    threads = [threading.Thread(target=grab, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+
+
+def test_an_expired_lease_is_taken_over_and_the_event_redelivered(box):
+    box.record(events(message_event("u", "x")))
+    assert box.take("u", "dead", 0.01) is not None  # started, then the worker died
+    import time
+    time.sleep(0.05)
+    assert box.ready_users() == ["u"]
+    again = box.take("u", "alive", 30)
+    assert again is not None and again.redelivered and again.attempts == 2
+    assert box.next_event("u", "dead", 30) is None  # the old holder lost it
+
+
+def test_failures_are_kept_then_replayed(box):
+    box.record(events(message_event("u", "x")))
+    claimed = box.take("u", "w", 30)
+    assert box.next_event("u", "w", 30, finished=claimed, error=RuntimeError("kaput 😀")) is None
+    (failed,) = box.failed()
+    assert "kaput 😀" in failed["error"] and box.stats()["failed"] == 1
+    assert box.replay(failed["id"]) == ["u"]
+    assert box.take("u", "w", 30).event.raw["message"]["text"] == "x"
+
+
+def test_purge_removes_only_old_handled_events(box):
+    box.record(events(message_event("u", "done"), message_event("v", "pending")))
+    claimed = box.take("u", "w", 30)
+    box.next_event("u", "w", 30, finished=claimed)
+    assert box.purge(3600) == 0
+    assert box.purge(-1) == 1
+    assert box.stats()["pending"] == 1
+    box.record(events(message_event("u", "done")))  # purged: outside the deduplication window now
+    assert box.stats()["pending"] == 2
+
+
+def test_unicode_event_bodies_round_trip(box):
+    text = "😀 مرحبا 𝄞 👩🏽‍💻"
+    box.record(events(message_event("u", text)))
+    assert box.take("u", "w", 30).event.raw["message"]["text"] == text
+
+
+@pytest.mark.parametrize("server_name", ["mariadb", "postgresql"])
+def test_the_next_webhook_is_handled_after_the_server_restarted(request, server_name, tmp_path, graph):
+    server = request.getfixturevalue(f"{server_name}_server")
+    server.reset()  # a clean database on that server
+    app = Flask(f"restart_{server_name}", instance_path=str(tmp_path / "i"))
+    app.config.update(TESTING=True, AMPALIBE_ACCESS_TOKEN="t", AMPALIBE_VERIF_TOKEN="v", AMPALIBE_APP_SECRET=SECRET,
+                      AMPALIBE_GRAPH_URL=graph.url, AMPALIBE_EXECUTOR="inline", AMPALIBE_DATABASE_URL=server.url)
+    router = flask_ampalibe.Router()
+
+    @router.command("/")
+    def main(sender_id, cmd, **extends):
+        query = app.extensions["ampalibe"].query
+        query.set_temp(sender_id, "n", (query.get_temp(sender_id, "n") or 0) + 1)
+        app.extensions["ampalibe"].chat.send_message(sender_id, f"{cmd} {query.get_temp(sender_id, 'n')}")
+
+    flask_ampalibe.Ampalibe(app, router=router)
+    hook = WebhookClient(app.test_client(), SECRET)
+    assert hook.send_text("u", "before").status_code == 200
+    server.restart()
+    assert hook.send_text("u", "after").status_code == 200
+    assert graph.sent_texts("u") == ["before 1", "after 2"]
+    make_engine(server.url).dispose()
