@@ -28,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterable
 
 from .inbox import Claimed, Inbox
+from .storage import background_writes
 
 __all__ = ["Executor", "InlineExecutor", "ThreadExecutor", "PollingExecutor", "make_executor"]
 
@@ -239,6 +240,10 @@ class ThreadExecutor(Executor):
             self._futures.discard(future)
 
     def _run(self, user_id: str) -> None:
+        with background_writes():  # the webhook's writes go first
+            self._drain_while_notified(user_id)
+
+    def _drain_while_notified(self, user_id: str) -> None:
         while True:
             try:
                 self.drain(user_id)
@@ -252,6 +257,10 @@ class ThreadExecutor(Executor):
                 return
 
     def _sweep_loop(self) -> None:
+        with background_writes():
+            self._upkeep()
+
+    def _upkeep(self) -> None:
         # Renewing well inside the lease keeps it through a slow database or a busy moment; a
         # lease that lapses while its handler still runs lets another worker run the event too.
         tick = max(0.05, min(self.poll_seconds, self.lease_seconds / 3))

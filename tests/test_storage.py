@@ -435,6 +435,18 @@ def test_sqlite_write_lock_is_held_for_the_write_transaction_only(tmp_path):
     engine.dispose()
 
 
+def test_background_writes_still_write_and_leave_the_locks_free(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'bg.db'}")
+    with storage.background_writes():
+        with engine.begin() as conn:
+            dbapi = conn.connection.dbapi_connection
+            assert dbapi.write_lock.locked() and not dbapi.background_gate.locked()
+            conn.exec_driver_sql("CREATE TABLE b (x INTEGER)")
+    assert not dbapi.write_lock.locked() and not dbapi.background_gate.locked()
+    assert not getattr(storage._background, "on", False)
+    engine.dispose()
+
+
 def test_sqlite_writers_of_one_process_queue_instead_of_timing_out(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'queue.db'}")
     with engine.begin() as conn:
