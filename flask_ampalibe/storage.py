@@ -7,6 +7,7 @@ inbox lives in :mod:`flask_ampalibe.inbox`, on the same tables' metadata.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -162,6 +163,22 @@ def _create(url: str) -> Engine:
 _WRITE_LOCK_TIMEOUT = 30.0
 
 
+class _WriteLocks:
+    """The per-process locks of one SQLite engine; a forked child gets new ones (a thread of the
+    parent may have held them at the fork, and that thread does not exist in the child)."""
+
+    def __init__(self) -> None:
+        self._reset()
+        if hasattr(os, "register_at_fork"):  # POSIX; engines live as long as the process
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self.write = threading.Lock()
+        #: Background threads queue here first: only one of them at a time competes with the
+        #: webhook's threads for :attr:`write`, so the ack waits less (see background_writes).
+        self.background_gate = threading.Lock()
+
+
 class _SQLiteConnection(sqlite3.Connection):
     """A pysqlite connection whose write transactions take its engine's per-process lock.
 
@@ -173,20 +190,19 @@ class _SQLiteConnection(sqlite3.Connection):
     (or the connection closed), so no thread of this process ever waits inside SQLite.
     """
 
-    write_lock: threading.Lock | None = None
-    background_gate: threading.Lock | None = None
-    _holding = False
+    locks: _WriteLocks | None = None
+    _held: threading.Lock | None = None
 
     def begin_write(self) -> None:
-        lock = self.write_lock
-        if lock is not None and not self._holding:
-            if getattr(_background, "on", False) and self.background_gate is not None:
-                # Background threads queue on a gate first: only one of them at a time competes
-                # with the webhook's threads for the write lock, so the ack waits less.
-                with self.background_gate:
-                    self._holding = lock.acquire(timeout=_WRITE_LOCK_TIMEOUT)
+        locks = self.locks
+        if locks is not None and self._held is None:
+            lock = locks.write
+            if getattr(_background, "on", False):
+                with locks.background_gate:
+                    acquired = lock.acquire(timeout=_WRITE_LOCK_TIMEOUT)
             else:
-                self._holding = lock.acquire(timeout=_WRITE_LOCK_TIMEOUT)
+                acquired = lock.acquire(timeout=_WRITE_LOCK_TIMEOUT)
+            self._held = lock if acquired else None
         try:
             self.execute("BEGIN IMMEDIATE")
         except BaseException:
@@ -194,9 +210,9 @@ class _SQLiteConnection(sqlite3.Connection):
             raise
 
     def _release(self) -> None:
-        if self._holding:
-            self._holding = False
-            self.write_lock.release()  # type: ignore[union-attr]
+        held, self._held = self._held, None
+        if held is not None:
+            held.release()
 
     def commit(self) -> None:
         try:
@@ -236,7 +252,7 @@ def background_writes() -> Iterator[None]:
 
 
 def _sqlite_setup(engine: Engine, memory: bool) -> None:
-    write_lock, background_gate = threading.Lock(), threading.Lock()
+    locks = _WriteLocks()
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, record: Any) -> None:
@@ -244,7 +260,7 @@ def _sqlite_setup(engine: Engine, memory: bool) -> None:
         # transaction that reads then writes fails at once with "database is locked" under WAL.
         dbapi_conn.isolation_level = None
         if isinstance(dbapi_conn, _SQLiteConnection):
-            dbapi_conn.write_lock, dbapi_conn.background_gate = write_lock, background_gate
+            dbapi_conn.locks = locks
         cursor = dbapi_conn.cursor()
         if not memory:
             cursor.execute("PRAGMA journal_mode=WAL")

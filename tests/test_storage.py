@@ -420,7 +420,7 @@ def test_sqlite_write_lock_is_held_for_the_write_transaction_only(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'lock.db'}")
     lock = None
     with engine.begin() as conn:  # a write transaction: BEGIN IMMEDIATE under the process's lock
-        lock = conn.connection.dbapi_connection.write_lock
+        lock = conn.connection.dbapi_connection.locks.write
         assert lock.locked()
         conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
     assert not lock.locked()
@@ -439,11 +439,27 @@ def test_background_writes_still_write_and_leave_the_locks_free(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'bg.db'}")
     with storage.background_writes():
         with engine.begin() as conn:
-            dbapi = conn.connection.dbapi_connection
-            assert dbapi.write_lock.locked() and not dbapi.background_gate.locked()
+            locks = conn.connection.dbapi_connection.locks
+            assert locks.write.locked() and not locks.background_gate.locked()
             conn.exec_driver_sql("CREATE TABLE b (x INTEGER)")
-    assert not dbapi.write_lock.locked() and not dbapi.background_gate.locked()
+    assert not locks.write.locked() and not locks.background_gate.locked()
     assert not getattr(storage._background, "on", False)
+    engine.dispose()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_gets_free_write_locks(tmp_path):
+    # gunicorn forks workers from a master that may have written: a lock held by a parent's
+    # thread at the fork must not block the child forever.
+    engine = make_engine(f"sqlite:///{tmp_path / 'fork.db'}")
+    with engine.begin() as conn:
+        locks = conn.connection.dbapi_connection.locks
+        assert locks.write.locked()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            os._exit(0 if not locks.write.locked() and not locks.background_gate.locked() else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
     engine.dispose()
 
 
