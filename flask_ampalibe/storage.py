@@ -7,6 +7,7 @@ inbox lives in :mod:`flask_ampalibe.inbox`, on the same tables' metadata.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -24,6 +25,13 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from .errors import ConfigurationError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: SQLite's busy handler only
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Store", "make_engine", "metadata", "users", "temps", "pages", "inbox", "leases", "jobs", "upsert",
            "insert_ignore", "read_only", "background_writes", "SCHEMA_VERSION"]
@@ -154,7 +162,9 @@ def _create(url: str) -> Engine:
             f"install the supported one with: pip install 'flask_ampalibe[{extra}]' and use a {driver}:// URL"
         ) from None
     if backend == "sqlite":
-        _sqlite_setup(engine, parsed.database in (None, "", ":memory:"))
+        memory = parsed.database in (None, "", ":memory:")
+        plain_file = not memory and not parsed.database.startswith("file:")  # URI filenames: no queue file
+        _sqlite_setup(engine, memory, os.path.abspath(parsed.database) + "-writelock" if plain_file else None)
     return engine
 
 
@@ -165,9 +175,15 @@ _WRITE_LOCK_TIMEOUT = 30.0
 
 class _WriteLocks:
     """The per-process locks of one SQLite engine; a forked child gets new ones (a thread of the
-    parent may have held them at the fork, and that thread does not exist in the child)."""
+    parent may have held them at the fork, and that thread does not exist in the child).
 
-    def __init__(self) -> None:
+    :param path: where the processes sharing a database file queue for it (``<db>-writelock``,
+        a POSIX record lock: the kernel wakes the next writer as soon as one commits, where
+        SQLite's busy handler would sleep 1-100 ms); ``None`` for in-memory databases.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
         self._reset()
         if hasattr(os, "register_at_fork"):  # POSIX; engines live as long as the process
             os.register_at_fork(after_in_child=self._reset)
@@ -177,6 +193,28 @@ class _WriteLocks:
         #: Background threads queue here first: only one of them at a time competes with the
         #: webhook's threads for :attr:`write`, so the ack waits less (see background_writes).
         self.background_gate = threading.Lock()
+        self._fd: int | None = None  # opened on first use in each process
+        self._file_ok = fcntl is not None and self.path is not None
+
+    def lock_file(self) -> bool:
+        """Wait for the other processes' writers (call with :attr:`write` held)."""
+        if not self._file_ok:
+            return False
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # type: ignore[arg-type]
+            fcntl.lockf(self._fd, fcntl.LOCK_EX)
+            return True
+        except OSError as exc:  # read-only folder, no lock support: SQLite's busy handler only
+            logger.warning("no inter-process write queue for SQLite (%s); relying on its busy timeout", exc)
+            self._file_ok = False
+            return False
+
+    def unlock_file(self) -> None:
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+        except OSError:  # pragma: no cover - released with the process anyway
+            logger.exception("could not release the SQLite write queue lock")
 
 
 class _SQLiteConnection(sqlite3.Connection):
@@ -192,6 +230,7 @@ class _SQLiteConnection(sqlite3.Connection):
 
     locks: _WriteLocks | None = None
     _held: threading.Lock | None = None
+    _file_locked = False
 
     def begin_write(self) -> None:
         locks = self.locks
@@ -203,6 +242,8 @@ class _SQLiteConnection(sqlite3.Connection):
             else:
                 acquired = lock.acquire(timeout=_WRITE_LOCK_TIMEOUT)
             self._held = lock if acquired else None
+            # Record locks belong to the process: only the holder of the thread lock may take it.
+            self._file_locked = acquired and locks.lock_file()
         try:
             self.execute("BEGIN IMMEDIATE")
         except BaseException:
@@ -211,6 +252,9 @@ class _SQLiteConnection(sqlite3.Connection):
 
     def _release(self) -> None:
         held, self._held = self._held, None
+        if self._file_locked:
+            self._file_locked = False
+            self.locks.unlock_file()  # type: ignore[union-attr]
         if held is not None:
             held.release()
 
@@ -251,8 +295,8 @@ def background_writes() -> Iterator[None]:
         _background.on = before
 
 
-def _sqlite_setup(engine: Engine, memory: bool) -> None:
-    locks = _WriteLocks()
+def _sqlite_setup(engine: Engine, memory: bool, lock_path: str | None) -> None:
+    locks = _WriteLocks(lock_path)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, record: Any) -> None:

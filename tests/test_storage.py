@@ -463,6 +463,26 @@ def test_a_forked_child_gets_free_write_locks(tmp_path):
     engine.dispose()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX record locks")
+def test_sqlite_writers_of_other_processes_queue_on_the_writelock_file(tmp_path):
+    db = tmp_path / "procs.db"
+    engine = make_engine(f"sqlite:///{db}")
+    probe = ("import fcntl, os, sys\n"
+             "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n    sys.exit(7)\n")
+
+    def other_process_may_write():
+        code = subprocess.run([sys.executable, "-c", probe, f"{db}-writelock"]).returncode
+        assert code in (0, 7)
+        return code == 0
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE w (x INTEGER)")
+        assert not other_process_may_write()
+    assert other_process_may_write()
+    engine.dispose()
+
+
 def test_sqlite_writers_of_one_process_queue_instead_of_timing_out(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'queue.db'}")
     with engine.begin() as conn:
