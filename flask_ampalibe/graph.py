@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import random
 import socket
 import time
@@ -120,7 +121,7 @@ class GraphClient:
         self.max_retries = max(0, int(max_retries))
         self.retry_budget = float(retry_budget)
         self._own_session = session is None
-        self.session = session if session is not None else requests.Session()
+        self.session = session if session is not None else self._new_session()
         self._auth = {"access_token": access_token or ""}
         if app_secret and access_token:
             proof = hmac.new(app_secret.encode(), access_token.encode(), hashlib.sha256).hexdigest()
@@ -130,6 +131,20 @@ class GraphClient:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.base_url}>"
+
+    def _new_session(self) -> requests.Session:
+        """A session that reads proxies and the CA bundle from the environment once.
+
+        With ``trust_env`` requests looks them up again on every call, a sizeable part of the
+        cost of a send; the environment of a running bot does not change.
+        """
+        session = requests.Session()
+        session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            session.verify = bundle
+        session.trust_env = False
+        return session
 
     def close(self) -> None:
         """Close the HTTP session (only when this client created it)."""

@@ -230,3 +230,18 @@ def test_reads_that_keep_timing_out_are_reported(graph: FakeGraph, clock: Clock)
     assert "not retried" not in str(info.value)
     assert len(graph.requests) == 2 and len(clock.sleeps) == 1
     chat.close()
+
+
+def test_proxies_and_ca_bundle_from_the_environment_are_read_once(monkeypatch):
+    from flask_ampalibe.messenger import Messenger
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    client = Messenger("token", graph_url="https://graph.facebook.com")
+    assert client.session.proxies.get("https") == "http://127.0.0.1:9"
+    assert client.session.verify == "/etc/ssl/certs/ca-certificates.crt"
+    bypassed = Messenger("token", graph_url="https://internal.example")
+    assert "https" not in bypassed.session.proxies  # NO_PROXY still honoured
+    client.close()
+    bypassed.close()
