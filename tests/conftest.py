@@ -6,8 +6,10 @@ from ``dbservers.py``.
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +31,31 @@ SECRET = "test-app-secret"
 TOKEN = "test-page-token"
 VERIFY = "test-verify-token"
 PROJECT_MODULES = ("core", "conf", "user", "model")
+
+
+class MemoryPages:
+    """An in-memory page store with the Store's two methods (atomic, one take per token)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, tuple[str, dict]] = {}
+        self.lock = threading.Lock()
+        self.count = 0
+
+    def save_page(self, user_id: str, data: dict) -> str:
+        json.dumps(data)  # must be JSON, as in the database
+        with self.lock:
+            self.count += 1
+            token = f"t{self.count}"
+            self.data[token] = (user_id, data)
+        return token
+
+    def take_page(self, token: str, user_id: str) -> dict | None:
+        with self.lock:
+            owner, data = self.data.get(token, (None, None))
+            if owner != user_id:
+                return None
+            del self.data[token]
+            return data
 
 
 @pytest.fixture

@@ -9,11 +9,12 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from conftest import MemoryPages
 
 from flask_ampalibe.errors import ConfigurationError
 from flask_ampalibe.messenger import Messenger, graph_error
@@ -30,31 +31,6 @@ PROOF = hmac.new(SECRET.encode(), TOKEN.encode(), hashlib.sha256).hexdigest()
 USER = "5566778899"
 MESSAGES = "/v24.0/me/messages"
 codec = PayloadCodec("messenger-test-secret")
-
-
-class MemoryPages:
-    """An in-memory page store with the Store's two methods."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, tuple[str, dict]] = {}
-        self.lock = threading.Lock()
-        self.count = 0
-
-    def save_page(self, user_id: str, data: dict) -> str:
-        json.dumps(data)  # the real store keeps JSON
-        with self.lock:
-            self.count += 1
-            token = f"tok{self.count}"
-            self.data[token] = (user_id, data)
-        return token
-
-    def take_page(self, token: str, user_id: str) -> dict | None:
-        with self.lock:
-            owner, data = self.data.get(token, (None, None))
-            if owner != user_id:
-                return None
-            del self.data[token]
-            return data
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import MemoryPages
+
 from flask_ampalibe.messenger import PAGE_PREFIX, Messenger
 from flask_ampalibe.payload import Payload, PayloadCodec
 from flask_ampalibe.testing.graph import FakeGraph
@@ -14,31 +16,6 @@ from flask_ampalibe.ui import Element, LimitError, QuickReply
 
 USER = "4242"
 codec = PayloadCodec("pages-test-secret")
-
-
-class MemoryPages:
-    """An in-memory page store with the Store's two methods (atomic, one take per token)."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, tuple[str, dict]] = {}
-        self.lock = threading.Lock()
-        self.count = 0
-
-    def save_page(self, user_id: str, data: dict) -> str:
-        json.dumps(data)  # must be JSON, as in the database
-        with self.lock:
-            self.count += 1
-            token = f"t{self.count}"
-            self.data[token] = (user_id, data)
-        return token
-
-    def take_page(self, token: str, user_id: str) -> dict | None:
-        with self.lock:
-            owner, data = self.data.get(token, (None, None))
-            if owner != user_id:
-                return None
-            del self.data[token]
-            return data
 
 
 @pytest.fixture

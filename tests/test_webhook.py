@@ -1,7 +1,6 @@
 """The webhook routes: verification, signatures, parsing, the inbox's guarantees, assets, health."""
 from __future__ import annotations
 
-import json
 
 import pytest
 from flask import Flask
@@ -10,7 +9,7 @@ import flask_ampalibe
 from flask_ampalibe.storage import inbox as inbox_table
 from flask_ampalibe.testing import (
     WebhookClient, delivery_event, echo_event, handover_event, message_event, optin_event, page_body,
-    postback_event, reaction_event, read_event, referral_event,
+    reaction_event, read_event, referral_event,
 )
 from conftest import SECRET, VERIFY
 
