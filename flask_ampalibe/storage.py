@@ -394,7 +394,38 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) ->
             if not conn.execute(select(table).filter_by(**key)).first():
                 conn.execute(table.insert().values(**row))
         return
-    conn.execute(stmt, rows)
+    columns = tuple(rows[0])
+    driver = _driver_sql(conn, table, stmt, columns)
+    if driver is None:
+        conn.execute(stmt, rows)
+        return
+    sql, order, convert = driver
+    if order is None:
+        params: list[Any] = [{c: f(row[c]) if f else row[c] for c, f in convert} for row in rows]
+    else:
+        params = [tuple(f(row[c]) if f else row[c] for c, f in convert) for row in rows]
+    conn.exec_driver_sql(sql, params)
+
+
+def _driver_sql(conn: Connection, table: Table, stmt: Any, columns: tuple[str, ...]) -> Any:
+    """``stmt`` compiled once for ``conn``'s driver and rows of ``columns``: its SQL text, the order
+    of its parameters (``None`` for a named paramstyle) and each column's bind processor; or
+    ``None`` when a default would fill in a column the rows lack.
+
+    Running the text with :meth:`~sqlalchemy.engine.Connection.exec_driver_sql` skips the cache
+    lookup and the per-row parameter processing of a compiled construct.
+    """
+    key = ("driver", conn.dialect.name, stmt, columns)
+    if key not in _statements:
+        dialect = conn.dialect
+        compiled = stmt.compile(dialect=dialect, column_keys=list(columns))
+        if set(compiled.params) != set(columns):
+            _statements[key] = None
+        else:
+            names = tuple(compiled.positiontup) if compiled.positional else columns
+            convert = tuple((c, table.c[c].type.dialect_impl(dialect).bind_processor(dialect)) for c in names)
+            _statements[key] = (compiled.string, names if compiled.positional else None, convert)
+    return _statements[key]
 
 
 def upsert(conn: Connection, table: Table, values: dict[str, Any], keys: Iterable[str]) -> None:
