@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from sqlalchemy import and_, bindparam, func, or_, select
 
 from .events import Event
-from .storage import Store, inbox, insert_ignore, leases, read_only
+from .storage import Store, inbox, insert_ignore, leases, read_only, run
 
 __all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED", "USER_STATE_KINDS"]
 
@@ -112,8 +112,8 @@ class Inbox:
         """Take ``user_id``'s lease if it is free or expired."""
         now = time.time()
         with self.engine.begin() as conn:
-            result = conn.execute(_claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
-        return result.rowcount == 1
+            taken = run(conn, _claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
+        return taken == 1
 
     def renew(self, owner: str, seconds: float) -> int:
         """Extend every lease ``owner`` holds; returns how many."""
@@ -130,7 +130,7 @@ class Inbox:
             transaction, so such an event is either seen here or finds the lease free.
         """
         with self.engine.begin() as conn:
-            conn.execute(_release, {"uid": user_id, "holder": owner})
+            run(conn, _release, {"uid": user_id, "holder": owner})
             return self._has_work(conn, user_id)
 
     def take(self, user_id: str, owner: str, seconds: float) -> Claimed | None:
@@ -143,8 +143,7 @@ class Inbox:
         """
         now = time.time()
         with self.engine.begin() as conn:
-            taken = conn.execute(
-                _claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds}).rowcount
+            taken = run(conn, _claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
             if taken != 1:
                 return None
             return self._next(conn, user_id, owner, now)
@@ -168,7 +167,7 @@ class Inbox:
                 self._finish(conn, finished, error, now)
             # Renewing the lease checks that it is still ours and, on server databases, locks its
             # row until the end of the transaction.
-            held = conn.execute(_renew_one, {"uid": user_id, "holder": owner, "until": now + seconds}).rowcount
+            held = run(conn, _renew_one, {"uid": user_id, "holder": owner, "until": now + seconds})
             if held != 1:
                 return None  # the lease expired and someone else took it: stop
             return self._next(conn, user_id, owner, now)
@@ -178,7 +177,7 @@ class Inbox:
         while True:
             row = conn.execute(_oldest, {"uid": user_id}).first()
             if row is None:
-                conn.execute(_release, {"uid": user_id, "holder": owner})
+                run(conn, _release, {"uid": user_id, "holder": owner})
                 return None
             if row.attempts < self.max_attempts:
                 break
@@ -190,7 +189,7 @@ class Inbox:
                 error=f"Given up after {row.attempts} attempts: the process handling this event died "
                       f"(or was stopped) each time before the handler returned. Check the workers' logs, "
                       f"then replay it with `ampalibe inbox replay {row.id}`."))
-        conn.execute(_start, {"event_id": row.id, "n": row.attempts + 1})
+        run(conn, _start, {"event_id": row.id, "n": row.attempts + 1})
         event = Event.from_json(row.event_key, user_id, row.timestamp, row.body)
         user = None
         if event.kind in USER_STATE_KINDS and not event.standby:
@@ -213,7 +212,7 @@ class Inbox:
         values: dict[str, Any] = {"event_id": claimed.id, "outcome": DONE, "now": now, "err": None}
         if error is not None:
             values.update(outcome=FAILED, err="".join(traceback.format_exception(error))[-8000:])
-        conn.execute(_end, values)
+        run(conn, _end, values)
 
     def has_work(self, user_id: str) -> bool:
         """Whether ``user_id`` has unfinished events."""

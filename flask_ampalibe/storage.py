@@ -428,6 +428,44 @@ def _driver_sql(conn: Connection, table: Table, stmt: Any, columns: tuple[str, .
     return _statements[key]
 
 
+def run(conn: Connection, stmt: Any, params: dict[str, Any]) -> int:
+    """Execute a prebuilt ``UPDATE``/``DELETE`` with ``params``; returns its row count.
+
+    Like ``conn.execute(stmt, params).rowcount``, but the statement is compiled once per dialect
+    and its text run with :meth:`~sqlalchemy.engine.Connection.exec_driver_sql`, which skips the
+    cache lookup and parameter processing of a compiled construct (see :func:`insert_ignore`).
+    """
+    key = ("run", conn.dialect.name, stmt)
+    if key not in _statements:
+        _statements[key] = _compile_plain(conn, stmt)
+    prepared = _statements[key]
+    if prepared is None:
+        return conn.execute(stmt, params).rowcount
+    sql, defaults, order, convert = prepared
+    values = {**defaults, **params}
+    if order is None:
+        args: Any = {n: f(values[n]) if f else values[n] for n, f in convert}
+    else:
+        args = tuple(f(values[n]) if f else values[n] for n, f in convert)
+    return conn.exec_driver_sql(sql, args).rowcount
+
+
+def _compile_plain(conn: Connection, stmt: Any) -> Any:
+    """``stmt``'s SQL text for ``conn``'s driver, its bound constants, parameter order (``None``
+    when named) and bind processors; ``None`` when its parameters need SQLAlchemy's processing
+    (expanding ``IN``, rendered literals, escaped names)."""
+    dialect = conn.dialect
+    compiled = stmt.compile(dialect=dialect)
+    binds = compiled.binds
+    if compiled.escaped_bind_names or any(b.expanding or b.literal_execute for b in binds.values()):
+        return None
+    names = tuple(compiled.positiontup if compiled.positional else dict.fromkeys(compiled.bind_names.values()))
+    convert = tuple((n, binds[n].type.dialect_impl(dialect).bind_processor(dialect)) for n in names)
+    params = compiled.params
+    defaults = {n: params[n] for n in names if not binds[n].required}
+    return compiled.string, defaults, names if compiled.positional else None, convert
+
+
 def upsert(conn: Connection, table: Table, values: dict[str, Any], keys: Iterable[str]) -> None:
     """Insert ``values`` or, when a row with the same ``keys`` exists, update its other columns."""
     keys = tuple(keys)
@@ -498,7 +536,7 @@ class Store:
         if row is None:
             insert_ignore(conn, users, [{"user_id": user_id, "last_use": now}])
             return None, {}, None
-        conn.execute(_user_used, {"uid": user_id, "now": now})
+        run(conn, _user_used, {"uid": user_id, "now": now})
         return row.action, _loads(row.action_args) or {}, row.lang
 
     def get_user(self, user_id: str) -> tuple[str | None, dict[str, Any], str | None]:
