@@ -394,8 +394,12 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) ->
             if not conn.execute(select(table).filter_by(**key)).first():
                 conn.execute(table.insert().values(**row))
         return
-    columns = tuple(rows[0])
-    driver = _driver_sql(conn, table, stmt, columns)
+    _insert_rows(conn, table, stmt, rows)
+
+
+def _insert_rows(conn: Connection, table: Table, stmt: Any, rows: list[dict[str, Any]]) -> None:
+    """Execute the dialect's ``INSERT`` ``stmt`` for ``rows`` (all with the same columns)."""
+    driver = _driver_sql(conn, table, stmt, tuple(rows[0]))
     if driver is None:
         conn.execute(stmt, rows)
         return
@@ -476,7 +480,7 @@ def upsert(conn: Connection, table: Table, values: dict[str, Any], keys: Iterabl
         if conn.execute(table.update().where(*where).values(**changes)).rowcount == 0:
             conn.execute(table.insert().values(**values))
         return
-    conn.execute(stmt, values)
+    _insert_rows(conn, table, stmt, [values])
 
 
 _user_state = select(users.c.action, users.c.action_args, users.c.lang).where(users.c.user_id == bindparam("uid"))
