@@ -27,8 +27,8 @@ import weakref
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterable
 
+from .engine import background_writes
 from .inbox import Claimed, Inbox
-from .storage import background_writes
 
 __all__ = ["Executor", "InlineExecutor", "ThreadExecutor", "PollingExecutor", "make_executor"]
 

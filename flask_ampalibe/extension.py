@@ -23,13 +23,14 @@ from flask import Flask, current_app, has_app_context
 from . import payload as payload_module
 from .config import DEFAULTS, PREFIX, from_configuration, payload_secret, project_dir, settings
 from .dispatch import Dispatcher
+from .engine import make_engine
 from .errors import ConfigurationError
 from .executor import Executor, make_executor
 from .inbox import Inbox
 from .model import Model
 from .payload import PayloadCodec
 from .router import Router
-from .storage import Store, make_engine
+from .storage import Store
 
 __all__ = ["Ampalibe", "AmpalibeState", "Bot", "init", "default_app", "default_router", "set_default_router",
            "current_state", "reset_default"]

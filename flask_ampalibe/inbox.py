@@ -19,8 +19,9 @@ from typing import Any, Iterable
 
 from sqlalchemy import and_, bindparam, func, or_, select
 
+from .engine import read_only
 from .events import Event
-from .storage import Store, inbox, insert_ignore, leases, read_only, run
+from .storage import Store, inbox, insert_ignore, leases, run
 
 __all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED", "USER_STATE_KINDS"]
 

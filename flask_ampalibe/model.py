@@ -20,8 +20,9 @@ import threading
 from typing import Any, Callable, TypeVar
 
 from .config import database_url_from, project_dir
+from .engine import make_engine
 from .payload import Payload
-from .storage import Store, make_engine
+from .storage import Store
 
 __all__ = ["Model"]
 

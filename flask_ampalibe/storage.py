@@ -7,31 +7,19 @@ inbox lives in :mod:`flask_ampalibe.inbox`, on the same tables' metadata.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import secrets
-import sqlite3
 import threading
 import time
-from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from sqlalchemy import (
-    BigInteger, Column, Double, Index, Integer, MetaData, String, Table, Text, bindparam, create_engine, event,
-    select,
+    BigInteger, Column, Double, Index, Integer, MetaData, String, Table, Text, bindparam, select,
 )
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
-from .errors import ConfigurationError
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: SQLite's busy handler only
-    fcntl = None  # type: ignore[assignment]
-
-logger = logging.getLogger(__name__)
+from .engine import _background, background_writes, make_engine, read_only  # noqa: F401  (re-exported)
 
 __all__ = ["Store", "make_engine", "metadata", "users", "temps", "pages", "inbox", "leases", "jobs", "upsert",
            "insert_ignore", "read_only", "background_writes", "SCHEMA_VERSION"]
@@ -118,222 +106,6 @@ meta = Table(
     Column("name", String(64), primary_key=True),
     Column("value", String(191), nullable=False),
 )
-
-_engines: dict[str, Engine] = {}
-_engines_lock = threading.Lock()
-
-
-def make_engine(url: str) -> Engine:
-    """The engine for ``url``, created once per process and URL, with settings that suit it.
-
-    SQLite: WAL mode, a 30 s busy timeout and ``BEGIN IMMEDIATE`` transactions, so several
-    gunicorn workers can share one file; the threads of one process queue for the write lock
-    in Python (see :class:`_SQLiteConnection`).  MySQL/MariaDB: utf8mb4, ``pool_recycle``.
-    Server databases: ``pool_pre_ping``, so a restarted server is reconnected transparently
-    (a local SQLite file needs no ping: one ``SELECT 1`` less per transaction).
-    """
-    with _engines_lock:
-        engine = _engines.get(url)
-        if engine is None:
-            engine = _engines[url] = _create(url)
-        return engine
-
-
-def _create(url: str) -> Engine:
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigurationError(f"DATABASE_URL {url!r} is not an SQLAlchemy URL (e.g. sqlite:///bot.db).") from None
-    backend = parsed.get_backend_name()
-    kwargs: dict[str, Any] = {"pool_pre_ping": backend != "sqlite"}
-    if backend == "sqlite":
-        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False, "factory": _SQLiteConnection}
-    elif backend in ("mysql", "mariadb"):
-        if "charset" not in parsed.query:
-            parsed = parsed.update_query_dict({"charset": "utf8mb4"})
-        kwargs.update(pool_recycle=3600, isolation_level="READ COMMITTED")
-    try:
-        engine = create_engine(parsed, **kwargs)
-    except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
-        extra, driver = {"mysql": ("mysql", "mysql+pymysql"), "mariadb": ("mysql", "mysql+pymysql"),
-                         "postgresql": ("postgresql", "postgresql+psycopg")}.get(backend, (backend, backend))
-        raise ConfigurationError(
-            f"The database driver of {parsed.drivername!r} is not installed ({exc}); "
-            f"install the supported one with: pip install 'flask_ampalibe[{extra}]' and use a {driver}:// URL"
-        ) from None
-    if backend == "sqlite":
-        memory = parsed.database in (None, "", ":memory:")
-        plain_file = not memory and not parsed.database.startswith("file:")  # URI filenames: no queue file
-        _sqlite_setup(engine, memory, os.path.abspath(parsed.database) + "-writelock" if plain_file else None)
-    return engine
-
-
-#: How long a thread waits for its process's SQLite write lock before it leaves the waiting to
-#: SQLite's busy handler (a thread that opens a write transaction inside another one must not hang).
-_WRITE_LOCK_TIMEOUT = 30.0
-
-
-class _WriteLocks:
-    """The per-process locks of one SQLite engine; a forked child gets new ones (a thread of the
-    parent may have held them at the fork, and that thread does not exist in the child).
-
-    :param path: where the processes sharing a database file queue for it (``<db>-writelock``,
-        a POSIX record lock: the kernel wakes the next writer as soon as one commits, where
-        SQLite's busy handler would sleep 1-100 ms); ``None`` for in-memory databases.
-    """
-
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self._reset()
-        if hasattr(os, "register_at_fork"):  # POSIX; engines live as long as the process
-            os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        self.write = threading.Lock()
-        #: Background threads queue here first: only one of them at a time competes with the
-        #: webhook's threads for :attr:`write`, so the ack waits less (see background_writes).
-        self.background_gate = threading.Lock()
-        self._fd: int | None = None  # opened on first use in each process
-        self._file_ok = fcntl is not None and self.path is not None
-
-    def lock_file(self) -> bool:
-        """Wait for the other processes' writers (call with :attr:`write` held)."""
-        if not self._file_ok:
-            return False
-        try:
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # type: ignore[arg-type]
-            fcntl.lockf(self._fd, fcntl.LOCK_EX)
-            return True
-        except OSError as exc:  # read-only folder, no lock support: SQLite's busy handler only
-            logger.warning("no inter-process write queue for SQLite (%s); relying on its busy timeout", exc)
-            self._file_ok = False
-            return False
-
-    def unlock_file(self) -> None:
-        try:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN)
-        except OSError:  # pragma: no cover - released with the process anyway
-            logger.exception("could not release the SQLite write queue lock")
-
-
-class _SQLiteConnection(sqlite3.Connection):
-    """A pysqlite connection whose write transactions take its engine's per-process lock.
-
-    SQLite lets one writer in at a time and makes the others sleep in its busy handler, with a
-    back-off of 1 ms growing to 100 ms: under load the threads of one process would wait far
-    longer than the writes take.  Queueing on a :class:`threading.Lock` hands the write lock over
-    as soon as it is free; only other processes still meet in the busy handler.  The lock is
-    taken just before ``BEGIN IMMEDIATE`` and released once ``COMMIT`` or ``ROLLBACK`` is done
-    (or the connection closed), so no thread of this process ever waits inside SQLite.
-    """
-
-    locks: _WriteLocks | None = None
-    _held: threading.Lock | None = None
-    _file_locked = False
-
-    def begin_write(self) -> None:
-        locks = self.locks
-        if locks is not None and self._held is None:
-            lock = locks.write
-            if getattr(_background, "on", False):
-                with locks.background_gate:
-                    acquired = lock.acquire(timeout=_WRITE_LOCK_TIMEOUT)
-            else:
-                acquired = lock.acquire(timeout=_WRITE_LOCK_TIMEOUT)
-            self._held = lock if acquired else None
-            # Record locks belong to the process: only the holder of the thread lock may take it.
-            self._file_locked = acquired and locks.lock_file()
-        try:
-            self.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self._release()
-            raise
-
-    def _release(self) -> None:
-        held, self._held = self._held, None
-        if self._file_locked:
-            self._file_locked = False
-            self.locks.unlock_file()  # type: ignore[union-attr]
-        if held is not None:
-            held.release()
-
-    def commit(self) -> None:
-        try:
-            super().commit()
-        finally:
-            self._release()
-
-    def rollback(self) -> None:
-        try:
-            super().rollback()
-        finally:
-            self._release()
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self._release()
-
-
-_background = threading.local()
-
-
-@contextmanager
-def background_writes() -> Iterator[None]:
-    """Mark the current thread's writes as background work (the executor's, not the webhook's).
-
-    On SQLite, the webhook's transactions then get the process's write lock before them, so
-    the 200 is not held up by handlers' bookkeeping.  Elsewhere it changes nothing.
-    """
-    before = getattr(_background, "on", False)
-    _background.on = True
-    try:
-        yield
-    finally:
-        _background.on = before
-
-
-def _sqlite_setup(engine: Engine, memory: bool, lock_path: str | None) -> None:
-    locks = _WriteLocks(lock_path)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, record: Any) -> None:
-        # Take transaction control from pysqlite so BEGIN IMMEDIATE can be issued: a deferred
-        # transaction that reads then writes fails at once with "database is locked" under WAL.
-        dbapi_conn.isolation_level = None
-        if isinstance(dbapi_conn, _SQLiteConnection):
-            dbapi_conn.locks = locks
-        cursor = dbapi_conn.cursor()
-        if not memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # Reads (see read_only) take no write lock, so they never queue behind the writers.
-        dbapi_conn = conn.connection.dbapi_connection
-        if conn.get_execution_options().get(_READ_ONLY):
-            dbapi_conn.execute("BEGIN")
-        elif isinstance(dbapi_conn, _SQLiteConnection):
-            dbapi_conn.begin_write()
-        else:
-            dbapi_conn.execute("BEGIN IMMEDIATE")
-
-
-_READ_ONLY = "ampalibe_read_only"
-
-
-def read_only(engine: Engine) -> Connection:
-    """A connection for reads only: on SQLite its transactions take no write lock.
-
-    Use as ``with read_only(engine) as conn: ...``.
-    """
-    return engine.connect().execution_options(**{_READ_ONLY: True})
-
 
 def _dialect_insert(conn: Connection, table: Table) -> Any:
     name = conn.dialect.name
