@@ -301,14 +301,6 @@ class ThreadExecutor(Executor):
                            "once their lease expires", len(running), timeout)
         return not running
 
-    def run_forever(self) -> None:
-        """Handle events until :meth:`shutdown` is called from another thread (a worker process's loop).
-
-        The sweeper thread finds the work (every ``poll_seconds``); this thread only waits.
-        """
-        self.start()
-        self.stopping.wait()
-
 
 def make_executor(kind: str, inbox: Inbox, handle: Handle, threads: int, lease_seconds: float,
                   poll_seconds: float, retention_seconds: float) -> Executor:
