@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The test command of the README: on a fresh Debian machine (as root) it installs
-# the MariaDB and PostgreSQL servers and the Python test dependencies, then runs
-# the whole suite. Extra arguments go to pytest, e.g. `bash tests/run.sh -x -k storage`.
-# The servers themselves are throwaway instances started by tests/dbservers.py.
+# The test command of the README, and what CI runs (.ci/run). On a fresh Debian machine (as root)
+# it installs the MariaDB and PostgreSQL servers (and python3-venv when the Python needs it), then
+# creates a FRESH virtual environment in a temporary folder, installs the project with its test
+# extras there at the newest versions the package index offers (as a newcomer gets them), runs the
+# whole suite with it, and removes the environment. Extra arguments go to pytest, e.g.
+# `bash tests/run.sh -x -k storage`. The database servers themselves are throwaway instances
+# started by tests/dbservers.py. PYTHON=python3.12 picks the interpreter the venv is made from.
+# The oldest supported versions are tested by `tox -e oldest` (see tox.ini), not here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,19 +20,22 @@ have_postgresql() {
 }
 
 python=${PYTHON:-python3}
-# A Debian system Python refuses `pip install` (PEP 668): we use a venv then.
-externally_managed() {
-    "$python" -c 'import os, sys, sysconfig; sys.exit(not (sys.prefix == sys.base_prefix and
-        os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))))'
-}
+venv=$(mktemp -d "${TMPDIR:-/tmp}/flask_ampalibe-tests.XXXXXX")
+trap 'rm -rf "$venv"' EXIT
+
+# Debian's own Python has no ensurepip (so no `python3 -m venv`) until python3-venv is installed;
+# a pyenv or python.org Python has it.
+make_venv() { "$python" -m venv --clear "$venv" >/dev/null 2>&1; }
 
 missing=()
 have_mariadb || missing+=(mariadb-server)
 have_postgresql || missing+=(postgresql)
 if ! command -v "$python" >/dev/null; then
     missing+=(python3 python3-venv)
-elif externally_managed && ! "$python" -c 'import ensurepip' 2>/dev/null; then
+elif ! make_venv; then
     missing+=(python3-venv)
+elif [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c 'import ensurepip' 2>/dev/null; then
+    missing+=(python3-venv)  # tests/test_quickstart.py runs the README's quick start with it
 fi
 if ((${#missing[@]})); then
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
@@ -41,18 +48,23 @@ if ((${#missing[@]})); then
         printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
         chmod 755 /usr/sbin/policy-rc.d
         policy_created=1
-        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+        trap 'rm -f /usr/sbin/policy-rc.d; rm -rf "$venv"' EXIT
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get -o DPkg::Lock::Timeout=300 -q update
     apt-get -o DPkg::Lock::Timeout=300 -q install -y --no-install-recommends "${missing[@]}"
-    if [ -n "$policy_created" ]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
+    if [ -n "$policy_created" ]; then rm -f /usr/sbin/policy-rc.d; trap 'rm -rf "$venv"' EXIT; fi
+    "$python" -m venv --clear "$venv"  # again: a failed attempt leaves a half-made venv
 fi
 
-if externally_managed; then
-    [ -x .venv/bin/python ] || "$python" -m venv .venv
-    python=.venv/bin/python
-fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+# --upgrade (eager): the newest release of every dependency, never an older one already around.
+"${pip[@]}" install -q --upgrade pip
+"${pip[@]}" install -q --upgrade --upgrade-strategy eager -e '.[test]'
+echo "tests/run.sh: $("$venv/bin/python" --version) in a fresh venv; $("${pip[@]}" list --format=freeze \
+    | grep -iE '^(flask|werkzeug|click|sqlalchemy|alembic|gunicorn|pytest|pymysql|psycopg)==' | tr '\n' ' ')"
 
-"$python" -m pip install -q --disable-pip-version-check -e '.[test]'
-exec "$python" -m pytest -p no:cacheprovider "$@"
+export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
+status=0
+"$venv/bin/python" -m pytest -p no:cacheprovider "$@" || status=$?
+exit "$status"

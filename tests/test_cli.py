@@ -152,12 +152,12 @@ def test_create_refuses_an_existing_folder(runner: CliRunner, tmp_path: Path) ->
 
 # -- init -------------------------------------------------------------------------------------
 
-def test_init_in_the_current_folder(runner: CliRunner, tmp_path: Path) -> None:
-    with runner.isolated_filesystem(temp_dir=tmp_path) as folder:
-        result = runner.invoke(cli, ["init"])
-        assert result.exit_code == 0, result.output
-        assert files_under(Path(folder)) == SKELETON
-        assert "wrote core.py" in result.output
+def test_init_in_the_current_folder(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(cli, ["init"])
+    assert result.exit_code == 0, result.output
+    assert files_under(tmp_path) == SKELETON
+    assert "wrote core.py" in result.output
 
 
 def test_init_keeps_existing_files(runner: CliRunner, tmp_path: Path) -> None:
@@ -186,37 +186,42 @@ def test_init_force_overwrites(runner: CliRunner, tmp_path: Path) -> None:
 # -- env, lang --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command, name", [("env", ".env"), ("lang", "langs.json")])
-def test_env_and_lang_write_their_template(runner: CliRunner, tmp_path: Path, command: str, name: str) -> None:
-    with runner.isolated_filesystem(temp_dir=tmp_path) as folder:
-        result = runner.invoke(cli, [command])
-        assert result.exit_code == 0, result.output
-        assert files_under(Path(folder)) == [name]
+def test_env_and_lang_write_their_template(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, name: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(cli, [command])
+    assert result.exit_code == 0, result.output
+    assert files_under(tmp_path) == [name]
 
 
 @pytest.mark.parametrize("command, name", [("env", ".env"), ("lang", "langs.json")])
-def test_env_and_lang_ask_before_overwriting(runner: CliRunner, tmp_path: Path, command: str, name: str) -> None:
-    with runner.isolated_filesystem(temp_dir=tmp_path):
-        Path(name).write_text("mine")
-        refused = runner.invoke(cli, [command], input="n\n")
-        assert refused.exit_code == 1
-        assert "Overwrite it?" in refused.output
-        assert Path(name).read_text() == "mine"
+def test_env_and_lang_ask_before_overwriting(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, name: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / name
+    target.write_text("mine")
+    refused = runner.invoke(cli, [command], input="n\n")
+    assert refused.exit_code == 1
+    assert "Overwrite it?" in refused.output
+    assert target.read_text() == "mine"
 
-        accepted = runner.invoke(cli, [command], input="y\n")
-        assert accepted.exit_code == 0
-        assert Path(name).read_text() != "mine"
+    accepted = runner.invoke(cli, [command], input="y\n")
+    assert accepted.exit_code == 0
+    assert target.read_text() != "mine"
 
-        Path(name).write_text("mine")
-        forced = runner.invoke(cli, [command, "--force"])
-        assert forced.exit_code == 0 and "Overwrite" not in forced.output
-        assert Path(name).read_text() != "mine"
+    target.write_text("mine")
+    forced = runner.invoke(cli, [command, "--force"])
+    assert forced.exit_code == 0 and "Overwrite" not in forced.output
+    assert target.read_text() != "mine"
 
 
 # -- run: refusals before serving -------------------------------------------------------------
 
-def test_run_without_core_py(runner: CliRunner, tmp_path: Path) -> None:
-    with runner.isolated_filesystem(temp_dir=tmp_path):
-        result = runner.invoke(cli, ["run"])
+def test_run_without_core_py(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(cli, ["run"])
     assert result.exit_code == 1
     assert "No core.py in" in result.output and "ampalibe init" in result.output
     assert "Traceback" not in result.output
