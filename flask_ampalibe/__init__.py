@@ -17,7 +17,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
+from . import constant
 from .blueprint import bp
+from .compat import Logger, download_file
+from .constant import (
+    Action, Content_type, Filetype, Messaging_type, Notification_cta_text, Notification_frequency,
+    Notification_reoptin, Notification_type, Tag, Type,
+)
 from .errors import (
     AmpalibeError, ConfigurationError, GraphError, GraphTimeout, LimitError, PayloadError, RoutingError,
     StorageError,
@@ -39,6 +45,9 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "Action", "Content_type", "Filetype", "Logger", "Messaging_type", "Notification_cta_text",
+    "Notification_frequency", "Notification_reoptin", "Notification_type", "Tag", "Type", "constant",
+    "download_file",
     "Ampalibe", "AmpalibeError", "Bot", "Button", "Cmd", "ConfigurationError", "Element", "GraphError",
     "GraphTimeout", "LimitError", "Messenger", "Model", "Payload", "PayloadError", "QuickReply", "Router",
     "RoutingError", "StorageError", "action", "after_receive", "before_receive",

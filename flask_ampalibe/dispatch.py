@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .inbox import USER_STATE_KINDS, Claimed
 from .payload import _current_codec
-from .router import call_handler, command_input
+from .router import call_handler, command_input, event_cmd
 
 if TYPE_CHECKING:
     from .extension import AmpalibeState
@@ -39,12 +39,13 @@ class Dispatcher:
             try:
                 router = state.router
                 result, error = None, None
+                # Middleware also gets ``cmd`` (Ampalibe 1.1.9's keyword), what the event carries.
+                cmd = event_cmd(event, state.codec) if router.before or router.after else None
                 try:
                     # A failing before_receive is the event's failure, reported like a handler's.
-                    for middleware in router.before:
-                        if call_handler(middleware, **base) is False:
-                            return None
-                    result = self._route(claimed, base)
+                    # One returning False stops the event; after_receive still runs, with res=None.
+                    if all(call_handler(middleware, cmd=cmd, **base) is not False for middleware in router.before):
+                        result = self._route(claimed, base)
                 except Exception as exc:
                     error = exc
                     logger.exception("handler failed for %s event %s of user %s",
@@ -52,7 +53,7 @@ class Dispatcher:
                     for hook in router.error_handlers:
                         self._quietly(hook, error=exc, **base)
                 for middleware in router.after:
-                    self._quietly(middleware, result=result, error=error, **base)
+                    self._quietly(middleware, result=result, res=result, error=error, cmd=cmd, **base)
                 return error
             finally:
                 _current_codec.reset(token)
@@ -61,9 +62,12 @@ class Dispatcher:
         state, event = self.state, claimed.event
         router = state.router
         kind = "standby" if event.standby else event.kind
-        if kind not in USER_STATE_KINDS:
+        # Without an @event('optin') handler, an opt-in goes to the commands, as in Ampalibe 1.1.9.
+        if kind not in USER_STATE_KINDS and not router.routes_optin(event):
             fields = event.raw.get(event.kind if event.kind != "echo" else "message")
             extra = {k: v for k, v in fields.items() if k not in RESERVED} if isinstance(fields, dict) else {}
+            if kind == "reaction":  # 1.1.9's keyword for the reaction
+                extra["watermark"] = event_cmd(event)
             result = None
             for handler in router.events.get(kind, ()):
                 result = call_handler(handler, **extra, **base)
@@ -89,7 +93,8 @@ class Dispatcher:
         if match.clear_action:
             state.store.set_action(event.sender_id, None)
         args = {k: v for k, v in match.args.items() if k not in RESERVED}
-        return call_handler(match.handler, cmd=match.cmd, lang=lang or state.settings["DEFAULT_LANG"], **args, **base)
+        # The user's language, None until they chose one (as in 1.1.9: bots offer a choice then).
+        return call_handler(match.handler, cmd=match.cmd, lang=lang or None, **args, **base)
 
     @staticmethod
     def _quietly(func: Any, **kwargs: Any) -> None:

@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Settings :func:`init` takes from these environment variables when the Configuration has none.
+_AMP_ENV = {"APP_SECRET": "AMP_APP_SECRET", "ALLOW_UNSIGNED": "AMP_ALLOW_UNSIGNED", "GRAPH_URL": "AMP_GRAPH_URL",
+            "GRAPH_VERSION": "AMP_GRAPH_VERSION", "APP_URL": "AMP_URL"}
+
 _default_router = Router()
 _default_app: Flask | None = None
 _default_lock = threading.RLock()
@@ -231,7 +235,9 @@ def default_app() -> Flask:
     global _default_app
     with _default_lock:
         if _default_app is None:
-            _default_app = Flask("ampalibe_bot", root_path=os.getcwd())
+            from .compat import Webserver  # FastAPI-style paths of Ampalibe 1.1.9's custom endpoints
+
+            _default_app = Webserver("ampalibe_bot", root_path=os.getcwd())
         return _default_app
 
 
@@ -258,6 +264,11 @@ def init(conf: Any) -> Bot:
             return state.bot
         base = project_dir(conf)
         app.root_path = base
+        # What the Configuration has no value for comes from .env's names (AMP_APP_SECRET, ...):
+        # Ampalibe 1.1.9's conf.py has no attribute for the app secret.
+        for key, name in _AMP_ENV.items():
+            if getattr(conf, key, None) in (None, "") and os.environ.get(name):
+                app.config[PREFIX + key] = os.environ[name]
         for key in DEFAULTS:
             if PREFIX + key in os.environ:
                 app.config[PREFIX + key] = os.environ[PREFIX + key]

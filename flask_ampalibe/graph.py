@@ -95,6 +95,10 @@ class GraphClient:
     attributes (``time.sleep`` and ``time.monotonic``) that tests may replace.
     """
 
+    #: Whether credentials and settings are still to be taken from the configured bot (see
+    #: :meth:`_bind`): a ``Messenger()`` made without an access token.
+    _unbound = False
+
     #: First backoff delay in seconds, doubled at each retry, capped by :attr:`backoff_max`.
     backoff_base = 0.5
     backoff_max = 8.0
@@ -131,6 +135,10 @@ class GraphClient:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.base_url}>"
+
+    def _bind(self) -> None:
+        """Take credentials and settings from elsewhere before the first request (subclasses)."""
+        self._unbound = False
 
     def _new_session(self) -> requests.Session:
         """A session that reads proxies and the CA bundle from the environment once.
@@ -187,6 +195,8 @@ class GraphClient:
         ``idempotent`` requests (reads, profile settings) may also be retried after a read
         timeout or a 5xx; the others only when Graph surely did not act on them.
         """
+        if self._unbound:
+            self._bind()
         if not self._auth["access_token"]:
             raise ConfigurationError(
                 f"{label}: no Page access token; set AMPALIBE_ACCESS_TOKEN (Configuration.ACCESS_TOKEN)."

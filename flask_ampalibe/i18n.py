@@ -67,7 +67,9 @@ def translate(key: str, lang: str | None = None, **fmt: Any) -> str:
     """The text of ``key`` in ``lang``, with ``{placeholders}`` filled from ``fmt``.
 
     :param key: a key of ``langs.json``.
-    :param lang: the language wanted (``'fr'``, ``'fr_FR'``); ``None`` means the default one.
+    :param lang: the language wanted (``'fr'``, ``'fr_FR'``); ``None`` means the default one
+        (handlers get ``lang=None`` until the user chose a language; Ampalibe 1.1.9 returned the
+        key itself for ``None``).
     :param fmt: values for ``str.format`` placeholders; a placeholder without a value stays as is.
     :returns: the text; the key itself when no text is found (a warning is logged once).
 

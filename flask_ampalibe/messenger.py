@@ -13,6 +13,7 @@ is :class:`~flask_ampalibe.graph.GraphClient`; text splitting is :mod:`flask_amp
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import mimetypes
 import os
@@ -22,7 +23,8 @@ from typing import Any, Callable, Protocol
 import requests
 
 from . import ui
-from .errors import GraphConnectionError, GraphError, GraphTimeout, LimitError
+from .compat import configured_chat, environ_token
+from .errors import ConfigurationError, GraphConnectionError, GraphError, GraphTimeout, LimitError
 from .graph import TRANSIENT_CODES, GraphClient, GraphErrorInfo, graph_error
 from .text import split_text
 from .ui import (
@@ -52,7 +54,8 @@ PAGE_PREFIX = "__amp_page "
 
 _DEFAULT_NEXT_LABEL = {"template": "Next page", "quick_reply": "More"}
 
-# Keyword arguments every send method accepts (Ampalibe passes them through to the Send API).
+# Keyword arguments every send method knows; others go into the Send API body as they are, as
+# Ampalibe 1.1.9 passes them (``metadata=...``), unless they look like a misspelling of these.
 _SEND_KWARGS = frozenset({
     "messaging_type", "tag", "notification_type", "persona_id", "personas_id",
     "one_time_notif_token", "notification_messages_token",
@@ -76,7 +79,10 @@ class Messenger(GraphClient):
     """A client of the Messenger Send API and Messenger Profile API.
 
     :param access_token: the Page access token (an empty one makes every call raise
-        :class:`~flask_ampalibe.errors.ConfigurationError`).
+        :class:`~flask_ampalibe.errors.ConfigurationError`).  Left out (``Messenger()``, as
+        Ampalibe 1.1.9's ``core.py`` writes it), the client takes the token and settings of the
+        configured bot (``ampalibe.init`` or ``Ampalibe(app)``) at its first call, else
+        ``AMP_ACCESS_TOKEN`` from the environment.
     :param graph_url: base URL of the Graph API (tests point it at a fake).
     :param graph_version: the Graph version, e.g. ``"v24.0"``.
     :param app_secret: when set, every request carries ``appsecret_proof``.
@@ -88,6 +94,9 @@ class Messenger(GraphClient):
     :param max_retries: retries of a transient error after the first attempt.
     :param retry_budget: seconds after which no new retry starts.
     :param session: a :class:`requests.Session` to use (one is created otherwise).
+    :param api_version: Ampalibe 1.1.9's name of ``graph_version``.
+    :param log_level: accepted for Ampalibe 1.1.9 (``'error'``, ``'info'``, ``'quiet'``); logging
+        goes through :mod:`logging` (logger ``flask_ampalibe.messenger``) whatever its value.
 
     ``sleep`` and ``clock`` are attributes (``time.sleep`` and ``time.monotonic``) that tests
     may replace; the backoff policy itself stays the same.
@@ -95,10 +104,10 @@ class Messenger(GraphClient):
 
     def __init__(
         self,
-        access_token: str,
+        access_token: str | None = None,
         *,
         graph_url: str = "https://graph.facebook.com",
-        graph_version: str = "v24.0",
+        graph_version: str | None = None,
         app_secret: str | None = None,
         timeout: float = 10.0,
         pages: PageStore | None = None,
@@ -106,21 +115,64 @@ class Messenger(GraphClient):
         max_retries: int = 4,
         retry_budget: float = 30.0,
         session: requests.Session | None = None,
+        api_version: str | None = None,
+        log_level: str = "error",
     ) -> None:
+        if log_level not in ("error", "info", "quiet"):
+            raise ValueError(f"Messenger(log_level=...) must be 'error', 'info' or 'quiet', not {log_level!r}.")
+        version = graph_version or api_version
         super().__init__(
-            access_token, graph_url=graph_url, graph_version=graph_version, app_secret=app_secret, timeout=timeout,
-            payload_encoder=payload_encoder, max_retries=max_retries, retry_budget=retry_budget, session=session,
+            access_token or "", graph_url=graph_url, graph_version=version or "v24.0", app_secret=app_secret,
+            timeout=timeout, payload_encoder=payload_encoder, max_retries=max_retries, retry_budget=retry_budget,
+            session=session,
         )
         self.pages = pages
+        self.log_level = log_level
+        self._unbound = access_token is None
+        self._own_version = version is not None
+
+    def _bind(self) -> None:
+        """A ``Messenger()`` made without a token takes the configured bot's settings at first use."""
+        chat = configured_chat()
+        if chat is None or chat is self:
+            token = environ_token()
+            if not token:
+                raise ConfigurationError(
+                    "Messenger() was made without an access token and no bot is configured: call "
+                    "ampalibe.init(Configuration()) (or Ampalibe(app)) first, set AMP_ACCESS_TOKEN, "
+                    "or pass the token: Messenger(access_token)."
+                )
+            self._auth = {"access_token": token}
+        else:
+            if chat._unbound:
+                chat._bind()
+            if not self._own_version:
+                self.base_url = chat.base_url
+            self.timeout, self.payload_encoder, self._auth = chat.timeout, chat.payload_encoder, dict(chat._auth)
+            if self.pages is None:
+                self.pages = chat.pages
+            if self._own_session:  # share the bot's connection pool
+                self.session.close()
+                self.session, self._own_session = chat.session, False
+        self._unbound = False
+
+    @property
+    def token(self) -> str:
+        """The Page access token this client sends (Ampalibe 1.1.9's ``chat.token``)."""
+        if self._unbound:
+            self._bind()
+        return self._auth["access_token"]
+
+    @property
+    def page_id(self) -> str | None:
+        """The id of the Page the access token belongs to (asks Graph: ``GET /me?fields=id``)."""
+        response = self._request("GET", "/me", label="page_id", params={"fields": "id"}, idempotent=True)
+        found = _json_or(response, {}).get("id")
+        return str(found) if found is not None else None
 
     # -- the Send API envelope -------------------------------------------------------------------
     def _envelope(self, dest_id: Any, kwargs: Mapping[str, Any], method: str) -> dict[str, Any]:
-        unknown = sorted(set(kwargs) - _SEND_KWARGS)
-        if unknown:
-            raise TypeError(
-                f"{method}() got unexpected keyword argument(s) {', '.join(unknown)}; it accepts "
-                f"{', '.join(sorted(_SEND_KWARGS))}. Use send_custom() for other Send API fields."
-            )
+        extra = _extra_fields(kwargs, _SEND_KWARGS, method, ("recipient", "message"))
         body: dict[str, Any] = {}
         if kwargs.get("one_time_notif_token"):
             body["recipient"] = {"one_time_notif_token": kwargs["one_time_notif_token"]}
@@ -137,6 +189,7 @@ class Messenger(GraphClient):
         persona = kwargs.get("persona_id") or kwargs.get("personas_id")
         if persona:
             body["persona_id"] = str(persona)
+        body.update(extra)
         return body
 
     def _send(self, dest_id: Any, message: Any, kwargs: Mapping[str, Any], method: str) -> requests.Response:
@@ -171,10 +224,11 @@ class Messenger(GraphClient):
         assert response is not None
         return response
 
-    def send_message(self, dest_id: str, message: Any, **kwargs: Any) -> requests.Response:
+    def send_message(self, dest_id: str, message: Any, prio: bool = False, **kwargs: Any) -> requests.Response:
         """Send a text message (spec §1.4.1); same as :meth:`send_text`.
 
-        A mapping is sent as the Send API ``message`` object itself.
+        A mapping is sent as the Send API ``message`` object itself.  ``prio`` is accepted for
+        Ampalibe 1.1.9 and has no effect (there neither).
 
         Example::
 
@@ -195,14 +249,15 @@ class Messenger(GraphClient):
         allowed = [a.value for a in Action]
         if action not in allowed:
             raise ValueError(f"send_action: action must be one of {allowed}, not {action!r}.")
-        unknown = sorted(set(kwargs) - {"persona_id", "personas_id"})
-        if unknown:
-            raise TypeError(f"send_action() got unexpected keyword argument(s) {', '.join(unknown)}; "
-                            "a sender action goes alone (only persona_id is allowed).")
+        extra = _extra_fields(kwargs, {"persona_id", "personas_id"} | _SEND_KWARGS, "send_action",
+                              ("recipient", "message", "sender_action"))
         body: dict[str, Any] = {"recipient": {"id": str(dest_id)}, "sender_action": action}
         persona = kwargs.get("persona_id") or kwargs.get("personas_id")
         if persona:
             body["persona_id"] = str(persona)
+        if kwargs.get("messaging_type"):
+            body["messaging_type"] = kwargs["messaging_type"]
+        body.update(extra)
         return self._request("POST", "/me/messages", label="send_action", json_body=body)
 
     # -- quick replies and templates, with pagination ---------------------------------------------
@@ -332,6 +387,8 @@ class Messenger(GraphClient):
         return label
 
     def _need_pages(self, method: str) -> None:
+        if self._unbound:
+            self._bind()
         if self.pages is None:
             raise ValueError(
                 f"{method}(next=...) keeps the next pages in the database, but this Messenger has no page store: "
@@ -372,6 +429,9 @@ class Messenger(GraphClient):
                                 label, kwargs, "send_template")
         elif data.get("kind") == "quick_reply":
             self._quick_reply_page(sender_id, list(data.get("items") or ()), data.get("text") or "", label, kwargs)
+        elif data.get("kind") == "product":
+            self._product_page(sender_id, list(data.get("elements") or ()), list(data.get("quick_rep") or ()),
+                               label, kwargs)
         else:
             logger.warning("unknown page kind %r ignored", data.get("kind"))
         return True
@@ -481,12 +541,15 @@ class Messenger(GraphClient):
 
     # -- other templates ---------------------------------------------------------------------------
     def send_receipt_template(self, dest_id: str, recipient_name: str, order_number: str | int,
-                              payment_method: str, summary: Mapping[str, Any], currency: str = "USD",
-                              receipt_elements: Iterable[Any] | None = None, address: Mapping[str, Any] | None = None,
+                              payment_method: str, receipt_elements: Iterable[Any] | None = None,
+                              summary: Mapping[str, Any] | None = None, currency: str = "MGA",
+                              address: Mapping[str, Any] | None = None,
                               adjustments: Iterable[Any] | None = None, order_url: str | None = None,
                               timestamp: str | int | None = None, merchant_name: str | None = None,
                               sharable: bool | None = None, **kwargs: Any) -> requests.Response:
         """Send an order confirmation (receipt template).
+
+        The arguments come in Ampalibe 1.1.9's order, and the currency defaults to ``"MGA"`` as there.
 
         :param summary: a :class:`~flask_ampalibe.ui.Summary` (or dict) with ``total_cost``.
         :param receipt_elements: :class:`~flask_ampalibe.ui.ReceiptElement` objects (or dicts).
@@ -499,6 +562,8 @@ class Messenger(GraphClient):
                                        summary=Summary(total_cost=300), currency="MGA",
                                        receipt_elements=[ReceiptElement(title="Tee-shirt", price=1000)])
         """
+        if summary is None:
+            raise TypeError("send_receipt_template needs summary=Summary(total_cost=...).")
         payload: dict[str, Any] = {
             "template_type": "receipt",
             "recipient_name": recipient_name,
@@ -515,22 +580,52 @@ class Messenger(GraphClient):
         message = {"attachment": {"type": "template", "payload": payload}}
         return self._send(dest_id, message, kwargs, "send_receipt_template")
 
-    def send_product_template(self, dest_id: str, product_ids: Iterable[Any], **kwargs: Any) -> requests.Response:
-        """Send catalog products (at most 10), by id or :class:`~flask_ampalibe.ui.Product`.
+    def send_product_template(self, dest_id: str, product_ids: Iterable[Any], next: bool | str = False,
+                              quick_rep: Iterable[Any] | None = None, **kwargs: Any) -> requests.Response:
+        """Send catalog products (at most 10 per message), by id or :class:`~flask_ampalibe.ui.Product`.
+
+        :param next: with more than 10 products, ``True`` (or a label) shows 10 and a "Next page"
+            quick reply for the next ones; without it, more than 10 raise
+            :class:`~flask_ampalibe.ui.LimitError`.
+        :param quick_rep: quick replies shown under the products (on every page).
 
         Example::
 
             chat.send_product_template(sender_id, ["123456789", "987654321"])
         """
         elements = [p if isinstance(p, Mapping) else {"id": str(p)} for p in product_ids]
+        extras = list(quick_rep or ())
+        for extra in extras:
+            ui.check_quick_reply(extra)
+        label = self._next_label(next, "template")
+        self._envelope(dest_id, kwargs, "send_product_template")
         if len(elements) > PRODUCTS_MAX:
-            raise LimitError(f"send_product_template got {len(elements)} products; a product template holds at "
-                             f"most {PRODUCTS_MAX}. Send them in several messages.")
-        message = {"attachment": {"type": "template", "payload": {"template_type": "product", "elements": elements}}}
+            if label is None:
+                raise LimitError(f"send_product_template got {len(elements)} products; a product template holds at "
+                                 f"most {PRODUCTS_MAX}. Pass next=True to show them page by page, or send fewer.")
+            self._need_pages("send_product_template")
+        if len(extras) > QUICK_REPLIES_MAX - (1 if len(elements) > PRODUCTS_MAX else 0):
+            raise LimitError(f"send_product_template got {len(extras)} quick replies; Messenger shows at most "
+                             f"{QUICK_REPLIES_MAX}, one of them taken by the next-page button. Send fewer.")
+        return self._product_page(dest_id, elements, extras, label, kwargs)
+
+    def _product_page(self, dest_id: Any, elements: list[Any], extras: list[Any], label: str | None,
+                      kwargs: Mapping[str, Any]) -> requests.Response:
+        shown, quick_replies = elements, list(extras)
+        if label is not None and len(elements) > PRODUCTS_MAX:
+            token = self._save_page(dest_id, {"kind": "product", "elements": elements[PRODUCTS_MAX:],
+                                              "quick_rep": extras, "next": label, "kwargs": kwargs})
+            shown = elements[:PRODUCTS_MAX]
+            quick_replies.append(self._next_button(label, token))
+        message: dict[str, Any] = {
+            "attachment": {"type": "template", "payload": {"template_type": "product", "elements": shown}},
+        }
+        if quick_replies:
+            message["quick_replies"] = quick_replies
         return self._send(dest_id, message, kwargs, "send_product_template")
 
     # -- notifications -----------------------------------------------------------------------------
-    def send_onetime_notification_request(self, dest_id: str, title: str, payload: Any,
+    def send_onetime_notification_request(self, dest_id: str, title: str | None, payload: Any,
                                           **kwargs: Any) -> requests.Response:
         """Ask the user for one message outside the 24-hour window (one-time notification).
 
@@ -540,7 +635,10 @@ class Messenger(GraphClient):
         Example::
 
             chat.send_onetime_notification_request(sender_id, "Tell me when it is back", Payload("/notify"))
+
+        Without a title (``None`` or empty) it is "Notification request", as in Ampalibe 1.1.9.
         """
+        title = title or "Notification request"
         ui.check_length(title, NOTIFICATION_TITLE_MAX, "The notification title", "Shorten it.")
         ui.check_payload(payload, "The notification payload")
         message = {"attachment": {"type": "template",
@@ -563,10 +661,17 @@ class Messenger(GraphClient):
     def send_recurring_notification(self, token: str, message: Any, **kwargs: Any) -> requests.Response:
         """Send a recurring notification with the ``notification_messages_token`` of an opt-in.
 
-        :param message: a text, or a Send API ``message`` object (dict).
+        :param message: a text, a Send API ``message`` object (dict), or, as in Ampalibe 1.1.9, a
+            list of :class:`~flask_ampalibe.ui.Element` (or dicts), sent as a ``notification_messages``
+            template.
         """
         if isinstance(message, Mapping):
             content: Any = message
+        elif isinstance(message, (list, tuple)):
+            for element in message:
+                ui.check_element(element)
+            content = {"attachment": {"type": "template", "payload": {
+                "template_type": "notification_messages", "elements": list(message)}}}
         else:
             content = {"text": str(message)}
             ui.check_length(content["text"], TEXT_LIMIT - 1, "The notification text", "Shorten it.")
@@ -587,12 +692,12 @@ class Messenger(GraphClient):
 
     def persistent_menu(self, dest_id: str | None, persistent_menu: Iterable[Any], action: str = "PUT", *,
                         locale: str = "default", composer_input_disabled: bool = False,
-                        per_user: bool = False) -> requests.Response:
+                        per_user: bool | None = None) -> requests.Response:
         """Set (``action='PUT'``) or remove (``'DELETE'``) the persistent menu.
 
-        The menu is the Page's (Messenger Profile API), as in Ampalibe: ``dest_id`` is accepted
-        for compatibility.  With ``per_user=True`` it is that user's own menu instead
-        (``custom_user_settings``).  Items are :class:`~flask_ampalibe.ui.Button` objects or
+        As in Ampalibe 1.1.9, with a user's id it is that user's own menu (``custom_user_settings``),
+        and removing it removes only theirs.  With ``dest_id=None`` (or ``per_user=False``) it is
+        the Page's menu, everyone's (Messenger Profile API).  Items are :class:`~flask_ampalibe.ui.Button` objects or
         dicts with titles of at most 30 characters; a list of complete locale entries (dicts
         with ``call_to_actions``) is sent as it is.  Messenger shows the menu only once
         :meth:`get_started` is set.
@@ -606,6 +711,8 @@ class Messenger(GraphClient):
             chat.persistent_menu(sender_id, persistent_menu)
         """
         action = str(action).upper()
+        if per_user is None:
+            per_user = bool(dest_id)
         path = "/me/custom_user_settings" if per_user else "/me/messenger_profile"
         if per_user and not dest_id:
             raise ValueError("persistent_menu(per_user=True) needs the user's id as dest_id.")
@@ -698,6 +805,21 @@ def _filetype(filetype: Any) -> str:
     if value not in allowed:
         raise ValueError(f"filetype must be one of {allowed}, not {value!r}.")
     return value
+
+
+def _extra_fields(kwargs: Mapping[str, Any], known: "set[str] | frozenset[str]", method: str,
+                  built: tuple[str, ...]) -> dict[str, Any]:
+    """The keyword arguments that go into the request body as they are (Ampalibe 1.1.9 passes
+    every unknown one through); a near-miss of a known one or a field the method builds raises."""
+    extra = {k: v for k, v in kwargs.items() if k not in known}
+    for key in extra:
+        if key in built:
+            raise TypeError(f"{method}() builds {key!r} itself; use send_custom() to send a body of your own.")
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
+        if close:
+            raise TypeError(f"{method}() got an unexpected keyword argument {key!r}; did you mean {close[0]!r}? "
+                            "(Other Send API fields pass through as they are; see also send_custom().)")
+    return extra
 
 
 def _check_menu_items(items: Iterable[Any]) -> None:

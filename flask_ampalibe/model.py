@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from typing import Any, Callable, TypeVar
 
 from .config import database_url_from, project_dir
 from .engine import make_engine
+from .errors import ConfigurationError
 from .payload import Payload
 from .storage import Store
 
@@ -35,16 +37,36 @@ class Model:
     """Per-user state and a DB-API connection to the bot's database.
 
     :param conf: the spec's ``Configuration`` (its ``ADAPTER``/``DB_*`` or ``DATABASE_URL``
-        choose the database), or ``None`` together with ``store``.
+        choose the database).  Left out (``Model()``, as Ampalibe 1.1.9 bots write it), the
+        model uses the configured bot's database, the one ``bot.query`` uses, from its first
+        call on (before any bot is configured, ``ampalibe.db`` in the current folder).
     :param store: an existing :class:`~flask_ampalibe.storage.Store` (used by the extension).
+    :param init: accepted for Ampalibe 1.1.9 (``Model(init=False)``); nothing connects before
+        the first call anyway.
     """
 
-    def __init__(self, conf: Any = None, *, store: Store | None = None) -> None:
-        if store is None:
+    def __init__(self, conf: Any = None, *, store: Store | None = None, init: bool = True) -> None:
+        if store is None and conf is not None:
             url = database_url_from(conf, base_dir=project_dir(conf)) or f"sqlite:///{project_dir(conf)}/ampalibe.db"
             store = Store(make_engine(url))
-        self.store = store
+        self._store = store
         self._local = threading.local()
+
+    @property
+    def store(self) -> Store:
+        """Where this model's data lives (for ``Model()``: the configured bot's store)."""
+        if self._store is None:
+            from .extension import current_state  # the extension imports this module
+
+            try:
+                self._store = current_state().store
+            except ConfigurationError:
+                self._store = Store(make_engine(f"sqlite:///{os.path.abspath('ampalibe.db')}"))
+        return self._store
+
+    @store.setter
+    def store(self, value: Store) -> None:
+        self._store = value
 
     # -- the spec's user-state methods ---------------------------------------------------------
     def set_action(self, user_id: str, action: "str | Payload | None") -> None:
@@ -81,6 +103,24 @@ class Model:
     def get_lang(self, user_id: str) -> str | None:
         """The user's language, or ``None`` if it was never set."""
         return self.store.get_user(str(user_id))[2]
+
+    # -- Ampalibe 1.1.9's helpers -------------------------------------------------------------------
+    def get(self, user_id: str, *fields: str) -> list[Any]:
+        """The user's ``action`` and/or ``lang`` (1.1.9's ``query.get(sender_id, "action", "lang")``).
+
+        :returns: one value per field asked, ``None`` for an unknown user.
+        :raises ValueError: for another field name.
+        """
+        known = {"action": 0, "lang": 2}
+        unknown = [f for f in fields if f not in known]
+        if unknown:
+            raise ValueError(f"Model.get() reads 'action' and 'lang', not {', '.join(map(repr, unknown))}.")
+        row = self.store.get_user(str(user_id))
+        return [row[known[f]] for f in fields]
+
+    def _verif_user(self, user_id: str) -> None:
+        """Record the user (if new) and the time they were last seen, as 1.1.9 did on each message."""
+        self.store.touch_user(str(user_id))
 
     # -- raw DB-API access (spec §1.5) ------------------------------------------------------------
     @property

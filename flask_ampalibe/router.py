@@ -17,7 +17,7 @@ from .errors import RoutingError
 from .events import Event
 from .payload import PayloadCodec
 
-__all__ = ["Router", "Cmd", "Match", "call_handler", "EVENT_KINDS"]
+__all__ = ["Router", "Cmd", "Match", "call_handler", "event_cmd", "EVENT_KINDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +36,21 @@ class Cmd(str):
     """The ``cmd`` a handler receives: a ``str`` that also carries the message's attachments.
 
     For an attachment message ``cmd`` is the first attachment's URL and ``cmd.attachments``
-    lists every URL of that message.
+    lists every URL of that message.  As in Ampalibe 1.1.9, ``cmd.webhook`` says what the user
+    did (``'message'``, ``'postback'``, ``'attachments'``, ``'optin'``, ``'reaction'``, ``'read'``,
+    ``'delivery'``) and ``cmd.token`` is the notification token of an opt-in (else ``None``).
     """
 
     attachments: list[str]
+    webhook: str
+    token: str | None
 
-    def __new__(cls, value: str = "", attachments: list[str] | None = None) -> "Cmd":
+    def __new__(cls, value: str = "", attachments: list[str] | None = None, webhook: str = "message",
+                token: str | None = None) -> "Cmd":
         self = super().__new__(cls, value)
         self.attachments = list(attachments or ())
+        self.webhook = webhook
+        self.token = token
         return self
 
 
@@ -130,7 +137,16 @@ class Router:
             return "standby" in self.events
         if event.kind in ("message", "postback"):
             return bool(self.commands or self.actions or self.events.get(event.kind))
+        if self.routes_optin(event):
+            return bool(self.commands or self.actions)
         return bool(self.events.get(event.kind))
+
+    def routes_optin(self, event: Event) -> bool:
+        """Whether ``event`` is an opt-in that goes to the commands like a message, with its
+        token in ``cmd.token`` (Ampalibe 1.1.9): one with a payload, when no ``@event('optin')``
+        handler is registered."""
+        return event.kind == "optin" and not event.standby and not self.events.get("optin") \
+            and bool(command_input(event)[0])
 
     def resolve(self, event: Event, action: str | None, action_args: dict[str, Any] | None,
                 codec: PayloadCodec | None) -> Match | None:
@@ -141,12 +157,17 @@ class Router:
         :returns: ``None`` when nothing handles it (no command matched, no action, no ``'/'``).
         """
         text, attachments = command_input(event)
+        kind, token = _cmd_kind(event, attachments)
+
+        def cmd(value: str) -> Cmd:
+            return Cmd(value, attachments, kind, token)
+
         decoded = codec.decode(text) if codec is not None else None
         if decoded is not None:
             route, args = decoded
             handler = self.commands.get(route)
             if handler is not None:
-                return Match(handler, route, "command", Cmd("", attachments), dict(args), clear_action=bool(action))
+                return Match(handler, route, "command", cmd(""), dict(args), clear_action=bool(action))
             text = route
         else:
             args = {}
@@ -154,24 +175,23 @@ class Router:
             if words and words[0] in self.commands:
                 route = words[0]
                 rest = words[1] if len(words) > 1 else ""
-                return Match(self.commands[route], route, "command", Cmd(rest, attachments), {},
-                             clear_action=bool(action))
+                return Match(self.commands[route], route, "command", cmd(rest), {}, clear_action=bool(action))
         if action and action in self.actions:
             merged = dict(action_args or {})
             merged.update(args)
-            return Match(self.actions[action], action, "action", Cmd(text, attachments), merged)
+            return Match(self.actions[action], action, "action", cmd(text), merged)
         if action:
             logger.warning("pending action %r has no @action handler; falling back to the '/' command", action)
         if _MAIN in self.commands:
-            return Match(self.commands[_MAIN], _MAIN, "command", Cmd(text, attachments), args)
+            return Match(self.commands[_MAIN], _MAIN, "command", cmd(text), args)
         return None
 
 
 def command_input(event: Event) -> tuple[str, list[str]]:
     """The text a message or postback routes on, and its attachment URLs."""
     raw = event.raw
-    if event.kind == "postback":
-        body = raw.get("postback") if isinstance(raw.get("postback"), dict) else {}
+    if event.kind in ("postback", "optin"):
+        body = raw.get(event.kind) if isinstance(raw.get(event.kind), dict) else {}
         return str(body.get("payload") or ""), []
     message = raw.get("message") if isinstance(raw.get("message"), dict) else {}
     urls = []
@@ -186,6 +206,34 @@ def command_input(event: Event) -> tuple[str, list[str]]:
     if message.get("text") is not None:
         return str(message["text"]), urls
     return (urls[0] if urls else ""), urls
+
+
+def _cmd_kind(event: Event, attachments: list[str]) -> tuple[str, str | None]:
+    """``cmd.webhook`` and ``cmd.token`` of an event, as Ampalibe 1.1.9 sets them."""
+    if event.kind == "message":
+        return ("attachments" if attachments else "message"), None
+    if event.kind == "optin":
+        body = event.raw.get("optin") if isinstance(event.raw.get("optin"), dict) else {}
+        token = body.get("one_time_notif_token") or body.get("notification_messages_token")
+        return "optin", (str(token) if token else None)
+    return event.kind, None
+
+
+def event_cmd(event: Event, codec: PayloadCodec | None = None) -> Cmd:
+    """The ``cmd`` of any event, as middleware and 1.1.9-style event handlers get it.
+
+    For a message, postback or opt-in: the whole text or payload (a signed payload gives its
+    command, without its arguments); for a reaction: the reaction (``'love'``); for ``read`` and
+    ``delivery``: the watermark.  ``webhook`` and ``token`` are set as for handlers.
+    """
+    if event.kind in ("message", "postback", "optin"):
+        text, attachments = command_input(event)
+        decoded = codec.decode(text) if codec is not None and text else None
+        kind, token = _cmd_kind(event, attachments)
+        return Cmd(decoded[0] if decoded is not None else text, attachments, kind, token)
+    body = event.raw.get(event.kind) if isinstance(event.raw.get(event.kind), dict) else {}
+    value = body.get("reaction") if event.kind == "reaction" else body.get("watermark")
+    return Cmd("" if value is None else str(value), None, event.kind)
 
 
 _SIGNATURES: dict[Callable[..., Any], tuple[bool, frozenset[str]]] = {}

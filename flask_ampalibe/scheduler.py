@@ -86,6 +86,9 @@ _MONTH_DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10
 class Cron:
     """A standard 5-field cron expression: ``minute hour day-of-month month day-of-week``.
 
+    A 6th field gives the seconds (``"* * * * * */10"``: every 10 seconds), as in the
+    ``aiocron``/``croniter`` specs of Ampalibe 1.1.9's ``crontab``.
+
     Each field takes ``*``, a number, a range ``a-b``, a step ``*/n`` or ``a-b/n``, or a list of
     those (``1,15,30-40/5``); months and days of week also take names (``jan``, ``mon-fri``).
     Sunday is ``0`` or ``7``.  ``@hourly``, ``@daily``, ``@weekly``, ``@monthly`` and ``@yearly``
@@ -104,11 +107,14 @@ class Cron:
         self.expr = expr
         text = _MACROS.get(expr.strip().lower(), expr) if isinstance(expr, str) else expr
         parts = text.split() if isinstance(text, str) else []
-        if len(parts) != 5:
+        if len(parts) not in (5, 6):
             raise ScheduleError(
                 f"cron {expr!r} must have 5 fields (minute hour day-of-month month day-of-week), "
-                "e.g. '*/5 * * * *' for every 5 minutes."
+                "e.g. '*/5 * * * *' for every 5 minutes, and may have a 6th for the seconds."
             )
+        #: The seconds of a 6-field expression, else ``None`` (runs at second 0 of each minute).
+        self.seconds = _parse_field(expr, parts[5], "second", 0, 59, {}) if len(parts) == 6 else None
+        parts = parts[:5]
         sets = [_parse_field(expr, part, *spec) for part, spec in zip(parts, _FIELDS)]
         self.minutes, self.hours, self.days, self.months, weekdays = sets
         self.weekdays = frozenset(d % 7 for d in weekdays)
@@ -121,8 +127,16 @@ class Cron:
     def __repr__(self) -> str:
         return f"Cron({self.expr!r})"
 
+    @property
+    def step(self) -> int:
+        """The unit of run times in seconds: 1 with a seconds field, else 60."""
+        return 60 if self.seconds is None else 1
+
     def matches(self, when: datetime) -> bool:
-        """Whether the minute of ``when`` (a wall-clock time) is a run time."""
+        """Whether the minute of ``when`` (a wall-clock time) is a run time (its second too, with
+        a seconds field)."""
+        if self.seconds is not None and when.second not in self.seconds:
+            return False
         if when.minute not in self.minutes or when.hour not in self.hours or when.month not in self.months:
             return False
         return self._day_matches(when)
@@ -136,6 +150,16 @@ class Cron:
 
     def next_after(self, after: datetime) -> datetime:
         """The first run time strictly after ``after``, in ``after``'s time zone (wall clock)."""
+        if self.seconds is not None:
+            minute = after.replace(second=0, microsecond=0)
+            if self.matches(minute.replace(second=min(self.seconds))):  # the rest of this minute
+                later = [sec for sec in sorted(self.seconds) if sec > after.second]
+                if later:
+                    return minute.replace(second=later[0])
+            return self._next_minute(minute).replace(second=min(self.seconds))
+        return self._next_minute(after)
+
+    def _next_minute(self, after: datetime) -> datetime:
         when = after.replace(second=0, microsecond=0) + timedelta(minutes=1)
         limit = when.year + 30  # a leap-day schedule can wait 8 years; nothing sane waits 30
         while when.year <= limit:
@@ -205,14 +229,20 @@ class Job:
     func: Callable[..., Any]
     tz: tzinfo = timezone.utc
     grace: float = DEFAULT_GRACE
+    #: Positional arguments of each call (``crontab(..., args=(...))``, as aiocron's); none: ``when=``.
+    args: tuple = ()
+    #: ``False`` while a job registered with ``start=False`` waits for ``func.start()``.
+    enabled: bool = True
 
     def due_slot(self, now: float) -> int | None:
-        """The latest run time within ``grace`` before ``now``, in minutes since the epoch."""
-        latest = math.floor(now / 60)
-        earliest = math.ceil((now - self.grace) / 60)
-        for minute in range(latest, min(earliest, latest) - 1, -1):
-            if self.cron.matches(datetime.fromtimestamp(minute * 60, self.tz)):
-                return minute
+        """The latest run time within ``grace`` before ``now``, in units of :attr:`Cron.step`
+        (minutes, or seconds for a 6-field expression) since the epoch."""
+        step = self.cron.step
+        latest = math.floor(now / step)
+        earliest = math.ceil((now - self.grace) / step)
+        for unit in range(latest, min(earliest, latest) - 1, -1):
+            if self.cron.matches(datetime.fromtimestamp(unit * step, self.tz)):
+                return unit
         return None
 
     def next_run(self, after: datetime | None = None) -> datetime:
@@ -232,7 +262,8 @@ def jobs(router: Router | None = None) -> list[Job]:
 
 
 def schedule(cron: str, name: str | None = None, *, tz: "str | tzinfo | None" = None,
-             grace: float = DEFAULT_GRACE, router: Router | None = None) -> Callable[[F], F]:
+             grace: float = DEFAULT_GRACE, router: Router | None = None, func: Callable[..., Any] | None = None,
+             start: bool = True, args: tuple = ()) -> Any:
     """Run the decorated function at each run time of ``cron``, once across all workers and hosts.
 
     The function may take ``when`` (the run time, an aware ``datetime``); it runs in the app
@@ -245,7 +276,12 @@ def schedule(cron: str, name: str | None = None, *, tz: "str | tzinfo | None" = 
         ``tzinfo``); default UTC, so every host agrees whatever its local time.
     :param grace: seconds a missed run time may still run late (default 300).
     :param router: where to register (default: the module-level router ``@ampalibe.command`` uses).
-    :returns: a decorator that returns the function unchanged.
+    :param func: Ampalibe 1.1.9's (aiocron's) way without a decorator:
+        ``ampalibe.crontab("0 9 * * *", func=morning_news)`` registers ``func`` and returns it.
+    :param start: ``False`` registers the job paused: it runs once ``func.start()`` is called
+        (``func.stop()`` pauses it again), as aiocron's ``start=False``.
+    :param args: positional arguments each run gets (then no ``when``), as aiocron's ``args``.
+    :returns: a decorator that returns the function unchanged (with ``func=``, the function).
 
     Example::
 
@@ -259,6 +295,7 @@ def schedule(cron: str, name: str | None = None, *, tz: "str | tzinfo | None" = 
     def deco(func: F) -> F:
         target = router or _default_router()
         job_name = name or f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+        job = Job(job_name, parsed, func, zone, float(grace), tuple(args), enabled=bool(start))
         with _registry_lock:
             table = _registry.setdefault(target, {})
             old = table.get(job_name)
@@ -267,10 +304,33 @@ def schedule(cron: str, name: str | None = None, *, tz: "str | tzinfo | None" = 
                     f"@schedule(name={job_name!r}) is already used by {_qualname(old.func)}; "
                     f"{_qualname(func)} needs another name."
                 )
-            table[job_name] = Job(job_name, parsed, func, zone, float(grace))
+            table[job_name] = job
+        if not start:
+            def start_job() -> None:
+                job.enabled = True
+                _start_default()
+
+            def stop_job() -> None:
+                job.enabled = False
+
+            func.start, func.stop = start_job, stop_job  # type: ignore[attr-defined]
         _connect_autostart()
         return func
+    if func is not None:
+        return deco(func)  # type: ignore[type-var]
     return deco
+
+
+def _start_default() -> None:
+    """Start the configured bot's scheduler if it is not running (a job was just started)."""
+    from .extension import current_state
+
+    try:
+        state = current_state()
+    except Exception:
+        return  # no bot yet: its scheduler starts with it
+    if not state.app.testing:
+        scheduler_for(state).start()
 
 
 def _default_router() -> Router:
@@ -358,6 +418,8 @@ class Scheduler:
             now = now.timestamp()
         ran = []
         for job in self.jobs:
+            if not job.enabled:
+                continue
             slot = job.due_slot(now)
             if slot is None:
                 continue
@@ -381,11 +443,14 @@ class Scheduler:
         return ran
 
     def _run(self, job: Job, slot: int) -> None:
-        when = datetime.fromtimestamp(slot * 60, job.tz)
+        when = datetime.fromtimestamp(slot * job.cron.step, job.tz)
         logger.info("running scheduled job %s for %s", job.name, when.isoformat())
         try:
             with self.state.app.app_context():
-                call_handler(job.func, when=when)
+                if job.args:
+                    job.func(*job.args)
+                else:
+                    call_handler(job.func, when=when)
         except Exception:
             logger.exception("scheduled job %s (run time %s) failed; it runs again at its next time",
                              job.name, when.isoformat())
@@ -422,7 +487,8 @@ class Scheduler:
                 self.tick(now, background=True)
             except Exception:
                 logger.exception("scheduler tick failed (database unreachable?); trying again next minute")
-            next_tick = (math.floor(now / 60) + 1) * 60 + 0.01
+            step = min((job.cron.step for job in self.jobs), default=60)  # 1 with a seconds job
+            next_tick = (math.floor(now / step) + 1) * step + 0.01
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the thread and wait up to ``timeout`` seconds for running jobs."""

@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Iterator
@@ -140,6 +141,10 @@ class Filetype(str, enum.Enum):
 # Ampalibe's names, for authors migrating from it (``from ampalibe.ui import Type, Content_type``).
 Content_type = ContentType
 Type = ButtonType
+
+
+#: A phone number as the Send API wants it: '+', the country code, then the number.
+_PHONE = re.compile(r"\+[0-9][0-9 ().-]{3,30}")
 
 
 # -- checks shared by the builders and by the Messenger client (which also accepts dicts) -----
@@ -331,6 +336,13 @@ class Button(_Builder):
     def __init__(self, type: str | ButtonType = ButtonType.postback, title: str | None = None,
                  payload: Any = None, url: str | None = None, **extra: Any) -> None:
         kind = str(type)
+        known = [t.value for t in ButtonType]
+        if kind not in known:
+            hint = " (a call button is type='phone_number')" if kind == "call" else ""
+            raise ValueError(f"Button type must be one of {known}, not {kind!r}{hint}.")
+        if kind == "phone_number" and not _PHONE.fullmatch(str(payload or "")):
+            raise ValueError(f"A phone_number Button's payload is the number to call, with '+' and the country "
+                             f"code (e.g. '+261340000000'), not {payload!r}.")
         needs = {"postback": ("title", "payload"), "phone_number": ("title", "payload"),
                  "web_url": ("title", "url"), "account_link": ("url",)}.get(kind, ())
         given = {"title": title, "payload": payload, "url": url}
@@ -427,23 +439,45 @@ class RecurringNotificationOptin(_Builder):
     :param reoptin: ``True``/``False`` to enable or disable the re-opt-in reminder.
     :param timezone: the timezone id used to schedule notifications.
     :param cta_text: the button label, e.g. ``'GET_UPDATES'``, ``'ALLOW_MESSAGES'``.
+
+    Ampalibe 1.1.9's keywords work too: ``notification_frequency``, ``notification_cta_text`` and
+    ``notification_reoptin`` (texts or :mod:`flask_ampalibe.constant` members)::
+
+        RecurringNotificationOptin(title="Daily news", payload="/news",
+                                   notification_frequency=Notification_frequency.DAILY)
     """
 
     __slots__ = ()
 
     def __init__(self, title: str, payload: Any, image_url: str | None = None, frequency: str | None = None,
-                 reoptin: bool | str | None = None, timezone: str | None = None, cta_text: str | None = None) -> None:
+                 reoptin: bool | str | None = None, timezone: str | None = None, cta_text: str | None = None,
+                 *, notification_frequency: str | None = None, notification_cta_text: str | None = None,
+                 notification_reoptin: str | None = None) -> None:
         check_length(title, NOTIFICATION_TITLE_MAX, f"The notification title {title!r}", "Shorten it.")
         check_payload(payload, "The notification payload")
+        frequency = _text(frequency if frequency is not None else notification_frequency)
+        cta_text = _text(cta_text if cta_text is not None else notification_cta_text)
+        reoptin = reoptin if reoptin is not None else _text(notification_reoptin)
         if isinstance(reoptin, bool):
             reoptin = "ENABLED" if reoptin else "DISABLED"
+        if frequency is not None and frequency.upper() not in ("DAILY", "WEEKLY", "MONTHLY"):
+            raise ValueError(f"RecurringNotificationOptin frequency must be DAILY, WEEKLY or MONTHLY, not {frequency!r}.")
+        if reoptin is not None and str(reoptin).upper() not in ("ENABLED", "DISABLED"):
+            raise ValueError(f"RecurringNotificationOptin reoptin must be ENABLED or DISABLED, not {reoptin!r}.")
         super().__init__(
             template_type="notification_messages",
             title=title,
             image_url=image_url,
             payload=payload,
             notification_messages_frequency=frequency.upper() if isinstance(frequency, str) else frequency,
-            notification_messages_reoptin=reoptin,
+            notification_messages_reoptin=str(reoptin).upper() if reoptin is not None else None,
             notification_messages_timezone=timezone,
             notification_messages_cta_text=cta_text,
         )
+
+
+def _text(value: Any) -> str | None:
+    """An enumeration member's text (``Notification_frequency.DAILY`` → ``'DAILY'``), a text as is."""
+    if value is None:
+        return None
+    return str(value.value) if isinstance(value, enum.Enum) else str(value)

@@ -185,8 +185,9 @@ def test_persistent_menu_spec_example(chat: Messenger, graph: FakeGraph) -> None
     ]
     chat.persistent_menu(USER, persistent_menu)
     req = only(graph)
-    assert (req.method, req.path) == ("POST", "/v24.0/me/messenger_profile")
-    assert req.json == {"persistent_menu": [
+    # That user's menu, as Ampalibe 1.1.9 sets it (custom user settings).
+    assert (req.method, req.path) == ("POST", "/v24.0/me/custom_user_settings")
+    assert req.json == {"psid": USER, "persistent_menu": [
         {"locale": "default", "composer_input_disabled": False, "call_to_actions": persistent_menu}]}
 
 
@@ -361,22 +362,22 @@ def test_list_personas_follows_pages() -> None:
 def test_persistent_menu_builders_locale_and_delete(chat: Messenger, graph: FakeGraph) -> None:
     menu = [Button(type=Type.postback, title="Menu", payload=Payload("/payload")),
             Button(type=Type.web_url, title="Website", url="https://x.test")]
-    chat.persistent_menu(USER, menu, locale="fr_FR", composer_input_disabled=True)
+    chat.persistent_menu(None, menu, locale="fr_FR", composer_input_disabled=True)  # the Page's menu
     assert graph.requests[0].json == {"persistent_menu": [{
         "locale": "fr_FR", "composer_input_disabled": True,
         "call_to_actions": [{"type": "postback", "title": "Menu", "payload": "/payload"},
                             {"type": "web_url", "title": "Website", "url": "https://x.test"}]}]}
-    chat.persistent_menu(USER, [], action="DELETE")
+    chat.persistent_menu(USER, [], action="DELETE", per_user=False)
     req = graph.requests[1]
     assert (req.method, req.path, req.json) == ("DELETE", "/v24.0/me/messenger_profile", {"fields": ["persistent_menu"]})
 
 
 def test_persistent_menu_per_user(chat: Messenger, graph: FakeGraph) -> None:
-    chat.persistent_menu(USER, [{"type": "postback", "title": "Menu", "payload": "/menu"}], per_user=True)
+    chat.persistent_menu(USER, [{"type": "postback", "title": "Menu", "payload": "/menu"}])
     req = graph.requests[0]
     assert (req.method, req.path) == ("POST", "/v24.0/me/custom_user_settings")
     assert req.json["psid"] == USER and req.json["persistent_menu"][0]["call_to_actions"][0]["title"] == "Menu"
-    chat.persistent_menu(USER, [], action="DELETE", per_user=True)
+    chat.persistent_menu(USER, [], action="DELETE")  # only that user's menu goes
     req = graph.requests[1]
     assert (req.method, req.path) == ("DELETE", "/v24.0/me/custom_user_settings")
     assert req.query["psid"] == USER and req.query["params"] == '["persistent_menu"]'

@@ -67,7 +67,7 @@ def test_command_word_is_removed_from_cmd(hook, calls):
 
 def test_unknown_word_goes_to_main_with_whole_text(hook, calls):
     hook.send_text(USER, "/eaten something")
-    assert calls == [("main", "/eaten something", "en")]
+    assert calls == [("main", "/eaten something", None)]  # lang: None until the user chose one (1.1.9)
 
 
 def test_pending_action_gets_whole_text_and_command_wins(app, hook, calls):

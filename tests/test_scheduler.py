@@ -68,7 +68,7 @@ def test_cron_next_after(expr, after, expected):
 
 @pytest.mark.parametrize("expr, message", [
     ("* * * *", "5 fields"),
-    ("* * * * * *", "5 fields"),
+    ("* * * * * * *", "5 fields"), ("* * * *", "5 fields"),
     ("60 * * * *", "minute '60' is out of range"),
     ("* 24 * * *", "hour '24' is out of range"),
     ("* * 0 * *", "day of month '0' is out of range"),
@@ -294,3 +294,50 @@ def test_the_thread_starts_on_the_first_request_outside_testing(tmp_path, router
 def test_start_without_jobs_starts_nothing(app, ext):
     assert start_scheduler(app) is False
     assert scheduler_for(app)._thread is None
+
+
+# -- Ampalibe 1.1.9's crontab (aiocron): func=, start=, args=, a seconds field -----------------------------
+@pytest.mark.parametrize("expr, when, expected", [
+    ("* * * * * */10", at(2024, 5, 6, 13, 37, 20), True),
+    ("* * * * * */10", at(2024, 5, 6, 13, 37, 21), False),
+    ("0 9 * * * 30", at(2024, 5, 6, 9, 0, 30), True),
+    ("0 9 * * * 30", at(2024, 5, 6, 9, 0, 0), False),
+])
+def test_a_sixth_field_gives_the_seconds(expr, when, expected):
+    assert Cron(expr).matches(when) is expected
+
+
+def test_next_run_of_a_seconds_spec():
+    cron = Cron("*/2 * * * * 15,45")
+    assert cron.next_after(at(2024, 5, 6, 13, 36, 20)) == at(2024, 5, 6, 13, 36, 45)
+    assert cron.next_after(at(2024, 5, 6, 13, 36, 45)) == at(2024, 5, 6, 13, 38, 15)
+    with pytest.raises(ScheduleError, match="second '61' is out of range"):
+        Cron("* * * * * 61")
+
+
+def test_crontab_with_func_and_seconds_runs_each_matching_second_once(tmp_path, router):
+    runs = []
+
+    def tick(when):
+        runs.append(when)
+    assert flask_ampalibe.crontab("* * * * * */20", func=tick, router=router) is tick
+    scheduler = scheduler_for(make_worker(tmp_path, f"sqlite:///{tmp_path / 'j.db'}", router, "w1"))
+    start = at(2024, 5, 6, 13, 0, 0).timestamp()
+    for second in range(0, 61):
+        scheduler.tick(start + second)
+    assert runs == [at(2024, 5, 6, 13, 0, s) for s in (0, 20, 40)] + [at(2024, 5, 6, 13, 1, 0)]
+
+
+def test_crontab_start_false_waits_for_start_and_args_are_passed(tmp_path, router):
+    runs = []
+
+    @flask_ampalibe.crontab("* * * * *", start=False, args=("news",), router=router)
+    def send(what):
+        runs.append(what)
+    scheduler = scheduler_for(make_worker(tmp_path, f"sqlite:///{tmp_path / 'j.db'}", router, "w1"))
+    minute = at(2024, 5, 6, 13, 0).timestamp()
+    assert scheduler.tick(minute) == [] and runs == []
+    send.start()
+    assert scheduler.tick(minute + 60) and runs == ["news"]
+    send.stop()
+    assert scheduler.tick(minute + 120) == [] and runs == ["news"]

@@ -84,7 +84,7 @@ def test_echoes_are_never_routed_as_user_messages(hook, seen):
 
 
 @pytest.mark.parametrize("item", [
-    read_event("u"), delivery_event("u", ["m1"]), reaction_event("u", "m1"), optin_event("u"),
+    read_event("u"), delivery_event("u", ["m1"]), reaction_event("u", "m1"), optin_event("u", payload=""),
     referral_event("u", "ad"), handover_event("u"), handover_event("u", "app_roles", **{"1": ["primary"]}),
     {"sender": {"id": "u"}, "recipient": {"id": "p"}, "timestamp": 1, "brand_new_kind": {"x": 1}},
     {"sender": {"id": "u"}},

@@ -23,6 +23,8 @@ cli = AppGroup(
     help="Create, run and operate Facebook Messenger bots built with flask_ampalibe.",
 )
 
+# Ampalibe 1.1.9 takes the port before the command: ``ampalibe -p 5000 run``.
+cli.params.append(project.leading_port_option())
 project.register(cli)
 
 try:

@@ -66,11 +66,16 @@ def find_project(folder: str | os.PathLike[str] | None = None) -> Path:
 def load_app(folder: str | os.PathLike[str] | None = None) -> Flask:
     """Import the project's ``core`` module and return its Flask app.
 
-    The project folder goes first on ``sys.path`` (so ``core.py`` can ``import conf`` and its
-    other modules).  The app is ``core.app`` when that is a Flask app, else
-    :data:`flask_ampalibe.webserver`, the app ``ampalibe.init(...)`` configured.
+    The project's ``.env`` is loaded into the environment first (variables already set win), as
+    Ampalibe 1.1.9's ``ampalibe run`` exported it, so a ``conf.py`` that only reads
+    ``os.environ`` sees it.  The project folder goes first on ``sys.path`` (so ``core.py`` can
+    ``import conf`` and its other modules).  The app is ``core.app`` when that is a Flask app,
+    else :data:`flask_ampalibe.webserver`, the app ``ampalibe.init(...)`` configured; when
+    ``core.py`` never called ``init`` (1.1.9's ``core.py`` does not), it is called here with
+    ``conf.Configuration``.
     """
     path = find_project(folder)
+    load_env(path)
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
     module = importlib.import_module("core")
@@ -79,7 +84,24 @@ def load_app(folder: str | os.PathLike[str] | None = None) -> Flask:
         return app
     import flask_ampalibe
 
-    return flask_ampalibe.webserver
+    webserver = flask_ampalibe.webserver
+    if "ampalibe" not in webserver.extensions and (path / CONF).is_file():
+        flask_ampalibe.init(importlib.import_module("conf").Configuration)
+    return webserver
+
+
+def load_env(path: Path, environ: "os._Environ[str] | dict[str, str] | None" = None) -> None:
+    """Put the values of ``path/.env`` into ``environ`` (default ``os.environ``) where it has none.
+
+    ``export NAME=value`` lines (Ampalibe 1.1.9's ``.env``) are read like ``NAME=value``; empty
+    values are skipped, as unset.
+    """
+    from dotenv import dotenv_values
+
+    target = os.environ if environ is None else environ
+    for key, value in dotenv_values(path / ".env").items():
+        if value and not target.get(key):
+            target[key] = value
 
 
 def read_settings(folder: str | os.PathLike[str] | None = None) -> ProjectSettings:
@@ -105,6 +127,11 @@ def read_settings(folder: str | os.PathLike[str] | None = None) -> ProjectSettin
             workers=_int(env.get("AMP_WORKERS"), 2, "AMP_WORKERS"),
             url=env.get("AMP_URL"),
         )
+    # A setting conf.py has no attribute for comes from the environment (Ampalibe 1.1.9's
+    # conf.py has none for the app secret).
+    def absent(name: str) -> bool:
+        return not hasattr(conf, name)
+
     return ProjectSettings(
         host=str(getattr(conf, "APP_HOST", None) or "0.0.0.0"),
         port=_int(getattr(conf, "APP_PORT", None), 4555, "AMP_PORT"),
@@ -112,8 +139,10 @@ def read_settings(folder: str | os.PathLike[str] | None = None) -> ProjectSettin
         url=getattr(conf, "APP_URL", None) or None,
         access_token=getattr(conf, "ACCESS_TOKEN", None) or None,
         verif_token=getattr(conf, "VERIF_TOKEN", None) or None,
-        app_secret=getattr(conf, "APP_SECRET", None) or None,
-        allow_unsigned=_flag(getattr(conf, "ALLOW_UNSIGNED", False)),
+        app_secret=getattr(conf, "APP_SECRET", None) or (_env_setting(env, "APP_SECRET") if absent("APP_SECRET")
+                                                          else None),
+        allow_unsigned=_flag(getattr(conf, "ALLOW_UNSIGNED", False) if not absent("ALLOW_UNSIGNED")
+                             else _env_setting(env, "ALLOW_UNSIGNED")),
         checked=True,
     )
 
@@ -123,6 +152,7 @@ def _configuration(path: Path) -> Any:
     if not conf_file.is_file():
         return None
     with _isolated(path):
+        load_env(path)
         try:
             namespace = runpy.run_path(str(conf_file), run_name="__ampalibe_conf__")
         except Exception as exc:  # the user's file: say which and why, the CLI adds no traceback
@@ -145,6 +175,10 @@ def _isolated(path: Path) -> Iterator[None]:
         for key, value in environ.items():
             if os.environ.get(key) != value:
                 os.environ[key] = value
+
+
+def _env_setting(env: dict[str, str], name: str) -> str | None:
+    return env.get("AMPALIBE_" + name) or env.get("AMP_" + name) or None
 
 
 def _int(value: Any, default: int, name: str) -> int:

@@ -230,6 +230,8 @@ def run(dev: bool, host: str | None, port: int | None, workers: int | None) -> N
     settings = loader.read_settings(folder)
     _require(settings, dev)
     host = host or ("127.0.0.1" if dev else settings.host)
+    if port is None:
+        port = click.get_current_context().meta.get(_LEADING_PORT)
     port = settings.port if port is None else port
     # The workers (and the reloaded process) build their Configuration from the environment:
     # make them agree with what this process serves and prints.
@@ -243,6 +245,20 @@ def run(dev: bool, host: str | None, port: int | None, workers: int | None) -> N
         serve.serve_dev(folder, host, port)
     else:
         serve.serve_gunicorn(folder, host, port, workers or settings.workers)
+
+
+_LEADING_PORT = "flask_ampalibe.leading_port"
+
+
+def leading_port_option() -> click.Option:
+    """``-p/--port`` before the command (``ampalibe -p 5000 run``), as Ampalibe 1.1.9 wrote it;
+    ``run -p`` wins over it."""
+    def remember(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+        if value is not None:
+            ctx.meta[_LEADING_PORT] = value
+
+    return click.Option(["--port", "-p"], type=click.IntRange(0, 65535), expose_value=False, callback=remember,
+                        is_eager=True, help="Port for `run` (Ampalibe 1.1.9's `ampalibe -p 5000 run`).")
 
 
 _HOW_TO = {

@@ -260,6 +260,9 @@ class FakeGraph:
             return {"result": "success"}
         if record.method == "DELETE":
             return {"success": True}
+        if path.rsplit("/", 1)[-1] == "me":  # the Page the token belongs to
+            from .webhook import PAGE_ID
+            return {"id": PAGE_ID, "name": "Fake Page"}
         # a user profile: GET /{version}/{psid}
         psid = path.rsplit("/", 1)[-1]
         return {"first_name": "Test", "last_name": f"User{psid}", "profile_pic": "https://example.invalid/p.png", "id": psid}
