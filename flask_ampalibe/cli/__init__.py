@@ -14,7 +14,7 @@ from typing import Sequence
 from flask import Flask
 from flask.cli import AppGroup, ScriptInfo
 
-from . import loader, project
+from . import loader, migrate, project
 
 __all__ = ["cli", "main"]
 
@@ -26,6 +26,7 @@ cli = AppGroup(
 # Ampalibe 1.1.9 takes the port before the command: ``ampalibe -p 5000 run``.
 cli.params.append(project.leading_port_option())
 project.register(cli)
+migrate.register(cli)
 
 try:
     from .operate import register as _register_operate

@@ -84,10 +84,17 @@ def load_app(folder: str | os.PathLike[str] | None = None) -> Flask:
         return app
     import flask_ampalibe
 
-    webserver = flask_ampalibe.webserver
-    if "ampalibe" not in webserver.extensions and (path / CONF).is_file():
+    init_if_needed(path)
+    return flask_ampalibe.webserver
+
+
+def init_if_needed(path: Path) -> None:
+    """Set the bot up with ``conf.Configuration`` when the imported ``core.py`` did not call
+    ``ampalibe.init`` (Ampalibe 1.1.9's ``core.py`` never does: its ``ampalibe run`` did it)."""
+    import flask_ampalibe
+
+    if "ampalibe" not in flask_ampalibe.webserver.extensions and (path / CONF).is_file():
         flask_ampalibe.init(importlib.import_module("conf").Configuration)
-    return webserver
 
 
 def load_env(path: Path, environ: "os._Environ[str] | dict[str, str] | None" = None) -> None:

@@ -415,6 +415,9 @@ class BotTesters:
         from flask import Flask
 
         if not isinstance(app, Flask) or "ampalibe" not in app.extensions:
+            from ..cli.loader import init_if_needed
+
+            init_if_needed(folder)  # an Ampalibe 1.1.9 core.py calls no init
             app = default_app()
         if "ampalibe" not in app.extensions:
             raise RuntimeError(f"{folder / (module + '.py')} sets up no bot: it should call "
