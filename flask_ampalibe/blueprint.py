@@ -1,29 +1,21 @@
 """The Blueprint: webhook verification (GET /), reception (POST /), public assets, health.
 
-It stays thin: the body is checked and parsed, every event is recorded durably in the inbox,
-the executor is told, and the 200 goes out.  Handlers run after (or, with the ``inline``
-executor, before) the answer, never in this module.
+It only translates: a POST's body stream and signature header go to the app's
+:class:`~flask_ampalibe.webhook.Webhook` (the framework-free core that checks, parses and
+records the events), and its ``(status, body)`` comes back as the response.  Handlers run
+after (or, with the ``inline`` executor, before) the answer, never in this module.
 """
 from __future__ import annotations
 
 import hmac
-import json
-import logging
 import os
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_from_directory
-from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import NotFound
 
-from .events import BadWebhook, parse_body
-from .signature import HEADER, verify_signature
+from .signature import HEADER
 
 __all__ = ["bp"]
-
-logger = logging.getLogger(__name__)
-
-#: Webhook bodies larger than this are refused (Meta's batches are far smaller).
-MAX_BODY = 4 * 1024 * 1024
 
 bp = Blueprint("ampalibe", __name__)
 
@@ -59,32 +51,9 @@ def verify() -> Response:
 
 @bp.post("/")
 def receive() -> Response:
-    """Record every event of the webhook body, then answer 200."""
-    state = _state()
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        return _text("Payload Too Large", 413)
-    raw = request.get_data(cache=False)
-    secret = state.settings["APP_SECRET"]
-    if secret and not verify_signature(str(secret), raw, request.headers.get(HEADER)):
-        logger.warning("webhook post refused: missing or wrong %s", HEADER)
-        return _text("Forbidden", 403)
-    try:
-        events = parse_body(json.loads(raw))
-    except (ValueError, BadWebhook) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return _text(f"Bad Request: {exc}", 400)
-    wanted = []
-    for event in events:
-        if state.router.wants(event):
-            wanted.append(event)
-        else:
-            logger.debug("webhook %s event of %s ignored: no handler for it", event.kind, event.sender_id)
-    try:
-        users = state.inbox.record(wanted)
-    except SQLAlchemyError:
-        logger.exception("could not record webhook events; answering 503 so Facebook retries")
-        return _text("Service Unavailable", 503)
-    state.executor.notify(users)
-    return _text("EVENT_RECEIVED", 200)
+    """Hand the body to the app's webhook core (:mod:`flask_ampalibe.webhook`) and answer what it says."""
+    status, body = _state().webhook.receive_stream(request.stream, request.content_length, request.headers.get(HEADER))
+    return _text(body, status)
 
 
 @bp.get("/asset/<path:filename>")

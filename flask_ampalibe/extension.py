@@ -31,6 +31,7 @@ from .model import Model
 from .payload import PayloadCodec
 from .router import Router
 from .storage import Store
+from .webhook import Webhook
 
 __all__ = ["Ampalibe", "AmpalibeState", "Bot", "init", "default_app", "default_router", "set_default_router",
            "current_state", "reset_default"]
@@ -63,7 +64,7 @@ class Bot:
 
 
 class AmpalibeState:
-    """Everything one app's bot needs: settings, store, inbox, Messenger client, executor."""
+    """Everything one app's bot needs: settings, store, inbox, Messenger client, executor, webhook core."""
 
     def __init__(self, app: Flask, router: Router) -> None:
         from .messenger import Messenger  # the client pulls in requests; import when an app is set up
@@ -94,7 +95,14 @@ class AmpalibeState:
             threads=self.settings["WORKER_THREADS"], lease_seconds=self.settings["LEASE_SECONDS"],
             poll_seconds=self.settings["POLL_SECONDS"], retention_seconds=self.settings["RETENTION_DAYS"] * 86400,
         )
+        # The webhook core gets what it uses; ``notify`` looks the executor up at each call (the
+        # testing kit's ``held()`` swaps it for a while).
+        self.webhook = Webhook(self.inbox.record, self._notify, secret=self.settings["APP_SECRET"],
+                               wants=router.wants)
         self.bot = Bot(self)
+
+    def _notify(self, users: list[str]) -> None:
+        self.executor.notify(users)
 
     def start(self) -> None:
         """Start this process's background work: the executor's threads and, if the bot has

@@ -18,7 +18,12 @@ def generate_signature(secret: str, body: bytes) -> str:
 
 
 def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
-    """Whether ``header`` is the right signature of the raw ``body``, compared in constant time."""
+    """Whether ``header`` is the right signature of the raw ``body``, compared in constant time.
+
+    Any header value is safe to pass, including one with non-ASCII characters (never a valid
+    signature): the comparison is on bytes.
+    """
     if not header:
         return False
-    return hmac.compare_digest(generate_signature(secret, body), header.strip())
+    given = header.strip().encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(generate_signature(secret, body).encode("ascii"), given)

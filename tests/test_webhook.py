@@ -1,12 +1,19 @@
 """The webhook routes: verification, signatures, parsing, the inbox's guarantees, assets, health."""
 from __future__ import annotations
 
+import http.client
+import io
+import json
+import threading
 
 import pytest
 from flask import Flask
+from werkzeug.serving import make_server
 
 import flask_ampalibe
+from flask_ampalibe.signature import HEADER, generate_signature
 from flask_ampalibe.storage import inbox as inbox_table
+from flask_ampalibe.webhook import MAX_BODY
 from flask_ampalibe.testing import (
     WebhookClient, delivery_event, echo_event, handover_event, message_event, optin_event, page_body,
     reaction_event, read_event, referral_event,
@@ -315,3 +322,76 @@ def test_health_endpoint_needs_its_token(tmp_path, graph):
     assert client.get("/_ampalibe/health", headers={"Authorization": "Bearer nope"}).status_code == 401
     stats = client.get("/_ampalibe/health", headers={"Authorization": "Bearer ops"}).get_json()
     assert stats["pending"] == 1 and stats["received"] == 1 and stats["oldest_pending_age"] >= 0
+
+
+# -- hostile bodies (issue 12) ---------------------------------------------------------------------
+class CountingStream(io.BytesIO):
+    """A request body that says how much of it the server read (its position)."""
+
+    @property
+    def pos(self) -> int:
+        return self.tell()
+
+
+def _big_signed_body(size: int) -> bytes:
+    body = page_body(message_event("u", "x" * size))
+    return json.dumps(body).encode()
+
+
+def test_a_chunked_body_over_the_limit_is_413_after_reading_at_most_the_limit(client, seen):
+    # As gunicorn and werkzeug's server pass a chunked body: no Content-Length, the stream ends
+    # where the body does (wsgi.input_terminated).
+    raw = _big_signed_body(12 * 1024 * 1024)
+    stream = CountingStream(raw)
+    response = client.post("/", input_stream=stream, environ_overrides={"wsgi.input_terminated": True},
+                           headers={"Transfer-Encoding": "chunked", HEADER: generate_signature(SECRET, raw),
+                                    "Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert stream.pos <= MAX_BODY + 1
+    assert seen == []
+
+
+def test_a_chunked_body_within_the_limit_is_received(client, seen):
+    raw = json.dumps(page_body(message_event("u", "small"))).encode()
+    response = client.post("/", input_stream=CountingStream(raw), environ_overrides={"wsgi.input_terminated": True},
+                           headers={"Transfer-Encoding": "chunked", HEADER: generate_signature(SECRET, raw)})
+    assert response.status_code == 200
+    assert seen == [("u", "small")]
+
+
+def test_a_chunked_upload_over_a_real_socket_is_refused_at_the_limit(app, ext, seen):
+    # The same through werkzeug's HTTP server, which de-chunks the body itself.
+    raw = _big_signed_body(12 * 1024 * 1024)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)
+        chunks = (raw[i:i + 65536] for i in range(0, len(raw), 65536))
+        try:
+            conn.request("POST", "/", body=chunks, encode_chunked=True,
+                         headers={HEADER: generate_signature(SECRET, raw), "Content-Type": "application/json"})
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before the client finished sending
+        assert conn.getresponse().status == 413
+        conn.close()
+    finally:
+        server.shutdown()
+        thread.join(5)
+    assert seen == []
+
+
+@pytest.mark.parametrize("value", ["sha256=\u00e9", "sha256=" + "\u00ff" * 64, "\u0100", "sha256=\udcff"])
+def test_a_non_ascii_signature_is_403_not_500(hook, seen, value):
+    body = json.dumps(page_body(message_event("u", "hi"))).encode()
+    response = hook.client.post("/", data=body, headers={HEADER: value.encode("utf-8", "surrogateescape")
+                                                         .decode("latin-1")})
+    assert response.status_code == 403
+    assert seen == []
+
+
+@pytest.mark.parametrize("raw", [b"[" * 1000 + b"]" * 1000, b'{"a":' * 5000 + b"1" + b"}" * 5000,
+                                 b'{"object":"page","entry":[{"id":"p","messaging":[' + b"[" * 100000])
+def test_deeply_nested_json_is_400_not_500(hook, seen, raw):
+    assert hook.post_body(raw).status_code == 400
+    assert seen == []

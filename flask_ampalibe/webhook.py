@@ -1,0 +1,130 @@
+"""The webhook core: what a POST to the webhook does, with no web framework in sight.
+
+:class:`Webhook` runs the whole pipeline on bytes and a header value and returns the answer
+as ``(status, body)``; the Flask Blueprint only translates a request into that call and the
+result into a response::
+
+    body limit → signature → parse (400 if not a page webhook) → keep the items a handler wants
+        → record them in the inbox (503 if the database is down) → notify the executor → 200
+
+The limit holds while reading: a body sent without ``Content-Length`` (chunked, streamed) is
+read at most one byte past the limit, before its signature is checked.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import IO, Any, Callable, Iterable, NamedTuple
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .events import BadWebhook, Event, parse_body
+from .signature import verify_signature
+
+__all__ = ["Webhook", "Answer", "MAX_BODY", "read_limited"]
+
+logger = logging.getLogger(__name__)
+
+#: Webhook bodies larger than this are refused (Meta's batches are far smaller).
+MAX_BODY = 4 * 1024 * 1024
+
+_CHUNK = 64 * 1024
+
+
+class Answer(NamedTuple):
+    """What the webhook answers: an HTTP status and a short plain-text body."""
+
+    status: int
+    body: str
+
+
+OK = Answer(200, "EVENT_RECEIVED")
+TOO_LARGE = Answer(413, "Payload Too Large")
+FORBIDDEN = Answer(403, "Forbidden")
+UNAVAILABLE = Answer(503, "Service Unavailable")
+
+
+def read_limited(stream: IO[bytes], limit: int, length: int | None = None) -> bytes | None:
+    """Read ``stream`` to its end, or give up once it holds more than ``limit`` bytes.
+
+    :param length: the declared ``Content-Length``, if any: a larger one is refused unread.
+    :returns: the bytes, or ``None`` when the body is over the limit (never reads more than
+        ``limit + 1`` bytes of it).
+    """
+    if length is not None and length > limit:
+        return None
+    chunks, size = [], 0
+    while True:
+        chunk = stream.read(min(_CHUNK, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+
+
+class Webhook:
+    """The webhook pipeline of one app.
+
+    :param record: stores events durably and returns the users that have events now
+        (:meth:`flask_ampalibe.inbox.Inbox.record`).
+    :param notify: tells the executor which users have events.
+    :param secret: the Facebook app secret; ``None`` or empty accepts unsigned posts.
+    :param wants: whether any handler takes an event (those nobody handles are not recorded).
+    :param max_body: the largest body accepted, in bytes.
+
+    Example (any framework)::
+
+        hook = Webhook(inbox.record, executor.notify, secret="…", wants=router.wants)
+        status, text = hook.receive_stream(environ["wsgi.input"], content_length,
+                                           headers.get("X-Hub-Signature-256"))
+    """
+
+    def __init__(self, record: Callable[[list[Event]], list[str]], notify: Callable[[Iterable[str]], None],
+                 secret: str | None = None, wants: Callable[[Event], bool] | None = None,
+                 max_body: int = MAX_BODY) -> None:
+        self.record = record
+        self.notify = notify
+        self.secret = str(secret) if secret else None
+        self.wants = wants
+        self.max_body = max_body
+
+    def receive_stream(self, stream: IO[bytes], length: int | None, signature: str | None) -> Answer:
+        """Read the body from ``stream`` under the size limit, then :meth:`receive` it."""
+        raw = read_limited(stream, self.max_body, length)
+        if raw is None:
+            return TOO_LARGE
+        return self.receive(raw, signature)
+
+    def receive(self, raw: bytes, signature: str | None) -> Answer:
+        """Handle one webhook POST whose body is ``raw`` and ``X-Hub-Signature-256`` is ``signature``."""
+        if len(raw) > self.max_body:
+            return TOO_LARGE
+        if self.secret and not verify_signature(self.secret, raw, signature):
+            logger.warning("webhook post refused: missing or wrong X-Hub-Signature-256")
+            return FORBIDDEN
+        try:
+            events = parse_body(_loads(raw))
+        except BadWebhook as exc:
+            return Answer(400, f"Bad Request: {exc}")
+        wanted = []
+        for event in events:
+            if self.wants is None or self.wants(event):
+                wanted.append(event)
+            else:
+                logger.debug("webhook %s event of %s ignored: no handler for it", event.kind, event.sender_id)
+        try:
+            users = self.record(wanted)
+        except SQLAlchemyError:
+            logger.exception("could not record webhook events; answering 503 so Facebook retries")
+            return UNAVAILABLE
+        self.notify(users)
+        return OK
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise BadWebhook(f"the body is not JSON ({type(exc).__name__})") from None
