@@ -21,7 +21,7 @@ from sqlalchemy import and_, bindparam, func, or_, select
 
 from .engine import read_only
 from .events import Event
-from .storage import Store, inbox, insert_ignore, leases, run
+from .storage import Store, inbox, insert_ignore, leases
 
 __all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED", "USER_STATE_KINDS"]
 
@@ -33,7 +33,7 @@ USER_STATE_KINDS = frozenset({"message", "postback"})
 
 logger = logging.getLogger(__name__)
 
-# The statements of the per-event path, built once (see storage._statements for why).
+# The statements of the per-event path, built once (see storage._constructs for why).
 _unfinished = inbox.c.status.in_((PENDING, RUNNING))
 _claim = (leases.update()
           .where(leases.c.user_id == bindparam("uid"),
@@ -47,6 +47,19 @@ _oldest = (select(inbox.c.id, inbox.c.event_key, inbox.c.timestamp, inbox.c.body
            .where(inbox.c.user_id == bindparam("uid"), _unfinished)
            .order_by(inbox.c.timestamp, inbox.c.id).limit(1))
 _start = inbox.update().where(inbox.c.id == bindparam("event_id")).values(status=RUNNING, attempts=bindparam("n"))
+# Where the database has UPDATE ... RETURNING (SQLite >= 3.35, PostgreSQL): _oldest and _start in
+# one statement.  The subquery reads an alias, so it is not correlated to the updated table.
+_queued = inbox.alias("queued")
+_start_oldest = (
+    inbox.update()
+    .where(inbox.c.id == select(_queued.c.id)
+           .where(_queued.c.user_id == bindparam("uid"), _queued.c.status.in_((PENDING, RUNNING)))
+           .order_by(_queued.c.timestamp, _queued.c.id).limit(1).scalar_subquery())
+    .values(status=RUNNING, attempts=inbox.c.attempts + 1)
+    .returning(inbox.c.id, inbox.c.event_key, inbox.c.timestamp, inbox.c.body, inbox.c.attempts)
+)
+_give_up = (inbox.update().where(inbox.c.id == bindparam("event_id"))
+            .values(status=FAILED, attempts=bindparam("n"), finished_at=bindparam("now"), error=bindparam("err")))
 # Only a running event: if this worker's lease lapsed and another one finished it meanwhile,
 # that outcome stands.
 _end = (inbox.update().where(inbox.c.id == bindparam("event_id"), inbox.c.status == RUNNING)
@@ -113,8 +126,8 @@ class Inbox:
         """Take ``user_id``'s lease if it is free or expired."""
         now = time.time()
         with self.engine.begin() as conn:
-            taken = run(conn, _claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
-        return taken == 1
+            taken = conn.execute(_claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
+        return taken.rowcount == 1
 
     def renew(self, owner: str, seconds: float) -> int:
         """Extend every lease ``owner`` holds; returns how many."""
@@ -131,7 +144,7 @@ class Inbox:
             transaction, so such an event is either seen here or finds the lease free.
         """
         with self.engine.begin() as conn:
-            run(conn, _release, {"uid": user_id, "holder": owner})
+            conn.execute(_release, {"uid": user_id, "holder": owner})
             return self._has_work(conn, user_id)
 
     def take(self, user_id: str, owner: str, seconds: float) -> Claimed | None:
@@ -144,8 +157,8 @@ class Inbox:
         """
         now = time.time()
         with self.engine.begin() as conn:
-            taken = run(conn, _claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
-            if taken != 1:
+            taken = conn.execute(_claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
+            if taken.rowcount != 1:
                 return None
             return self._next(conn, user_id, owner, now)
 
@@ -168,34 +181,40 @@ class Inbox:
                 self._finish(conn, finished, error, now)
             # Renewing the lease checks that it is still ours and, on server databases, locks its
             # row until the end of the transaction.
-            held = run(conn, _renew_one, {"uid": user_id, "holder": owner, "until": now + seconds})
-            if held != 1:
+            held = conn.execute(_renew_one, {"uid": user_id, "holder": owner, "until": now + seconds})
+            if held.rowcount != 1:
                 return None  # the lease expired and someone else took it: stop
             return self._next(conn, user_id, owner, now)
 
     def _next(self, conn: Any, user_id: str, owner: str, now: float) -> Claimed | None:
         """With the lease held and renewed: mark the oldest unfinished event running, or release."""
         while True:
-            row = conn.execute(_oldest, {"uid": user_id}).first()
+            if conn.dialect.update_returning:
+                row = conn.execute(_start_oldest, {"uid": user_id}).first()
+                attempts = row.attempts - 1 if row is not None else 0  # before this one
+            else:
+                row = conn.execute(_oldest, {"uid": user_id}).first()
+                attempts = row.attempts if row is not None else 0
             if row is None:
-                run(conn, _release, {"uid": user_id, "holder": owner})
+                conn.execute(_release, {"uid": user_id, "holder": owner})
                 return None
-            if row.attempts < self.max_attempts:
+            if attempts < self.max_attempts:
                 break
             # Every earlier attempt died with its worker: a poison event must not block the user.
             logger.error("event %s of user %s given up after %s attempts that never finished",
-                         row.event_key, user_id, row.attempts)
-            conn.execute(inbox.update().where(inbox.c.id == row.id).values(
-                status=FAILED, finished_at=now,
-                error=f"Given up after {row.attempts} attempts: the process handling this event died "
-                      f"(or was stopped) each time before the handler returned. Check the workers' logs, "
-                      f"then replay it with `ampalibe inbox replay {row.id}`."))
-        run(conn, _start, {"event_id": row.id, "n": row.attempts + 1})
+                         row.event_key, user_id, attempts)
+            conn.execute(_give_up, {
+                "event_id": row.id, "n": attempts, "now": now,
+                "err": f"Given up after {attempts} attempts: the process handling this event died "
+                       f"(or was stopped) each time before the handler returned. Check the workers' logs, "
+                       f"then replay it with `ampalibe inbox replay {row.id}`."})
+        if not conn.dialect.update_returning:
+            conn.execute(_start, {"event_id": row.id, "n": attempts + 1})
         event = Event.from_json(row.event_key, user_id, row.timestamp, row.body)
         user = None
         if event.kind in USER_STATE_KINDS and not event.standby:
             user = self.store.touch_user(user_id, conn)
-        return Claimed(row.id, event, row.attempts + 1, user)
+        return Claimed(row.id, event, attempts + 1, user)
 
     def putback(self, claimed: Claimed) -> None:
         """Return an event taken by :meth:`next_event` but not started (shutdown began) to pending."""
@@ -213,7 +232,7 @@ class Inbox:
         values: dict[str, Any] = {"event_id": claimed.id, "outcome": DONE, "now": now, "err": None}
         if error is not None:
             values.update(outcome=FAILED, err="".join(traceback.format_exception(error))[-8000:])
-        run(conn, _end, values)
+        conn.execute(_end, values)
 
     def has_work(self, user_id: str) -> bool:
         """Whether ``user_id`` has unfinished events."""

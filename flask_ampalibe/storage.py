@@ -107,158 +107,93 @@ meta = Table(
     Column("value", String(191), nullable=False),
 )
 
-def _dialect_insert(conn: Connection, table: Table) -> Any:
-    name = conn.dialect.name
-    if name == "sqlite":
+def _dialect_insert(dialect_name: str, table: Table) -> Any:
+    if dialect_name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
-    elif name == "postgresql":
+    elif dialect_name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
-    elif name in ("mysql", "mariadb"):
+    elif dialect_name in ("mysql", "mariadb"):
         from sqlalchemy.dialects.mysql import insert
     else:
         return None
     return insert(table)
 
 
-# Statements are built once and executed with parameters: building and cache-keying a
-# SQLAlchemy construct costs several times more than running it on SQLite.
-_statements: dict[tuple[Any, ...], Any] = {}
+# Statement *constructs* are built once and executed with parameters: building one costs several
+# times more than running it, and a prebuilt construct keeps its cache key, so the engine's
+# compiled cache finds its SQL at once.  Each engine compiles them for its own driver (psycopg's
+# named and pg8000's positional parameters are both "postgresql").
+_constructs: dict[tuple[Any, ...], Any] = {}
 
 
-def _insert_ignore_stmt(conn: Connection, table: Table, first: str) -> Any:
-    key = ("insert_ignore", conn.dialect.name, table.name, first)
-    stmt = _statements.get(key)
+def _insert_ignore_stmt(dialect_name: str, table: Table, first: str) -> Any:
+    key = ("insert_ignore", dialect_name, table.name, first)
+    stmt = _constructs.get(key)
     if stmt is None:
-        stmt = _dialect_insert(conn, table)
+        stmt = _dialect_insert(dialect_name, table)
         if stmt is not None:
-            if conn.dialect.name in ("mysql", "mariadb"):
+            if dialect_name in ("mysql", "mariadb"):
                 stmt = stmt.on_duplicate_key_update({first: stmt.inserted[first]})
             else:
                 stmt = stmt.on_conflict_do_nothing()
-        _statements[key] = stmt
+        _constructs[key] = stmt
     return stmt
 
 
-def _upsert_stmt(conn: Connection, table: Table, columns: tuple[str, ...], keys: tuple[str, ...]) -> Any:
-    key = ("upsert", conn.dialect.name, table.name, columns, keys)
-    stmt = _statements.get(key)
+def _upsert_stmt(dialect_name: str, table: Table, columns: tuple[str, ...], keys: tuple[str, ...]) -> Any:
+    key = ("upsert", dialect_name, table.name, columns, keys)
+    stmt = _constructs.get(key)
     if stmt is None:
-        stmt = _dialect_insert(conn, table)
+        stmt = _dialect_insert(dialect_name, table)
         changes = [c for c in columns if c not in keys]
         if stmt is not None:
-            if conn.dialect.name in ("mysql", "mariadb"):
+            if dialect_name in ("mysql", "mariadb"):
                 stmt = stmt.on_duplicate_key_update({k: stmt.inserted[k] for k in changes})
             else:
                 stmt = stmt.on_conflict_do_update(index_elements=list(keys),
                                                   set_={k: stmt.excluded[k] for k in changes})
-        _statements[key] = stmt
+        _constructs[key] = stmt
     return stmt
 
 
 def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Insert ``rows``, silently keeping existing rows with the same unique key."""
+    """Insert ``rows`` (all with the same columns), silently keeping existing rows with the same
+    unique key; one statement (an ``executemany`` for several rows)."""
     if not rows:
         return
-    stmt = _insert_ignore_stmt(conn, table, next(iter(rows[0])))
+    stmt = _insert_ignore_stmt(conn.dialect.name, table, next(iter(rows[0])))
     if stmt is None:
         for row in rows:  # portable fallback: check first
             key = {c.name: row[c.name] for c in table.primary_key.columns if c.name in row}
             if not conn.execute(select(table).filter_by(**key)).first():
                 conn.execute(table.insert().values(**row))
         return
-    _insert_rows(conn, table, stmt, rows)
-
-
-def _insert_rows(conn: Connection, table: Table, stmt: Any, rows: list[dict[str, Any]]) -> None:
-    """Execute the dialect's ``INSERT`` ``stmt`` for ``rows`` (all with the same columns)."""
-    driver = _driver_sql(conn, table, stmt, tuple(rows[0]))
-    if driver is None:
-        conn.execute(stmt, rows)
-        return
-    sql, order, convert = driver
-    if order is None:
-        params: list[Any] = [{c: f(row[c]) if f else row[c] for c, f in convert} for row in rows]
-    else:
-        params = [tuple(f(row[c]) if f else row[c] for c, f in convert) for row in rows]
-    conn.exec_driver_sql(sql, params)
-
-
-def _driver_sql(conn: Connection, table: Table, stmt: Any, columns: tuple[str, ...]) -> Any:
-    """``stmt`` compiled once for ``conn``'s driver and rows of ``columns``: its SQL text, the order
-    of its parameters (``None`` for a named paramstyle) and each column's bind processor; or
-    ``None`` when a default would fill in a column the rows lack.
-
-    Running the text with :meth:`~sqlalchemy.engine.Connection.exec_driver_sql` skips the cache
-    lookup and the per-row parameter processing of a compiled construct.
-    """
-    key = ("driver", conn.dialect.name, stmt, columns)
-    if key not in _statements:
-        dialect = conn.dialect
-        compiled = stmt.compile(dialect=dialect, column_keys=list(columns))
-        if set(compiled.params) != set(columns):
-            _statements[key] = None
-        else:
-            names = tuple(compiled.positiontup) if compiled.positional else columns
-            convert = tuple((c, table.c[c].type.dialect_impl(dialect).bind_processor(dialect)) for c in names)
-            _statements[key] = (compiled.string, names if compiled.positional else None, convert)
-    return _statements[key]
-
-
-def run(conn: Connection, stmt: Any, params: dict[str, Any]) -> int:
-    """Execute a prebuilt ``UPDATE``/``DELETE`` with ``params``; returns its row count.
-
-    Like ``conn.execute(stmt, params).rowcount``, but the statement is compiled once per dialect
-    and its text run with :meth:`~sqlalchemy.engine.Connection.exec_driver_sql`, which skips the
-    cache lookup and parameter processing of a compiled construct (see :func:`insert_ignore`).
-    """
-    key = ("run", conn.dialect.name, stmt)
-    if key not in _statements:
-        _statements[key] = _compile_plain(conn, stmt)
-    prepared = _statements[key]
-    if prepared is None:
-        return conn.execute(stmt, params).rowcount
-    sql, defaults, order, convert = prepared
-    values = {**defaults, **params}
-    if order is None:
-        args: Any = {n: f(values[n]) if f else values[n] for n, f in convert}
-    else:
-        args = tuple(f(values[n]) if f else values[n] for n, f in convert)
-    return conn.exec_driver_sql(sql, args).rowcount
-
-
-def _compile_plain(conn: Connection, stmt: Any) -> Any:
-    """``stmt``'s SQL text for ``conn``'s driver, its bound constants, parameter order (``None``
-    when named) and bind processors; ``None`` when its parameters need SQLAlchemy's processing
-    (expanding ``IN``, rendered literals, escaped names)."""
-    dialect = conn.dialect
-    compiled = stmt.compile(dialect=dialect)
-    binds = compiled.binds
-    if compiled.escaped_bind_names or any(b.expanding or b.literal_execute for b in binds.values()):
-        return None
-    names = tuple(compiled.positiontup if compiled.positional else dict.fromkeys(compiled.bind_names.values()))
-    convert = tuple((n, binds[n].type.dialect_impl(dialect).bind_processor(dialect)) for n in names)
-    params = compiled.params
-    defaults = {n: params[n] for n in names if not binds[n].required}
-    return compiled.string, defaults, names if compiled.positional else None, convert
+    conn.execute(stmt, rows)
 
 
 def upsert(conn: Connection, table: Table, values: dict[str, Any], keys: Iterable[str]) -> None:
     """Insert ``values`` or, when a row with the same ``keys`` exists, update its other columns."""
     keys = tuple(keys)
-    stmt = _upsert_stmt(conn, table, tuple(values), keys)
+    stmt = _upsert_stmt(conn.dialect.name, table, tuple(values), keys)
     if stmt is None:
         changes = {k: v for k, v in values.items() if k not in keys}
         where = [table.c[k] == values[k] for k in keys]
         if conn.execute(table.update().where(*where).values(**changes)).rowcount == 0:
             conn.execute(table.insert().values(**values))
         return
-    _insert_rows(conn, table, stmt, [values])
+    conn.execute(stmt, values)
 
 
 _user_state = select(users.c.action, users.c.action_args, users.c.lang).where(users.c.user_id == bindparam("uid"))
 _user_used = users.update().where(users.c.user_id == bindparam("uid")).values(last_use=bindparam("now"))
+# Where the database has UPDATE ... RETURNING (SQLite >= 3.35, PostgreSQL; not MySQL/MariaDB):
+# set last_use and read the state in one statement.
+_user_used_state = _user_used.returning(users.c.action, users.c.action_args, users.c.lang)
 _temp_value = select(temps.c.value).where(temps.c.user_id == bindparam("uid"), temps.c.key == bindparam("k"))
 _temp_delete = temps.delete().where(temps.c.user_id == bindparam("uid"), temps.c.key == bindparam("k"))
+_page_data = select(pages.c.data).where(pages.c.token == bindparam("token"), pages.c.user_id == bindparam("uid"))
+_page_delete = pages.delete().where(pages.c.token == bindparam("token"), pages.c.user_id == bindparam("uid"))
+_page_take = _page_delete.returning(pages.c.data)
 
 
 class Store:
@@ -308,11 +243,15 @@ class Store:
             with self.engine.begin() as own:
                 return self.touch_user(user_id, own)
         now = time.time()
-        row = conn.execute(_user_state, {"uid": user_id}).first()
+        if conn.dialect.update_returning:
+            row = conn.execute(_user_used_state, {"uid": user_id, "now": now}).first()
+        else:
+            row = conn.execute(_user_state, {"uid": user_id}).first()
+            if row is not None:
+                conn.execute(_user_used, {"uid": user_id, "now": now})
         if row is None:
             insert_ignore(conn, users, [{"user_id": user_id, "last_use": now}])
             return None, {}, None
-        run(conn, _user_used, {"uid": user_id, "now": now})
         return row.action, _loads(row.action_args) or {}, row.lang
 
     def get_user(self, user_id: str) -> tuple[str | None, dict[str, Any], str | None]:
@@ -368,11 +307,15 @@ class Store:
     def take_page(self, token: str, user_id: str) -> dict[str, Any] | None:
         """Return the page saved under ``token`` once; ``None`` when already taken, unknown or not the user's."""
         self.ensure()
+        params = {"token": token, "uid": user_id}
         with self.engine.begin() as conn:
-            row = conn.execute(select(pages.c.data).where(pages.c.token == token, pages.c.user_id == user_id)).first()
+            if conn.dialect.delete_returning:  # SQLite >= 3.35, PostgreSQL, MariaDB >= 10.5
+                row = conn.execute(_page_take, params).first()
+                return None if row is None else _loads(row.data)
+            row = conn.execute(_page_data, params).first()
             if row is None:
                 return None
-            taken = conn.execute(pages.delete().where(pages.c.token == token, pages.c.user_id == user_id)).rowcount
+            taken = conn.execute(_page_delete, params).rowcount
         return _loads(row.data) if taken == 1 else None
 
 

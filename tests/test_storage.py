@@ -546,3 +546,40 @@ def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path):
             reading = pool.submit(store.get_temp, "u", "k")
             assert reading.result(timeout=10) == "before"
     assert store.get_temp("u", "k") == "during"
+
+
+def test_two_postgresql_drivers_in_one_process_each_run_their_own_sql(postgresql_server):
+    # psycopg takes named parameters (%(name)s), pg8000 positional ones (%s): both dialects are
+    # called "postgresql", so SQL text cached by dialect name would be run on the wrong driver.
+    from flask_ampalibe.events import parse_body
+    from flask_ampalibe.inbox import Inbox
+    from flask_ampalibe.testing import message_event, page_body
+
+    psycopg_url = postgresql_server.url
+    pg8000_url = psycopg_url.replace("postgresql+psycopg://", "postgresql+pg8000://", 1)
+    assert pg8000_url != psycopg_url
+    stores = [Store(make_engine(url)) for url in (psycopg_url, pg8000_url)]
+    try:
+        assert {s.engine.dialect.paramstyle for s in stores} == {"pyformat", "format"}
+        for n in range(2):  # each operation runs on both drivers, alternately first
+            for i, store in enumerate(stores if n == 0 else stores[::-1]):
+                other = stores[1 - stores.index(store)]
+                user = f"u{n}{i}"
+                store.set_temp(user, "k", {"n": n})
+                store.set_temp(user, "k", {"n": n + 1})  # the upsert's update branch
+                assert other.get_temp(user, "k") == {"n": n + 1}
+                store.set_action(user, "/next", {"a": 1})
+                assert other.touch_user(user) == ("/next", {"a": 1}, None)
+                token = store.save_page(user, {"page": n})
+                assert other.take_page(token, user) == {"page": n} and store.take_page(token, user) is None
+                box, other_box = Inbox(store), Inbox(other)
+                body = parse_body(page_body(message_event(user, "hi", mid=f"m.{user}")))
+                assert box.record(body) == [user] and other_box.record(body) == [user]  # a redelivery
+                claimed = other_box.take(user, "w", 30)
+                assert claimed.event.raw["message"]["text"] == "hi" and claimed.user == ("/next", {"a": 1}, None)
+                assert box.take(user, "w2", 30) is None  # the lease is held
+                assert other_box.next_event(user, "w", 30, finished=claimed) is None
+                assert box.stats()["done"] == n * 2 + i + 1
+    finally:
+        for store in stores:
+            store.engine.dispose()
