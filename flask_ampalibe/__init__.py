@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import constant
+from .aio import offload
 from .blueprint import bp
 from .compat import Logger, download_file
 from .constant import (
@@ -51,7 +52,7 @@ __all__ = [
     "Ampalibe", "AmpalibeError", "Bot", "Button", "Cmd", "ConfigurationError", "Element", "GraphError",
     "GraphTimeout", "LimitError", "Messenger", "Model", "Payload", "PayloadError", "QuickReply", "Router",
     "RoutingError", "StorageError", "action", "after_receive", "before_receive",
-    "bp", "command", "crontab", "current_state", "event", "generate_signature", "init", "on_error", "schedule",
+    "bp", "command", "crontab", "current_state", "event", "generate_signature", "init", "offload", "on_error", "schedule",
     "set_default_router", "translate", "verify_signature", "webserver",
 ]
 

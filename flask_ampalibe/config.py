@@ -18,6 +18,9 @@ __all__ = ["DEFAULTS", "PREFIX", "from_configuration", "database_url_from", "pay
 
 PREFIX = "AMPALIBE_"
 
+#: Events handled at once per process when ``MAX_CONCURRENCY`` is not set.
+DEFAULT_MAX_CONCURRENCY = 256
+
 #: Every setting with its default.  Keys appear in ``app.config`` with the ``AMPALIBE_`` prefix.
 DEFAULTS: dict[str, Any] = {
     "ACCESS_TOKEN": None,
@@ -33,7 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "ASSETS_FOLDER": "assets",
     "APP_URL": None,
     "EXECUTOR": "thread",
-    "WORKER_THREADS": 8,
+    "MAX_CONCURRENCY": None,  # None: 256 events handled at once per process (see README, "Concurrency")
+    "WORKER_THREADS": None,  # former name of MAX_CONCURRENCY
     "LEASE_SECONDS": 30.0,
     "POLL_SECONDS": 2.0,
     "RETENTION_DAYS": 7.0,
@@ -45,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
 # The spec's Configuration attributes that map one-to-one onto a setting.
 _DIRECT = (
     "ACCESS_TOKEN", "VERIF_TOKEN", "APP_SECRET", "ALLOW_UNSIGNED", "GRAPH_URL", "GRAPH_VERSION",
-    "DATABASE_URL", "PAYLOAD_SECRET", "APP_URL", "EXECUTOR", "WORKER_THREADS", "LEASE_SECONDS", "POLL_SECONDS",
+    "DATABASE_URL", "PAYLOAD_SECRET", "APP_URL", "EXECUTOR", "MAX_CONCURRENCY", "WORKER_THREADS", "LEASE_SECONDS", "POLL_SECONDS",
     "RETENTION_DAYS", "HEALTH_TOKEN", "URL_PREFIX", "ASSETS_FOLDER", "HTTP_TIMEOUT", "LANGS_FILE",
     "DEFAULT_LANG",
 )
@@ -126,8 +130,18 @@ def settings(config: Mapping[str, Any]) -> dict[str, Any]:
         if PREFIX + key in config:
             out[key] = config[PREFIX + key]
     out["ALLOW_UNSIGNED"] = _flag(out["ALLOW_UNSIGNED"])
-    for key in ("WORKER_THREADS",):
-        out[key] = int(out[key])
+    cap = out["MAX_CONCURRENCY"] if out["MAX_CONCURRENCY"] not in (None, "") else out["WORKER_THREADS"]
+    try:
+        cap = int(cap) if cap not in (None, "") else DEFAULT_MAX_CONCURRENCY
+    except (TypeError, ValueError):
+        cap = 0
+    if cap < 1:
+        raise ConfigurationError(
+            f"AMPALIBE_MAX_CONCURRENCY={out['MAX_CONCURRENCY'] or out['WORKER_THREADS']!r} is not a positive whole "
+            f"number; set it (AMP_MAX_CONCURRENCY in .env) to how many events a process may handle at once, "
+            f"e.g. {DEFAULT_MAX_CONCURRENCY}."
+        )
+    out["MAX_CONCURRENCY"] = out["WORKER_THREADS"] = cap
     for key in ("LEASE_SECONDS", "POLL_SECONDS", "RETENTION_DAYS", "HTTP_TIMEOUT"):
         out[key] = float(out[key])
     out["EXECUTOR"] = str(out["EXECUTOR"]).lower()

@@ -2,11 +2,16 @@
 
 :class:`Dispatcher` is what executors call for each event taken from the inbox.  It pushes the
 app context (so ``current_app`` works in handlers) and makes the app's payload codec current.
+Any function of the bot may be ``async def``: see :class:`Dispatcher`.
 """
 from __future__ import annotations
 
+import inspect
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
+
+from . import aio
+from .aio import is_async
 
 from .inbox import USER_STATE_KINDS, Claimed
 from .payload import _current_codec
@@ -24,12 +29,43 @@ RESERVED = frozenset({"sender_id", "cmd", "message", "event", "lang", "redeliver
 
 
 class Dispatcher:
-    """Handles one event for an app's state."""
+    """Handles one event for an app's state.
+
+    Two ways to run the same steps:
+
+    - calling it (``dispatcher(claimed)``) runs the event in the calling thread; ``async def``
+      functions it meets run on the process's event loop while the thread waits (inline
+      executor, ``ampalibe worker``, any executor that wants a plain function);
+    - :meth:`run_async` is a coroutine for the event loop: ``async def`` functions are awaited
+      there, plain functions and the library's database statements run in threads
+      (:func:`flask_ampalibe.aio.offload`), so no thread is held while an async handler waits.
+
+    :attr:`wants_loop` says which one suits the bot: the loop when any of its functions is
+    ``async def``.
+    """
 
     def __init__(self, state: "AmpalibeState") -> None:
         self.state = state
 
+    @property
+    def wants_loop(self) -> bool:
+        """Whether the bot has ``async def`` handlers, middleware or error hooks (read at each call:
+        late registrations count)."""
+        router = self.state.router
+        funcs = [*router.commands.values(), *router.actions.values(), *router.before, *router.after,
+                 *router.error_handlers]
+        for handlers in router.events.values():
+            funcs.extend(handlers)
+        return any(map(is_async, funcs))
+
     def __call__(self, claimed: Claimed) -> BaseException | None:
+        return _drive(self._dispatch(claimed, _call_here, _io_here))
+
+    async def run_async(self, claimed: Claimed) -> BaseException | None:
+        """The event, handled on the running event loop (see the class docstring)."""
+        return await self._dispatch(claimed, _call_on_loop, _io_offloaded)
+
+    async def _dispatch(self, claimed: Claimed, call: _Call, io: _Io) -> BaseException | None:
         state = self.state
         event = claimed.event
         base = {"sender_id": event.sender_id, "message": event.raw, "event": event,
@@ -44,21 +80,26 @@ class Dispatcher:
                 try:
                     # A failing before_receive is the event's failure, reported like a handler's.
                     # One returning False stops the event; after_receive still runs, with res=None.
-                    if all(call_handler(middleware, cmd=cmd, **base) is not False for middleware in router.before):
-                        result = self._route(claimed, base)
+                    stopped = False
+                    for middleware in router.before:
+                        if await call(middleware, cmd=cmd, **base) is False:
+                            stopped = True
+                            break
+                    if not stopped:
+                        result = await self._route(claimed, base, call, io)
                 except Exception as exc:
                     error = exc
                     logger.exception("handler failed for %s event %s of user %s",
                                      event.kind, event.key, event.sender_id)
                     for hook in router.error_handlers:
-                        self._quietly(hook, error=exc, **base)
+                        await self._quietly(call, hook, error=exc, **base)
                 for middleware in router.after:
-                    self._quietly(middleware, result=result, res=result, error=error, cmd=cmd, **base)
+                    await self._quietly(call, middleware, result=result, res=result, error=error, cmd=cmd, **base)
                 return error
             finally:
                 _current_codec.reset(token)
 
-    def _route(self, claimed: Claimed, base: dict[str, Any]) -> Any:
+    async def _route(self, claimed: Claimed, base: dict[str, Any], call: _Call, io: _Io) -> Any:
         state, event = self.state, claimed.event
         router = state.router
         kind = "standby" if event.standby else event.kind
@@ -70,35 +111,76 @@ class Dispatcher:
                 extra["watermark"] = event_cmd(event)
             result = None
             for handler in router.events.get(kind, ()):
-                result = call_handler(handler, **extra, **base)
+                result = await call(handler, **extra, **base)
             return result
 
         for handler in router.events.get(kind, ()):
-            if call_handler(handler, **base) is False:
+            if await call(handler, **base) is False:
                 return None
         text, _ = command_input(event)
         handle_internal = getattr(state.chat, "handle_internal", None)
-        if handle_internal is not None and text.startswith("__amp_") and handle_internal(event.sender_id, text):
+        if handle_internal is not None and text.startswith("__amp_") and await io(handle_internal, event.sender_id,
+                                                                                  text):
             return None
         # The inbox read the user's state when it handed the event out (same transaction).  Read
         # it again if code of the bot ran since (middleware, event handlers): it may have changed it.
         user = claimed.user
         if user is None or router.before or router.events.get(kind):
-            user = state.store.touch_user(event.sender_id)
+            user = await io(state.store.touch_user, event.sender_id)
         action, action_args, lang = user
         match = router.resolve(event, action, action_args, state.codec)
         if match is None:
             logger.info("no handler for a %s of user %s: register @ampalibe.command('/')", kind, event.sender_id)
             return None
         if match.clear_action:
-            state.store.set_action(event.sender_id, None)
+            await io(state.store.set_action, event.sender_id, None)
         args = {k: v for k, v in match.args.items() if k not in RESERVED}
         # The user's language, None until they chose one (as in 1.1.9: bots offer a choice then).
-        return call_handler(match.handler, cmd=match.cmd, lang=lang or None, **args, **base)
+        return await call(match.handler, cmd=match.cmd, lang=lang or None, **args, **base)
 
     @staticmethod
-    def _quietly(func: Any, **kwargs: Any) -> None:
+    async def _quietly(call: _Call, func: Any, **kwargs: Any) -> None:
         try:
-            call_handler(func, **kwargs)
+            await call(func, **kwargs)
         except Exception:
             logger.exception("hook %r raised", func)
+
+
+_Call = Callable[..., Awaitable[Any]]
+_Io = Callable[..., Awaitable[Any]]
+
+
+async def _call_here(func: Callable[..., Any], **kwargs: Any) -> Any:
+    """Run bot code in this thread; a coroutine it returns runs on the process's loop."""
+    result = call_handler(func, **kwargs)
+    if inspect.isawaitable(result):
+        result = aio.run(result)
+    return result
+
+
+async def _io_here(func: Callable[..., Any], *args: Any) -> Any:
+    return func(*args)
+
+
+async def _call_on_loop(func: Callable[..., Any], **kwargs: Any) -> Any:
+    """On the loop: await ``async def`` bot code, run the rest in a thread."""
+    if is_async(func):
+        return await call_handler(func, **kwargs)
+    result = await aio.offload(call_handler, func, **kwargs)
+    if inspect.isawaitable(result):  # a plain function that returned a coroutine
+        result = await result
+    return result
+
+
+async def _io_offloaded(func: Callable[..., Any], *args: Any) -> Any:
+    return await aio.offload(func, *args)
+
+
+def _drive(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine that never suspends (the thread mode of :class:`Dispatcher`) to its end."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("the dispatch coroutine suspended in thread mode")  # pragma: no cover - a bug

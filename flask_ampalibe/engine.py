@@ -29,6 +29,10 @@ __all__ = ["make_engine", "read_only", "background_writes"]
 
 logger = logging.getLogger(__name__)
 
+#: Connections kept per engine and process, extra ones opened under load, and how long (s) a
+#: thread may wait for one before an error.
+POOL_SIZE, POOL_OVERFLOW, POOL_TIMEOUT = 10, 20, 120.0
+
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
@@ -56,6 +60,12 @@ def _create(url: str) -> Engine:
         raise ConfigurationError(f"DATABASE_URL {url!r} is not an SQLAlchemy URL (e.g. sqlite:///bot.db).") from None
     backend = parsed.get_backend_name()
     kwargs: dict[str, Any] = {"pool_pre_ping": backend != "sqlite"}
+    memory_db = backend == "sqlite" and parsed.database in (None, "", ":memory:")
+    if not memory_db:
+        # Hundreds of handlers per process, but each borrows a connection per statement or
+        # transaction (none holds one while it waits on the network): a few dozen serve them
+        # all.  Waiting for one is queueing, not an error, hence the long timeout.
+        kwargs.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_timeout=POOL_TIMEOUT)
     if backend == "sqlite":
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False, "factory": _SQLiteConnection}
     elif backend in ("mysql", "mariadb"):

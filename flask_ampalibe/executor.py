@@ -1,15 +1,19 @@
 """Executors: where and when recorded events are handled.
 
-All share one loop (:meth:`Executor.drain`): claim a user's lease, handle their events oldest
-first, release.  They differ in *when* it runs:
+All share the same steps: claim a user's lease and take their oldest event
+(:meth:`Executor.begin`), handle it, record the outcome and take the next one
+(:meth:`Executor.advance`) until none is left.  :meth:`Executor.drain` runs those steps for one
+user in the calling thread: it is *the* "drain one user" function an executor built on another
+mechanism (Celery, …) calls.  The executors differ in *where and when* the steps run:
 
 - :class:`InlineExecutor` — inside the request, before the 200 (tests, debugging);
-- :class:`ThreadExecutor` — in a thread pool of the web worker, after the 200 (the default);
+- :class:`ThreadExecutor` — in the web worker after the 200 (the default): elastic threads and,
+  for ``async def`` bots, the process's event loop, up to ``max_concurrency`` events at once;
 - :class:`PollingExecutor` — records only; a separate ``ampalibe worker`` process
   (a :class:`ThreadExecutor` driven by polling) handles the events.
 
-The interface is small on purpose (``notify``, ``start``, ``shutdown``) so that a distributed
-executor (Celery, …) can take its place.
+The interface is small on purpose — :meth:`~Executor.notify` (users), :meth:`~Executor.start`,
+:meth:`~Executor.shutdown` — so that a distributed executor can take its place.
 
 Executors survive ``fork()`` (gunicorn's ``preload_app``, multiprocessing): the child gets its
 own lease owner name, fresh locks, no inherited threads, and does not reuse the parent's
@@ -17,6 +21,7 @@ database connections.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -24,13 +29,17 @@ import threading
 import time
 import uuid
 import weakref
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from typing import Callable, Iterable
 
+from . import aio
+from .aio import ElasticPool
+from .config import DEFAULT_MAX_CONCURRENCY
 from .engine import background_writes
 from .inbox import Claimed, Inbox
 
-__all__ = ["Executor", "InlineExecutor", "ThreadExecutor", "PollingExecutor", "make_executor"]
+__all__ = ["Executor", "InlineExecutor", "ThreadExecutor", "PollingExecutor", "make_executor",
+           "DEFAULT_MAX_CONCURRENCY"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,35 +127,73 @@ class Executor:
     def drain(self, user_id: str) -> int:
         """Handle ``user_id``'s unfinished events, one at a time, oldest first, if no one else is.
 
+        The shared "drain one user" function: blocking, in the calling thread (``async def``
+        bot code runs on the process's event loop meanwhile).  On shutdown it finishes the
+        running event and starts no other.
+
         :returns: how many events were handled.
         """
+        claimed = self.begin(user_id)
+        handled = 0
+        while claimed is not None:
+            try:
+                error = self._handle(claimed)
+            except BaseException:  # KeyboardInterrupt, SystemExit: the lease must not outlive us
+                self.inbox.release(user_id, self.owner)
+                raise
+            handled += 1
+            claimed = self.advance(user_id, claimed, error)
+        return handled
+
+    def begin(self, user_id: str) -> Claimed | None:
+        """Claim ``user_id``'s lease and take their oldest unfinished event.
+
+        :returns: the event to handle now (its lease held by :attr:`owner`), or ``None``:
+            nothing to do, another worker holds the user, or shutdown began.
+        """
         if self.stopping.is_set():
-            return 0
+            return None
         owner = self.owner
-        # ``take`` and ``next_event`` give the lease back themselves when the user has no event
-        # left (None); other exits (shutdown, a database error) release it here.  A holder that
-        # lost its lease stops: the new holder handles what is left.
+        # ``take`` gives the lease back itself when the user has no event left.
         claimed = self.inbox.take(user_id, owner, self.lease_seconds)
         if claimed is None:
-            return 0  # nothing to do, or another worker holds the user
-        handled = 0
+            return None
+        if self.stopping.is_set():  # shutdown began: leave it to the next worker
+            self.putback(user_id, claimed)
+            return None
+        return claimed
+
+    def advance(self, user_id: str, finished: Claimed, error: BaseException | None) -> Claimed | None:
+        """Record ``finished``'s outcome and take the user's next event (one transaction).
+
+        :returns: the next event, or ``None`` with the lease given back (nothing left, the lease
+            was lost to another worker, or shutdown began).
+        """
+        owner = self.owner
         try:
-            if self.stopping.is_set():  # shutdown began: leave it to the next worker
-                self.inbox.putback(claimed)
-                return handled
-            while True:
-                error = self._handle(claimed)
-                handled += 1
-                if self.stopping.is_set():  # shutdown: finish this one, start no other
-                    self.inbox.finish(claimed, error)
-                    return handled
-                claimed = self.inbox.next_event(user_id, owner, self.lease_seconds, finished=claimed, error=error)
-                if claimed is None:
-                    owner = ""  # released (or lost) inside next_event
-                    return handled
+            if not self.stopping.is_set():
+                # ``next_event`` gives the lease back itself when it returns None.
+                return self.inbox.next_event(user_id, owner, self.lease_seconds, finished=finished, error=error)
+            self.inbox.finish(finished, error)  # shutdown: finish this one, start no other
+        except BaseException:
+            self._release_quietly(user_id, owner)
+            raise
+        self.inbox.release(user_id, owner)
+        return None
+
+    def putback(self, user_id: str, claimed: Claimed) -> None:
+        """Give back an event taken by :meth:`begin` or :meth:`advance` but not started, and the lease."""
+        try:
+            self.inbox.putback(claimed)
         finally:
-            if owner:
-                self.inbox.release(user_id, owner)
+            self._release_quietly(user_id, self.owner)
+
+    def _release_quietly(self, user_id: str, owner: str) -> None:
+        try:
+            self.inbox.release(user_id, owner)
+        except Exception:  # the lease expires anyway
+            logger.exception("could not give back the lease of user %s; it expires in %.0f s", user_id,
+                             self.lease_seconds)
 
     def _handle(self, claimed: Claimed) -> BaseException | None:
         try:
@@ -178,34 +225,66 @@ class PollingExecutor(Executor):
         pass
 
 
+#: Threads that run the inbox's statements between the events of ``async def`` bots.
+STEP_THREADS = 16
+
+
 class ThreadExecutor(Executor):
-    """Handles events in a thread pool after the response; one user at a time, users in parallel.
+    """Handles events after the response, one at a time per user, up to ``max_concurrency`` users at once.
+
+    Plain handlers run in threads of an elastic pool: a thread starts when a user has events
+    and no thread is free, and ends after 10 s idle, so a bot whose handlers wait on the network
+    has hundreds in flight while a quiet one keeps none.  When the bot has ``async def``
+    functions, each event runs as a coroutine on the process's event loop instead
+    (:meth:`Dispatcher.run_async <flask_ampalibe.dispatch.Dispatcher.run_async>`): a waiting
+    handler holds no thread; threads only run the inbox's statements between two events.
+
+    Fairness: when every slot is taken, a user whose event is done goes to the back of the
+    queue before their next one, so one user with 500 messages gets one slot, not all of them.
 
     A background thread renews the leases this process holds (every third of
     ``lease_seconds``, so a handler may run longer than the lease), picks up abandoned work
     every ``poll_seconds`` and purges old handled events.  Threads start on first use in each
     process (never at import, and again after a fork), or with :meth:`start`.
 
-    :param threads: how many handlers run at once in this process.
+    :param max_concurrency: events handled at once in this process (``threads`` is its old
+        name).  Each plain handler in flight holds a thread (see the README for the memory cost).
     """
 
-    def __init__(self, inbox: Inbox, handle: Handle, threads: int = 8, **kwargs: float) -> None:
+    def __init__(self, inbox: Inbox, handle: Handle, max_concurrency: int | None = None, threads: int | None = None,
+                 **kwargs: float) -> None:
         super().__init__(inbox, handle, **kwargs)
-        self.threads = threads
+        cap = max_concurrency if max_concurrency is not None else threads
+        self.max_concurrency = max(1, int(cap if cap is not None else DEFAULT_MAX_CONCURRENCY))
+        #: The most events this executor had in flight at once (for tests and the bench).
+        self.peak_in_flight = 0
         self._reset()
 
+    @property
+    def threads(self) -> int:
+        """Former name of :attr:`max_concurrency`."""
+        return self.max_concurrency
+
     def _reset(self) -> None:
-        # Reentrant: a future that is already done runs its done-callback (which takes the lock)
-        # inside ``add_done_callback``, under the lock ``notify`` holds.
-        self._lock = threading.RLock()
-        self._active: dict[str, bool] = {}  # user -> "notified again while running"
-        self._futures: set[Future[None]] = set()
-        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)
+        self._active: dict[str, bool] = {}  # user -> "notified again while queued or running"
+        self._queued_fresh: set[str] = set()  # users queued who have not started yet
+        # Work waiting for a slot: (user, None) to begin, (user, event) to handle that event.
+        self._waiting: collections.deque[tuple[str, Claimed | None]] = collections.deque()
+        self._in_flight = 0
+        self._pool: ElasticPool | None = None  # plain handlers: a thread per event in flight
+        self._steps: ElasticPool | None = None  # async bots: only the inbox's statements run in threads
         self._sweeper: threading.Thread | None = None
 
     def _after_fork(self) -> None:
         super()._after_fork()
         self._reset()  # the parent's threads do not exist in the child
+
+    @property
+    def in_flight(self) -> int:
+        """Events being handled now (running in a thread or awaiting on the loop)."""
+        return self._in_flight
 
     def start(self) -> None:
         if self._pool is not None or self.stopping.is_set():
@@ -213,7 +292,8 @@ class ThreadExecutor(Executor):
         with self._lock:
             if self._pool is not None or self.stopping.is_set():
                 return
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ampalibe")
+            self._pool = ElasticPool(self.max_concurrency, "ampalibe")
+            self._steps = ElasticPool(STEP_THREADS, "ampalibe-steps")
             self._sweeper = threading.Thread(target=self._sweep_loop, name="ampalibe-sweeper", daemon=True)
             self._sweeper.start()
 
@@ -224,37 +304,103 @@ class ThreadExecutor(Executor):
                 return  # recorded; another worker (or the next start) handles it
             for user_id in users:
                 if user_id in self._active:
-                    self._active[user_id] = True
+                    if user_id not in self._queued_fresh:
+                        self._active[user_id] = True
                     continue
-                try:
-                    future = self._pool.submit(self._run, user_id)
-                except RuntimeError:  # the interpreter is exiting: the events stay recorded for others
-                    logger.info("not handling events of user %s here: this process is exiting", user_id)
-                    return
                 self._active[user_id] = False
-                self._futures.add(future)
-                future.add_done_callback(self._forget)
+                self._queued_fresh.add(user_id)
+                self._waiting.append((user_id, None))
+            self._fill()
 
-    def _forget(self, future: Future[None]) -> None:
-        with self._lock:
-            self._futures.discard(future)
-
-    def _run(self, user_id: str) -> None:
-        with background_writes():  # the webhook's writes go first
-            self._drain_while_notified(user_id)
-
-    def _drain_while_notified(self, user_id: str) -> None:
-        while True:
+    def _fill(self) -> None:
+        """Start waiting work while slots are free (lock held)."""
+        pool = self._steps if getattr(self.handle, "wants_loop", False) else self._pool
+        while self._waiting and self._in_flight < self.max_concurrency and pool is not None:
+            user_id, claimed = self._waiting.popleft()
+            self._queued_fresh.discard(user_id)
+            self._in_flight += 1
+            if self._in_flight > self.peak_in_flight:
+                self.peak_in_flight = self._in_flight
             try:
-                self.drain(user_id)
-            except Exception:
-                logger.exception("could not handle events of user %s; they stay recorded and will be retried", user_id)
-            with self._lock:
-                if self._active.get(user_id) and not self.stopping.is_set():
-                    self._active[user_id] = False
-                    continue
+                pool.submit(self._run, user_id, claimed)
+            except RuntimeError:  # the pool is closed (shutdown) or no thread can start
+                self._in_flight -= 1
                 self._active.pop(user_id, None)
+                logger.warning("not handling events of user %s here now; they stay recorded", user_id)
+
+    def _run(self, user_id: str, claimed: Claimed | None) -> None:
+        """One slot's work, in a pool thread: begin (or resume) the user, handle events until done,
+        the user yields the slot, or an async event goes to the loop."""
+        try:
+            if claimed is None:
+                claimed = self.begin(user_id)
+            elif self.stopping.is_set():  # resumed from the queue after shutdown began
+                self.putback(user_id, claimed)
+                claimed = None
+            self._handle_from(user_id, claimed)
+        except Exception:
+            logger.exception("could not handle events of user %s; they stay recorded and will be retried", user_id)
+            self._end(user_id)
+
+    def _handle_from(self, user_id: str, claimed: Claimed | None) -> None:
+        while claimed is not None:
+            if getattr(self.handle, "wants_loop", False):
+                self._to_loop(user_id, claimed)
+                return  # the slot stays taken until the coroutine is done
+            error = self._handle(claimed)
+            claimed = self.advance(user_id, claimed, error)
+            if claimed is not None and self._waiting and not self.stopping.is_set():
+                with self._lock:  # others wait for a slot: this user goes to the back of the queue
+                    self._waiting.append((user_id, claimed))
+                    self._in_flight -= 1
+                    self._fill()
                 return
+        self._end(user_id)
+
+    def _to_loop(self, user_id: str, claimed: Claimed) -> None:
+        future = aio.submit(self.handle.run_async(claimed))  # type: ignore[attr-defined]
+
+        def done(fut: Future[BaseException | None]) -> None:
+            try:
+                error = fut.result()
+            except BaseException as exc:  # not the handler's (the dispatcher catches those): ours
+                logger.error("event %s of user %s could not be handled", claimed.event.key, user_id, exc_info=exc)
+                error = exc
+            try:
+                self._steps.submit(self._resume, user_id, claimed, error)  # type: ignore[union-attr]
+            except (RuntimeError, AttributeError):  # the pool is closed: shutdown timed out
+                logger.warning("event %s of user %s finished after shutdown; it will be handled again",
+                               claimed.event.key, user_id)
+
+        future.add_done_callback(done)
+
+    def _resume(self, user_id: str, finished: Claimed, error: BaseException | None) -> None:
+        try:
+            claimed = self.advance(user_id, finished, error)
+            if claimed is not None and self._waiting and not self.stopping.is_set():
+                with self._lock:
+                    self._waiting.append((user_id, claimed))
+                    self._in_flight -= 1
+                    self._fill()
+                return
+            self._handle_from(user_id, claimed)
+        except Exception:
+            logger.exception("could not handle events of user %s; they stay recorded and will be retried", user_id)
+            self._end(user_id)
+
+    def _end(self, user_id: str) -> None:
+        """The user's slot is free: requeue them if they were notified meanwhile."""
+        with self._lock:
+            if self._active.get(user_id) and not self.stopping.is_set():
+                self._active[user_id] = False
+                self._queued_fresh.add(user_id)
+                self._waiting.append((user_id, None))
+            else:
+                self._active.pop(user_id, None)
+            self._in_flight -= 1
+            self._fill()
+            if self._in_flight <= 0:
+                self._done.notify_all()
 
     def _sweep_loop(self) -> None:
         with background_writes():
@@ -288,26 +434,45 @@ class ThreadExecutor(Executor):
             lease until it expires; their events are then handled again (``redelivered=True``).
         """
         self.stopping.set()
+        deadline = time.monotonic() + timeout
         with self._lock:
-            pool, futures = self._pool, list(self._futures)
-        if pool is None:
-            return True
-        pool.shutdown(wait=False, cancel_futures=True)
-        # Only the futures that were not cancelled: ``wait`` never counts a future cancelled by
-        # ``shutdown(cancel_futures=True)`` as done, and would always sit out the whole timeout.
-        _, running = wait([f for f in futures if not f.cancelled()], timeout=timeout)
+            pool = self._pool
+            if pool is None:
+                return True
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            self._queued_fresh.clear()
+            for user_id, _ in waiting:
+                self._active.pop(user_id, None)
+        for user_id, claimed in waiting:  # a user who yielded their slot holds the lease and one event
+            if claimed is not None:
+                try:
+                    self.putback(user_id, claimed)
+                except Exception:
+                    logger.exception("could not give back event %s of user %s; it is handled again after its lease",
+                                     claimed.event.key, user_id)
+        with self._lock:
+            while self._in_flight > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._done.wait(left)
+            running = self._in_flight
+        pool.close()
+        if self._steps is not None:
+            self._steps.close()
         if running:
             logger.warning("%s bot handler(s) still running after %.1f s; their events will be handled again "
-                           "once their lease expires", len(running), timeout)
+                           "once their lease expires", running, timeout)
         return not running
 
 
 def make_executor(kind: str, inbox: Inbox, handle: Handle, threads: int, lease_seconds: float,
                   poll_seconds: float, retention_seconds: float) -> Executor:
-    """The executor named by ``AMPALIBE_EXECUTOR``."""
+    """The executor named by ``AMPALIBE_EXECUTOR``; ``threads`` is ``AMPALIBE_MAX_CONCURRENCY``."""
     kwargs = dict(lease_seconds=lease_seconds, poll_seconds=poll_seconds, retention_seconds=retention_seconds)
     if kind == "inline":
         return InlineExecutor(inbox, handle, **kwargs)
     if kind == "worker":
         return PollingExecutor(inbox, handle, **kwargs)
-    return ThreadExecutor(inbox, handle, threads=threads, **kwargs)
+    return ThreadExecutor(inbox, handle, max_concurrency=threads, **kwargs)

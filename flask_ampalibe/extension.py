@@ -88,11 +88,13 @@ class AmpalibeState:
             timeout=self.settings["HTTP_TIMEOUT"],
             pages=self.store,
             payload_encoder=self.codec.encode,
+            # every handler in flight may be sending: one kept-alive connection each
+            pool_maxsize=self.settings["MAX_CONCURRENCY"],
         )
         self.query = Model(store=self.store)
         self.executor: Executor = make_executor(
             self.settings["EXECUTOR"], self.inbox, Dispatcher(self),
-            threads=self.settings["WORKER_THREADS"], lease_seconds=self.settings["LEASE_SECONDS"],
+            threads=self.settings["MAX_CONCURRENCY"], lease_seconds=self.settings["LEASE_SECONDS"],
             poll_seconds=self.settings["POLL_SECONDS"], retention_seconds=self.settings["RETENTION_DAYS"] * 86400,
         )
         # The webhook core gets what it uses; ``notify`` looks the executor up at each call (the

@@ -115,6 +115,7 @@ class GraphClient:
         max_retries: int = 4,
         retry_budget: float = 30.0,
         session: requests.Session | None = None,
+        pool_maxsize: int = 64,
     ) -> None:
         version = str(graph_version).strip("/")
         if not version.startswith("v"):
@@ -124,6 +125,7 @@ class GraphClient:
         self.payload_encoder = payload_encoder
         self.max_retries = max(0, int(max_retries))
         self.retry_budget = float(retry_budget)
+        self.pool_maxsize = max(1, int(pool_maxsize))
         self._own_session = session is None
         self.session = session if session is not None else self._new_session()
         self._auth = {"access_token": access_token or ""}
@@ -152,6 +154,11 @@ class GraphClient:
         if bundle:
             session.verify = bundle
         session.trust_env = False
+        # requests keeps 10 connections per host by default: more concurrent calls would open
+        # connections that are then dropped ("Connection pool is full, discarding connection").
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_maxsize)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
         return session
 
     def close(self) -> None:

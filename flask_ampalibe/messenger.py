@@ -97,6 +97,11 @@ class Messenger(GraphClient):
     :param api_version: Ampalibe 1.1.9's name of ``graph_version``.
     :param log_level: accepted for Ampalibe 1.1.9 (``'error'``, ``'info'``, ``'quiet'``); logging
         goes through :mod:`logging` (logger ``flask_ampalibe.messenger``) whatever its value.
+    :param pool_maxsize: connections to Graph kept alive for reuse by concurrent calls (the
+        app passes ``AMPALIBE_MAX_CONCURRENCY``); ignored with ``session``.
+
+    From ``async def`` code use :attr:`aio`: the same methods, awaitable, each call run in a
+    thread (``await bot.chat.aio.send_text(sender_id, "Hi")``).
 
     ``sleep`` and ``clock`` are attributes (``time.sleep`` and ``time.monotonic``) that tests
     may replace; the backoff policy itself stays the same.
@@ -117,6 +122,7 @@ class Messenger(GraphClient):
         session: requests.Session | None = None,
         api_version: str | None = None,
         log_level: str = "error",
+        pool_maxsize: int = 64,
     ) -> None:
         if log_level not in ("error", "info", "quiet"):
             raise ValueError(f"Messenger(log_level=...) must be 'error', 'info' or 'quiet', not {log_level!r}.")
@@ -124,7 +130,7 @@ class Messenger(GraphClient):
         super().__init__(
             access_token or "", graph_url=graph_url, graph_version=version or "v24.0", app_secret=app_secret,
             timeout=timeout, payload_encoder=payload_encoder, max_retries=max_retries, retry_budget=retry_budget,
-            session=session,
+            session=session, pool_maxsize=pool_maxsize,
         )
         self.pages = pages
         self.log_level = log_level
@@ -169,6 +175,12 @@ class Messenger(GraphClient):
         response = self._request("GET", "/me", label="page_id", params={"fields": "id"}, idempotent=True)
         found = _json_or(response, {}).get("id")
         return str(found) if found is not None else None
+
+    @property
+    def aio(self) -> Any:
+        """This client for ``async def`` code: every method awaitable, run in a thread."""
+        from .aio import AsyncProxy
+        return AsyncProxy(self)
 
     # -- the Send API envelope -------------------------------------------------------------------
     def _envelope(self, dest_id: Any, kwargs: Mapping[str, Any], method: str) -> dict[str, Any]:

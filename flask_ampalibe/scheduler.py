@@ -22,7 +22,8 @@ clocks differ by a few seconds still agree on it.
   ``grace`` seconds of it; older slots are skipped, never run in bulk.
 - A job that raises is logged and not retried: the slot counts as done.
 - Jobs run inside the app context (``translate``, ``current_app`` work) and in their own thread,
-  so a long job does not delay the others.
+  so a long job does not delay the others.  An ``async def`` job runs on the process's event
+  loop (see :mod:`flask_ampalibe.aio`), its thread waiting for it.
 
 The thread starts lazily, never at import: on the first request the app serves (unless the app
 is in testing mode), or explicitly with :func:`start_scheduler` (from a gunicorn
@@ -31,6 +32,7 @@ Tests call :meth:`Scheduler.tick` with the time they want.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -42,6 +44,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
+from . import aio
 from .errors import AmpalibeError, RoutingError
 from .router import Router, call_handler
 from .storage import insert_ignore, jobs as jobs_table
@@ -266,8 +269,8 @@ def schedule(cron: str, name: str | None = None, *, tz: "str | tzinfo | None" = 
              start: bool = True, args: tuple = ()) -> Any:
     """Run the decorated function at each run time of ``cron``, once across all workers and hosts.
 
-    The function may take ``when`` (the run time, an aware ``datetime``); it runs in the app
-    context, outside any webhook, so it sends with ``bot.chat`` like any script would.
+    The function may take ``when`` (the run time, an aware ``datetime``) and may be ``async
+    def``; it runs in the app context, outside any webhook, so it sends with ``bot.chat`` like any script would.
 
     :param cron: a 5-field cron expression (see :class:`Cron`), e.g. ``"*/5 * * * *"``.
     :param name: the job's identity in the database (default ``module.function``); two
@@ -448,9 +451,11 @@ class Scheduler:
         try:
             with self.state.app.app_context():
                 if job.args:
-                    job.func(*job.args)
+                    result = job.func(*job.args)
                 else:
-                    call_handler(job.func, when=when)
+                    result = call_handler(job.func, when=when)
+                if inspect.isawaitable(result):  # an async def job: it awaits on the process's loop
+                    aio.run(result)
         except Exception:
             logger.exception("scheduled job %s (run time %s) failed; it runs again at its next time",
                              job.name, when.isoformat())

@@ -284,9 +284,14 @@ def test_many_users_on_two_workers_each_list_complete_in_order_without_duplicate
     assert len({m["pid"] for m in finished}) >= 2, "both workers should have handled events"
 
 
+#: The environment that makes tests/gunicorn_bot's handler plain or ``async def``.
+KINDS = {"plain": {}, "async": {"BOT_ASYNC": "1"}}
+
+
 # -- b) a worker killed mid-handler ----------------------------------------------------------------
-def test_sigkilled_worker_event_is_handled_again_by_another_and_finishes_once(served):
-    server = served()
+@pytest.mark.parametrize("kind", KINDS)
+def test_sigkilled_worker_event_is_handled_again_by_another_and_finishes_once(served, kind):
+    server = served(**KINDS[kind])
     project = server.project
     assert server.hook().send_text("victim", "slow 3 kill-me").status_code == 200
     started = wait_until(lambda: [m for m in markers(project) if m["phase"] == "started"], 15, "the handler to start")
@@ -308,8 +313,9 @@ def test_sigkilled_worker_event_is_handled_again_by_another_and_finishes_once(se
 
 
 # -- c) graceful stop ------------------------------------------------------------------------------
-def test_sigterm_finishes_running_handler_and_leaves_the_rest_for_the_next_start(served):
-    server = served()
+@pytest.mark.parametrize("kind", KINDS)
+def test_sigterm_finishes_running_handler_and_leaves_the_rest_for_the_next_start(served, kind):
+    server = served(**KINDS[kind])
     project = server.project
     base = int(time.time() * 1000)
     items = [message_event("u", text, timestamp=base + n) for n, text in enumerate(["slow 2 first", "second", "third"])]
@@ -323,7 +329,7 @@ def test_sigterm_finishes_running_handler_and_leaves_the_rest_for_the_next_start
     stats = inbox.stats()
     assert (stats["done"], stats["pending"], stats["running"]) == (1, 2, 0)
 
-    served(project)  # the next start picks them up without any new webhook
+    served(project, **KINDS[kind])  # the next start picks them up without any new webhook
     wait_until(all_handled(inbox, 3), 20, "the next server to handle what was left")
     assert inbox.store.get_temp("u", "seen") == ["slow 2 first", "second", "third"]
     assert not any(m["redelivered"] for m in markers(project))
@@ -331,7 +337,7 @@ def test_sigterm_finishes_running_handler_and_leaves_the_rest_for_the_next_start
 
 # -- d) the ack does not wait for handlers ---------------------------------------------------------
 def test_webhook_answers_while_every_handler_thread_is_busy(served):
-    server = served(AMPALIBE_WORKER_THREADS="2")  # 2 workers x 2 handler threads
+    server = served(AMPALIBE_MAX_CONCURRENCY="2")  # 2 workers x 2 handlers at once
     project = server.project
     hook = server.hook()
     for n in range(6):

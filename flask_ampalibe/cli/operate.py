@@ -71,7 +71,7 @@ def _where(state: Any) -> str:
 # -- worker -----------------------------------------------------------------------------------
 @click.command()
 @click.option("--threads", type=click.IntRange(min=1),
-              help="Handlers that run at once. Default: AMPALIBE_WORKER_THREADS (8).")
+              help="Events handled at once. Default: AMPALIBE_MAX_CONCURRENCY (256).")
 @click.option("--graceful-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds running handlers get to finish after SIGTERM or Ctrl-C.")
 def worker(threads: int | None, graceful_timeout: float) -> None:
@@ -94,7 +94,7 @@ def worker(threads: int | None, graceful_timeout: float) -> None:
     if not logging.getLogger().handlers:  # the library adds no handlers; this program shows its logs
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     executor = ThreadExecutor(
-        state.inbox, Dispatcher(state), threads=threads or settings["WORKER_THREADS"],
+        state.inbox, Dispatcher(state), max_concurrency=threads or settings["MAX_CONCURRENCY"],
         lease_seconds=settings["LEASE_SECONDS"], poll_seconds=settings["POLL_SECONDS"],
         retention_seconds=settings["RETENTION_DAYS"] * 86400,
     )
@@ -114,7 +114,7 @@ def worker(threads: int | None, graceful_timeout: float) -> None:
         executor.start()
         scheduler.start()
         click.echo(f"ampalibe worker (pid {os.getpid()}): handling the events recorded in {_where(state)} "
-                   f"with {executor.threads} threads. Stop with Ctrl-C or SIGTERM.")
+                   f"with up to {executor.max_concurrency} events at once. Stop with Ctrl-C or SIGTERM.")
         os.read(wake_read, 1)
         click.echo(f"Stopping: waiting up to {graceful_timeout:g} s for running handlers "
                    "(signal again to stop at once).")

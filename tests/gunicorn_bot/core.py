@@ -8,7 +8,12 @@ since one user's events are handled one at a time) and echoed through the Send A
 ``slow SECONDS TAG`` first sleeps; ``gate FILE TAG`` first waits until ``FILE`` exists in
 the project folder (at most a minute); ``boom`` raises.  Each run also appends a JSON line to
 ``markers.jsonl`` (short ``O_APPEND`` writes from several processes do not interleave).
+
+With ``BOT_ASYNC=1`` in the environment the same handler is an ``async def`` (it awaits its
+sleeps, the database through ``ampalibe.offload`` and the Send API through ``chat.aio``), so
+the bot's events run on the worker's event loop.
 """
+import asyncio
 import json
 import os
 import time
@@ -32,7 +37,6 @@ def mark(phase, sender_id, cmd, redelivered):
         markers.write(line + "\n")
 
 
-@ampalibe.command("/")
 def main(sender_id, cmd, redelivered, **extends):
     cmd = str(cmd)
     mark("started", sender_id, cmd, redelivered)
@@ -51,5 +55,26 @@ def main(sender_id, cmd, redelivered, **extends):
     chat.send_message(sender_id, cmd)
     mark("finished", sender_id, cmd, redelivered)
 
+
+async def async_main(sender_id, cmd, redelivered, **extends):
+    cmd = str(cmd)
+    mark("started", sender_id, cmd, redelivered)
+    words = cmd.split()
+    if words[:1] == ["slow"]:
+        await asyncio.sleep(float(words[1]))
+    if words[:1] == ["gate"]:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(HERE, words[1])) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    if cmd == "boom":
+        raise RuntimeError("boom: the handler failed on purpose")
+    seen = await ampalibe.offload(query.get_temp, sender_id, "seen") or []
+    seen.append(cmd)
+    await ampalibe.offload(query.set_temp, sender_id, "seen", seen)
+    await chat.aio.send_message(sender_id, cmd)
+    mark("finished", sender_id, cmd, redelivered)
+
+
+ampalibe.command("/")(async_main if os.environ.get("BOT_ASYNC") else main)
 
 app = ampalibe.webserver

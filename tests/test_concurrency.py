@@ -1,0 +1,344 @@
+"""Handlers at any speed: many slow handlers at once, ``async def`` everywhere, fairness, the loop watchdog.
+
+In one process first (the executor and the webhook route with the thread executor, handlers
+that wait on barriers: counts, not clocks), then under real gunicorn (tests/gunicorn_bot/,
+300 users whose handlers each sleep 1 s, plain and ``async def``).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+import flask_ampalibe
+from flask_ampalibe import aio
+from flask_ampalibe.events import parse_body
+from flask_ampalibe.executor import ThreadExecutor
+from flask_ampalibe.inbox import Claimed, Inbox
+from flask_ampalibe.storage import Store, make_engine
+from flask_ampalibe.testing import message_event, page_body
+from test_delivery import markers, project_inbox, served, wait_until  # noqa: F401  (served is a fixture)
+
+
+@pytest.fixture
+def local_inbox(tmp_path: Path) -> Iterator[Inbox]:
+    url = f"sqlite:///{tmp_path / 'local.db'}"
+    yield Inbox(Store(make_engine(url)))
+    make_engine(url).dispose()
+
+
+def record(inbox: Inbox, *items: dict) -> list[str]:
+    return inbox.record(parse_body(page_body(*items)))
+
+
+def text_of(claimed: Claimed) -> str:
+    return claimed.event.raw["message"]["text"]
+
+
+# -- the executor, in one process -----------------------------------------------------------------
+def test_150_blocking_handlers_are_in_flight_at_once(local_inbox):
+    # Each handler waits at a barrier that opens only when 150 of them wait together: the old
+    # pool of 8 threads could never get there.
+    barrier = threading.Barrier(150, timeout=60)
+    passed = []
+
+    def handle(claimed: Claimed) -> None:
+        barrier.wait()
+        passed.append(claimed.event.sender_id)
+
+    executor = ThreadExecutor(local_inbox, handle, lease_seconds=30, poll_seconds=30)
+    try:
+        executor.notify(record(local_inbox, *[message_event(f"u{n}", "hi") for n in range(150)]))
+        wait_until(lambda: len(passed) == 150, 60, "every handler to pass the barrier")
+    finally:
+        assert executor.shutdown(30)
+    assert executor.peak_in_flight >= 150 and sorted(passed) == sorted(f"u{n}" for n in range(150))
+    assert local_inbox.stats()["done"] == 150
+
+
+def test_the_cap_bounds_handlers_in_flight(local_inbox):
+    lock, now, peak = threading.Lock(), [0], [0]
+    release = threading.Event()
+
+    def handle(claimed: Claimed) -> None:
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        release.wait(30)
+        with lock:
+            now[0] -= 1
+
+    executor = ThreadExecutor(local_inbox, handle, max_concurrency=5, lease_seconds=30, poll_seconds=30)
+    try:
+        executor.notify(record(local_inbox, *[message_event(f"u{n}", "hi") for n in range(20)]))
+        wait_until(lambda: now[0] == 5, 20, "five handlers to run")
+        assert local_inbox.stats()["pending"] == 15
+        release.set()
+        wait_until(lambda: local_inbox.stats()["done"] == 20, 30, "every event to be handled")
+    finally:
+        release.set()
+        assert executor.shutdown(10)
+    assert peak[0] == 5 and executor.peak_in_flight == 5
+
+
+def test_one_user_with_500_messages_does_not_starve_the_others(local_inbox):
+    order: list[str] = []
+    base = int(time.time() * 1000)
+    heavy = [message_event("heavy", f"h{i}", timestamp=base + i) for i in range(500)]
+    record(local_inbox, *heavy)
+    gate = threading.Event()
+
+    def handle(claimed: Claimed) -> None:
+        gate.wait(30)
+        order.append(f"{claimed.event.sender_id}:{text_of(claimed)}")
+
+    executor = ThreadExecutor(local_inbox, handle, max_concurrency=2, lease_seconds=30, poll_seconds=30)
+    try:
+        executor.notify(["heavy"])
+        executor.notify(record(local_inbox, *[message_event(f"light{n}", "hi") for n in range(10)]))
+        gate.set()
+        wait_until(lambda: local_inbox.stats()["done"] == 510, 120, "every event to be handled")
+    finally:
+        gate.set()
+        assert executor.shutdown(10)
+    heavy_done = [o for o in order if o.startswith("heavy:")]
+    assert heavy_done == [f"heavy:h{i}" for i in range(500)]  # its own order is kept
+    last_light = max(i for i, o in enumerate(order) if o.startswith("light"))
+    # Two slots: the heavy user keeps at most one; the light users share the other one and
+    # the heavy user's turns, so they are all done long before the heavy user's 50th message.
+    assert sum(o.startswith("heavy:") for o in order[:last_light + 1]) <= 20
+
+
+def test_shutdown_leaves_queued_and_yielded_users_recorded(local_inbox):
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def handle(claimed: Claimed) -> None:
+        ran.append(text_of(claimed))
+        started.set()
+        release.wait(10)
+
+    base = int(time.time() * 1000)
+    executor = ThreadExecutor(local_inbox, handle, max_concurrency=1, lease_seconds=30, poll_seconds=30)
+    users = record(local_inbox, *[message_event("a", f"a{i}", timestamp=base + i) for i in range(3)],
+                   *[message_event(f"b{n}", "b", timestamp=base) for n in range(5)])
+    executor.notify(users)
+    assert started.wait(10)
+    threading.Timer(0.3, release.set).start()
+    assert executor.shutdown(10) is True
+    assert len(ran) == 1
+    stats = local_inbox.stats()
+    assert (stats["done"], stats["pending"], stats["running"]) == (1, 7, 0)
+    assert sorted(local_inbox.ready_users()) == sorted({"a", *(f"b{n}" for n in range(5))})
+
+
+# -- async def handlers through the webhook route, thread executor --------------------------------
+@pytest.fixture
+def threaded(app):
+    app.config.update(AMPALIBE_EXECUTOR="thread", AMPALIBE_POLL_SECONDS=30)
+    return app
+
+
+def test_200_async_handlers_wait_together_on_the_loop_without_holding_threads(threaded, router, graph):
+    ext = flask_ampalibe.Ampalibe(threaded, router=router)
+    state = threaded.extensions["ampalibe"]
+    waiting, threads_then = [0], []
+    lock = threading.Lock()
+
+    @router.command("/")
+    async def main(sender_id, cmd, **extends):
+        with lock:
+            waiting[0] += 1
+            if waiting[0] == 200:
+                threads_then.append(threading.active_count())
+        deadline = time.monotonic() + 60
+        while waiting[0] < 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await ext.chat.aio.send_text(sender_id, f"echo {cmd}")
+
+    from flask_ampalibe.testing import WebhookClient
+    from conftest import SECRET
+    hook = WebhookClient(threaded.test_client(), SECRET)
+    try:
+        assert hook.post(*[message_event(f"u{n}", f"m{n}") for n in range(200)]).status_code == 200
+        wait_until(lambda: state.inbox.stats()["done"] == 200, 60, "every async handler to finish")
+    finally:
+        assert state.executor.shutdown(10)
+    assert waiting[0] == 200
+    assert sorted(graph.sent_texts()) == sorted(f"echo m{n}" for n in range(200))
+    # The coroutines waited on the loop: the executor's threads only ran the inbox's statements.
+    assert state.executor.peak_in_flight >= 200
+    assert threads_then and threads_then[0] < 60
+
+
+def test_every_kind_of_bot_function_may_be_async(threaded, router, graph):
+    ext = flask_ampalibe.Ampalibe(threaded, router=router)
+    state = threaded.extensions["ampalibe"]
+    seen: list[Any] = []
+
+    @router.before_receive
+    async def before(sender_id, **extends):
+        await asyncio.sleep(0)
+        seen.append(("before", flask_ampalibe.current_state() is state))
+
+    @router.after_receive
+    async def after(result, error, **extends):
+        seen.append(("after", result, type(error).__name__ if error else None))
+
+    @router.on_error
+    async def oops(error, sender_id, **extends):
+        seen.append(("on_error", str(error)))
+        await ext.chat.aio.send_text(sender_id, "sorry")
+
+    @router.command("/")
+    async def main(sender_id, cmd, **extends):
+        ext.query.set_action(sender_id, "/name")  # a plain blocking call inside async def works too
+        await ext.chat.aio.send_text(sender_id, "your name?")
+        return "asked"
+
+    @router.action("/name")
+    async def name(sender_id, cmd, **extends):
+        ext.query.set_action(sender_id, None)
+        await ext.chat.aio.send_text(sender_id, f"hello {cmd}")
+        return "greeted"
+
+    @router.command("/fail")
+    async def fail(**extends):
+        raise ValueError("async handler failed")
+
+    @router.event("read")
+    async def read(sender_id, watermark, **extends):
+        seen.append(("read", watermark))
+
+    from flask_ampalibe.testing import WebhookClient, read_event
+    from conftest import SECRET
+    hook = WebhookClient(threaded.test_client(), SECRET)
+    try:
+        for n, item in enumerate([message_event("u", "hi"), message_event("u", "Rakoto"),
+                                  message_event("u", "/fail"), read_event("u", watermark=123)]):
+            assert hook.post(item).status_code == 200
+            wait_until(lambda: state.inbox.stats()["done"] + state.inbox.stats()["failed"] == n + 1, 20,
+                       f"event {n} to be handled")
+    finally:
+        assert state.executor.shutdown(10)
+    assert graph.sent_texts("u") == ["your name?", "hello Rakoto", "sorry"]
+    assert seen == [
+        ("before", True), ("after", "asked", None),
+        ("before", True), ("after", "greeted", None),
+        ("before", True), ("on_error", "async handler failed"), ("after", None, "ValueError"),
+        ("before", True), ("read", 123), ("after", None, None),
+    ]
+    assert state.inbox.stats()["failed"] == 1
+
+
+def test_async_handlers_run_with_the_inline_executor_too(ext, router, graph, hook):
+    @router.command("/")
+    async def main(sender_id, cmd, **extends):
+        await asyncio.sleep(0.01)
+        ext.chat.send_text(sender_id, f"inline {cmd}")
+
+    assert hook.send_text("u", "hi").status_code == 200
+    assert graph.sent_texts("u") == ["inline hi"]  # handled before the 200
+
+
+def test_a_blocking_async_handler_does_not_stall_the_others(threaded, router, graph, caplog):
+    ext = flask_ampalibe.Ampalibe(threaded, router=router)
+    state = threaded.extensions["ampalibe"]
+    unblock = threading.Event()
+
+    @router.command("/")
+    async def main(sender_id, cmd, **extends):
+        if str(cmd) == "block":
+            unblock.wait(30)  # blocks the whole loop: no await
+        await ext.chat.aio.send_text(sender_id, f"done {cmd}")
+
+    from flask_ampalibe.testing import WebhookClient
+    from conftest import SECRET
+    hook = WebhookClient(threaded.test_client(), SECRET)
+    blocked_before = aio.loop_stats()["blocked"]
+    caplog.set_level(logging.WARNING, logger="flask_ampalibe.aio")
+    try:
+        assert hook.send_text("bad", "block").status_code == 200
+        wait_until(lambda: aio.loop_stats()["blocked"] > blocked_before, 20, "the watchdog to see the blocked loop")
+        assert hook.send_text("good", "hello").status_code == 200
+        # Handled on a fresh loop while the first one is still blocked.
+        wait_until(lambda: graph.sent_texts("good") == ["done hello"], 20, "the other user's answer")
+        assert graph.sent_texts("bad") == []
+    finally:
+        unblock.set()
+    wait_until(lambda: graph.sent_texts("bad") == ["done block"], 20, "the blocked handler to finish")
+    assert state.executor.shutdown(10)
+    assert "unblock.wait(30)" in caplog.text and "blocked" in caplog.text
+
+
+def test_offload_and_run():
+    async def twice(x):
+        return 2 * (await flask_ampalibe.offload(lambda: x))
+
+    assert aio.run(twice(21)) == 42
+
+    async def nested():
+        return aio.run(twice(1))
+
+    with pytest.raises(RuntimeError, match="await"):
+        aio.run(nested())
+
+
+# -- real gunicorn ---------------------------------------------------------------------------------
+def peak_overlap(project: Path) -> int:
+    """The most handlers that had started and not finished at once, from the markers' order."""
+    points = []
+    for m in markers(project):
+        if m["phase"] in ("started", "finished"):
+            points.append((m["time"], 1 if m["phase"] == "started" else -1))
+    now = peak = 0
+    for _, step in sorted(points, key=lambda p: (p[0], p[1])):  # ends before starts at equal times
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+@pytest.mark.parametrize("kind", ["plain", "async"])
+def test_300_users_with_1s_handlers_are_answered_with_100_plus_in_flight(served, graph, kind):
+    server = served(**({"BOT_ASYNC": "1"} if kind == "async" else {}))
+    project = server.project
+    users = [f"s{n:03d}" for n in range(300)]
+    base = int(time.time() * 1000)
+    statuses: list[int] = []
+
+    def post(mine: list[str]) -> None:
+        hook = server.hook()
+        for u in mine:  # two messages per user in one body: the slow one first
+            statuses.append(hook.post(message_event(u, "slow 1 first", timestamp=base),
+                                      message_event(u, "second", timestamp=base + 1)).status_code)
+
+    senders = [threading.Thread(target=post, args=(users[n::6],)) for n in range(6)]
+    for thread in senders:
+        thread.start()
+    for thread in senders:
+        thread.join(120)
+    assert statuses == [200] * 300
+    inbox = project_inbox(project)
+    stats = wait_until(lambda: (lambda s: s if s["done"] + s["failed"] >= 600 else None)(inbox.stats()), 240,
+                       "every event to be handled")
+    assert (stats["done"], stats["failed"]) == (600, 0)
+    for u in users:
+        assert graph.sent_texts(u) == ["slow 1 first", "second"]
+        assert inbox.store.get_temp(u, "seen") == ["slow 1 first", "second"]
+    assert peak_overlap(project) >= 100
+
+
+def test_the_cap_setting_its_former_name_and_a_bad_value():
+    from flask_ampalibe.config import DEFAULT_MAX_CONCURRENCY, settings
+    from flask_ampalibe.errors import ConfigurationError
+
+    assert settings({})["MAX_CONCURRENCY"] == DEFAULT_MAX_CONCURRENCY
+    assert settings({"AMPALIBE_MAX_CONCURRENCY": "40"})["MAX_CONCURRENCY"] == 40
+    assert settings({"AMPALIBE_WORKER_THREADS": 12})["MAX_CONCURRENCY"] == 12
+    with pytest.raises(ConfigurationError, match="AMP_MAX_CONCURRENCY in .env"):
+        settings({"AMPALIBE_MAX_CONCURRENCY": "0"})
