@@ -326,7 +326,7 @@ def test_300_users_with_1s_handlers_are_answered_with_100_plus_in_flight(served,
     inbox = project_inbox(project)
     stats = wait_until(lambda: (lambda s: s if s["done"] + s["failed"] >= 600 else None)(inbox.stats()), 240,
                        "every event to be handled")
-    assert (stats["done"], stats["failed"]) == (600, 0)
+    assert (stats["done"], stats["failed"]) == (600, 0), [f["error"][-600:] for f in inbox.failed(3)]
     for u in users:
         assert graph.sent_texts(u) == ["slow 1 first", "second"]
         assert inbox.store.get_temp(u, "seen") == ["slow 1 first", "second"]
