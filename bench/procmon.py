@@ -1,4 +1,4 @@
-"""Sample a process tree from /proc: peak RSS (sum over the tree) and CPU seconds used.
+"""Sample a process tree from /proc: peak RSS (sum over the tree, and of its largest process) and CPU seconds.
 
 RSS is summed over the master and all its descendants, so pages shared between forked workers
 are counted once per process (the usual "RSS of the tree" figure; it overstates real use a bit).
@@ -52,6 +52,7 @@ class TreeMonitor:
     def __init__(self, root: int, interval: float = 0.25):
         self.root, self.interval = root, interval
         self.peak_rss = 0
+        self.peak_proc_rss = 0  # the largest single process (a worker) seen
         self._base: dict[int, float] = {}
         self._last: dict[int, float] = {}
         self._marked = False
@@ -77,6 +78,7 @@ class TreeMonitor:
         t = tree(self.root)
         with self._lock:
             self.peak_rss = max(self.peak_rss, sum(rss for _, rss in t.values()))
+            self.peak_proc_rss = max([self.peak_proc_rss, *(rss for _, rss in t.values())])
             for pid, (cpu, _) in t.items():
                 # a process born after mark() spent all its CPU inside the measured window
                 self._base.setdefault(pid, 0.0 if self._marked else cpu)
@@ -90,6 +92,7 @@ class TreeMonitor:
             self._last = dict(self._base)
             self._marked = True
             self.peak_rss = sum(rss for _, rss in t.values())
+            self.peak_proc_rss = max([0, *(rss for _, rss in t.values())])
 
     @property
     def cpu_s(self) -> float:
@@ -99,6 +102,10 @@ class TreeMonitor:
     @property
     def peak_rss_mb(self) -> float:
         return self.peak_rss / 2**20
+
+    @property
+    def peak_proc_rss_mb(self) -> float:
+        return self.peak_proc_rss / 2**20
 
     @property
     def nprocs(self) -> int:
