@@ -403,8 +403,7 @@ class ThreadExecutor(Executor):
                 self._done.notify_all()
 
     def _sweep_loop(self) -> None:
-        with background_writes():
-            self._upkeep()
+        self._upkeep()
 
     def _upkeep(self) -> None:
         # Renewing well inside the lease keeps it through a slow database or a busy moment; a
@@ -415,13 +414,16 @@ class ThreadExecutor(Executor):
             now = time.monotonic()
             try:
                 if self._active:
+                    # Not a background write: with hundreds of handler threads queued for SQLite's
+                    # write lock, a renewal behind them would let leases lapse (and events run twice).
                     self.inbox.renew(self.owner, self.lease_seconds)
-                if now >= next_sweep:
-                    next_sweep = now + self.poll_seconds
-                    self.sweep()
-                if now >= next_purge:
-                    next_purge = now + PURGE_EVERY
-                    self.inbox.purge(self.retention_seconds)
+                with background_writes():
+                    if now >= next_sweep:
+                        next_sweep = now + self.poll_seconds
+                        self.sweep()
+                    if now >= next_purge:
+                        next_purge = now + PURGE_EVERY
+                        self.inbox.purge(self.retention_seconds)
             except Exception:
                 logger.exception("inbox upkeep failed; retrying in %.1f s", tick)
             if self.stopping.wait(tick):
