@@ -35,8 +35,15 @@ VERIF = "bench-verif"
 TOKEN = "bench-page-token"
 AMPALIBE_VERSION = "1.1.9"
 AMP_VENV = os.path.join(HERE, ".work", "ampvenv")
-SYSTEMS = ("flask_ampalibe", "ampalibe", "ampalibe_nostate", "bare_ack", "bare_e2e")
-SCENARIOS = ("hello", "sleep", "redeliver", "users")
+#: flask_ampalibe_async: the same bot with an ``async def`` handler; flask_ampalibe_pool8: the
+#: plain bot capped at 8 handlers per process (the fixed pool of 8 threads before issue 15).
+SYSTEMS = ("flask_ampalibe", "flask_ampalibe_async", "flask_ampalibe_pool8", "ampalibe", "ampalibe_nostate",
+           "bare_ack", "bare_e2e")
+FLASK_AMPALIBE = ("flask_ampalibe", "flask_ampalibe_async", "flask_ampalibe_pool8")
+#: hello10k: the hello bot with the slow scenario's 10,000 senders (its reference); slow: every
+#: handler waits 1 s first, 10,000 senders; sleep: 2 s, 1,000 senders.
+SCENARIOS = ("hello", "hello10k", "slow", "sleep", "redeliver", "users")
+SLEEPS = {"sleep": 2.0, "slow": 1.0}
 
 
 def log(msg: str) -> None:
@@ -184,7 +191,11 @@ def start_system(system: str, rundir: str, graph: FakeGraph, sleep: float) -> tu
         env["PYTHONPATH"] = os.pathsep.join([os.path.join(HERE, "apps"), LIB])
         srv = Server(system, gun + [f"{system}:app"], os.path.join(HERE, "apps"), env, port, logfile)
         path = "/e2e" if system == "bare_e2e" else "/"
-    elif system == "flask_ampalibe":
+    elif system in FLASK_AMPALIBE:
+        if system == "flask_ampalibe_async":
+            env["BENCH_ASYNC"] = "1"
+        if system == "flask_ampalibe_pool8":
+            env["AMPALIBE_MAX_CONCURRENCY"] = "8"
         proj = os.path.join(rundir, "project")
         shutil.copytree(os.path.join(HERE, "apps", "flask_ampalibe_bot"), proj, dirs_exist_ok=True)
         env.update(BENCH_DB_FILE=os.path.join(rundir, "bench.db"), BENCH_PORT=str(port))
@@ -216,7 +227,7 @@ def prepopulate(system: str, rundir: str, n: int) -> float:
     """Insert ``n`` users (the load's users among them) into amp_user in one transaction."""
     db = os.path.join(rundir, "bench.db")
     t0 = time.time()
-    if system == "flask_ampalibe":
+    if system in FLASK_AMPALIBE:
         code = ("import sys; from flask_ampalibe.storage import Store, make_engine; "
                 "Store(make_engine(sys.argv[1])).create_all()")
         env = dict(os.environ, PYTHONPATH=LIB)
@@ -290,11 +301,12 @@ def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGrap
     rundir = os.path.join(workroot, f"{system}-{scenario}")
     shutil.rmtree(rundir, ignore_errors=True)
     os.makedirs(rundir)
-    sleep = 2.0 if scenario == "sleep" else 0.0
-    users_pre = cfg.users_large if scenario == "users" else cfg.users_small
+    sleep = SLEEPS.get(scenario, 0.0)
+    users_pre = {"users": cfg.users_large, "hello10k": cfg.users_many, "slow": cfg.users_many}.get(
+        scenario, cfg.users_small)
     res: dict = {"system": system, "scenario": scenario, "connections": cfg.connections,
                  "duration_s": cfg.duration, "sleep_s": sleep, "loadavg_before": loadavg()}
-    if system in ("flask_ampalibe", "ampalibe", "ampalibe_nostate"):
+    if system in (*FLASK_AMPALIBE, "ampalibe", "ampalibe_nostate"):
         res["prepopulated_users"] = users_pre
         res["prepopulate_s"] = round(prepopulate(system, rundir, users_pre), 2)
     srv, url = start_system(system, rundir, graph, sleep)
@@ -329,7 +341,7 @@ def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGrap
             if system == "bare_ack":
                 st, drained = graph.stats(), "complete"
             else:
-                bound = cfg.drain_sleep if sleep else cfg.drain
+                bound = cfg.drain
                 st, drained = drain(graph, acked_unique_min, bound, quiet=cfg.quiet)
             t_end = time.time()
             if spy:
@@ -341,6 +353,7 @@ def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGrap
             res["cpu_s"] = mon.cpu_s
             res["cpu_ms_per_event"] = 1000.0 * mon.cpu_s / max(1, acked)
             res["peak_rss_mb"] = mon.peak_rss_mb
+            res["peak_worker_rss_mb"] = mon.peak_proc_rss_mb
             res["fakegraph_cpu_pct"] = 100.0 * fgmon.cpu_s / max(1e-6, t_end - t0)
             # CPU used by anything but the server, the fake Graph API and the load generator
             res["loadgen_cpu_s"] = children_cpu_s() - kids0
@@ -504,6 +517,47 @@ def find(results, system, scenario):
     return next((r for r in results if r["system"] == system and r["scenario"] == scenario and "error" not in r), None)
 
 
+def issue15_targets(L: list[str], results: list[dict], cfg) -> None:
+    """The slow-handler targets (issue 15): ratios of rows measured in the same run."""
+    slow, ref = find(results, "flask_ampalibe", "slow"), find(results, "flask_ampalibe", "hello10k")
+    amp = find(results, "ampalibe_nostate", "slow")
+    aslow, aref = find(results, "flask_ampalibe_async", "slow"), find(results, "flask_ampalibe_async", "hello10k")
+    sl = find(results, "flask_ampalibe", "sleep")
+    if not any((slow, amp, aslow, sl)):
+        return
+    L.append("## Ratios and targets (issue 15: slow handlers)\n")
+    L.append("| measure | value | target | met |")
+    L.append("|---|---:|---:|---|")
+
+    def row(name, val, target, ok):
+        L.append(f"| {name} | {fmt(val, 2)} | {target} | {'–' if ok is None else ('yes' if ok else '**no**')} |")
+
+    for label, s_, r_ in (("", slow, ref), (" (async def handler)", aslow, aref)):
+        if s_ and r_:
+            v = ratio(s_.get("e2e_rps"), r_.get("e2e_rps"))
+            row(f"slow{label}: replies/s / hello bot's with the same {cfg.users_many:,} senders", v, "≥ 0.80",
+                v is not None and v >= 0.8)
+        if s_ and amp:
+            v = ratio(s_.get("e2e_rps"), amp.get("e2e_rps"))
+            row(f"slow{label}: replies/s / Ampalibe {AMPALIBE_VERSION} (no state) on slow", v, "≥ 1.50",
+                v is not None and v >= 1.5)
+        if s_ and r_:
+            v = ratio(s_["p99_ms"], r_["p99_ms"])
+            row(f"slow{label}: ack p99 / hello bot's ack p99 (same senders)", v, "≤ 1.50", v is not None and v <= 1.5)
+    for system in FLASK_AMPALIBE:
+        r = find(results, system, "sleep")
+        if r:
+            ok = r.get("drained") == "complete" and r.get("lost") == 0 and r.get("duplicates") == 0
+            L.append(f"| sleep (2 s) drains, {system}: replies / unique events, lost, dup | "
+                     f"{fmt(r.get('replies'))} / {fmt(r['acked_unique_min'])}, {fmt(r.get('lost'))}, "
+                     f"{fmt(r.get('duplicates'))} | all, 0, 0 | {'yes' if ok else '**no**'} |")
+    for system in FLASK_AMPALIBE:
+        r = find(results, system, "slow")
+        if r:
+            L.append(f"| peak RSS per worker, slow, {system} | {fmt(r.get('peak_worker_rss_mb'))} MiB | written | yes |")
+    L.append("")
+
+
 def write_report(path: str, cfg, results: list[dict], ceiling: dict, mach: dict, when: str, took_s: float) -> None:
     L = []
     L.append("# Benchmark results: flask_ampalibe vs Ampalibe 1.1.9 vs bare Flask\n")
@@ -534,13 +588,16 @@ def write_report(path: str, cfg, results: list[dict], ceiling: dict, mach: dict,
     L.append("- Hello bot: reads and writes one temp value of the user, sends one text reply (`Hello <mid>`).\n")
     L.append("## Results\n")
     L.append("| system | scenario | acked req/s | p50 ms | p99 ms | e2e replies/s | replies / unique events | "
-             "dup | lost | errors | CPU ms/event | peak RSS MiB | fake Graph CPU % | other CPU % |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+             "dup | lost | errors | CPU ms/event | peak RSS MiB | peak RSS/worker MiB | fake Graph CPU % | "
+             "other CPU % |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if "error" in r:
-            L.append(f"| {r['system']} | {r['scenario']} | failed: {r['error'][:120]} ||||||||||||")
+            L.append(f"| {r['system']} | {r['scenario']} | failed: {r['error'][:120]} |||||||||||||")
             continue
         scen = r["scenario"]
+        if r.get("sleep_s"):
+            scen += f" ({r['sleep_s']:g} s handlers)"
         if r.get("prepopulated_users") is not None:
             scen += f" ({r['prepopulated_users']:,} users in table)"
         e2e = fmt(r.get("e2e_rps"), 0)
@@ -551,7 +608,8 @@ def write_report(path: str, cfg, results: list[dict], ceiling: dict, mach: dict,
         reps = "–" if r["system"] == "bare_ack" else f"{fmt(r.get('replies'))} / {fmt(r['acked_unique_min'])}"
         L.append(f"| {r['system']} | {scen} | {r['acked_rps']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {e2e} | "
                  f"{reps} | {fmt(r.get('duplicates'))} | {lost} | {r['errors']:,} | "
-                 f"{r['cpu_ms_per_event']:.2f} | {r['peak_rss_mb']:.0f} | {r['fakegraph_cpu_pct']:.0f} | "
+                 f"{r['cpu_ms_per_event']:.2f} | {r['peak_rss_mb']:.0f} | {fmt(r.get('peak_worker_rss_mb'))} | "
+                 f"{r['fakegraph_cpu_pct']:.0f} | "
                  f"{r.get('other_cpu_pct', 0):.0f} |")
     L.append("")
     L.append("`replies / unique events`: replies counted at the fake Graph API after draining, against the distinct "
@@ -608,6 +666,7 @@ def write_report(path: str, cfg, results: list[dict], ceiling: dict, mach: dict,
         row(f"acked req/s, {cfg.users_small:,} / {cfg.users_large:,} users in table",
             ratio(fa["acked_rps"], u1m["acked_rps"]), "–", None)
     L.append("")
+    issue15_targets(L, results, cfg)
     analysis = os.path.join(HERE, "ANALYSIS.md")
     if os.path.exists(analysis) and not cfg.quick:
         with open(analysis) as fh:
@@ -621,9 +680,8 @@ def write_report(path: str, cfg, results: list[dict], ceiling: dict, mach: dict,
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="flask_ampalibe benchmark (see bench/README.md)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny load, hello scenario only")
-    p.add_argument("--systems", default="flask_ampalibe,ampalibe,ampalibe_nostate,bare",
-                   help="comma list of flask_ampalibe, ampalibe, ampalibe_nostate, bare (= bare_ack,bare_e2e), "
-                        "bare_ack, bare_e2e")
+    p.add_argument("--systems", default="flask_ampalibe,flask_ampalibe_async,ampalibe,ampalibe_nostate,bare",
+                   help="comma list of " + ", ".join(SYSTEMS) + ", bare (= bare_ack,bare_e2e)")
     p.add_argument("--scenarios", default=None, help="comma list of " + ", ".join(SCENARIOS))
     p.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     p.add_argument("--json", default=None, help="also write raw results as JSON here")
@@ -654,9 +712,9 @@ def parse_args(argv=None):
     cfg.users_small = 100 if quick else 1000
     cfg.users_large = 10_000 if quick else 1_000_000
     cfg.users_load = 100 if quick else 1000
+    cfg.users_many = 200 if quick else 10_000  # senders of hello10k and slow
     cfg.warmup = 0.3 if quick else 2.0
     cfg.drain = 15.0 if quick else 90.0
-    cfg.drain_sleep = 3.0 if quick else 5.0
     cfg.quiet = 2.0 if quick else 5.0  # drain gives up when no reply arrived for this long
     cfg.wrk_threads = 1 if quick else cfg.wrk_threads
     return cfg
@@ -668,7 +726,11 @@ def plan(cfg) -> list[tuple[str, str]]:
         for system in cfg.systems:
             if scen == "hello":
                 runs.append((system, scen))
-            elif scen in ("sleep", "redeliver") and system in ("flask_ampalibe", "ampalibe_nostate"):
+            elif scen == "hello10k" and system in FLASK_AMPALIBE:
+                runs.append((system, scen))
+            elif scen in ("slow", "sleep") and system in (*FLASK_AMPALIBE, "ampalibe_nostate"):
+                runs.append((system, scen))
+            elif scen == "redeliver" and system in ("flask_ampalibe", "ampalibe_nostate"):
                 # Ampalibe's stateful bot has no replies to check (its temp store corrupts at once)
                 runs.append((system, scen))
             elif scen == "users" and system == "flask_ampalibe":
@@ -706,12 +768,12 @@ def main(argv=None) -> int:
     bodies = {}
     gen_t = time.time()
     for scen in {c for _, c in runs}:
-        kw = {"users": cfg.users_load, "tag": "b"}
+        kw = {"users": cfg.users_many if scen in ("hello10k", "slow") else cfg.users_load, "tag": "b"}
         if scen == "users":
             kw["user_pool"] = cfg.users_large
         if scen == "redeliver":
             kw["redeliver"] = 0.10
-        if scen in ("sleep", "redeliver", "users"):  # slower systems; fewer bodies are plenty
+        if scen in ("sleep", "redeliver", "users", "slow"):  # slower systems; fewer bodies are plenty
             count = max(2000, n_bodies // 3)
         else:
             count = n_bodies
