@@ -12,9 +12,10 @@ What they are and why:
 - ``bind`` from ``AMP_HOST`` / ``AMP_PORT`` (default ``0.0.0.0:4555``) and ``workers`` from
   ``AMP_WORKERS`` (default 2), read from the environment, then from ``./.env``.
 - ``worker_class = "gthread"`` with 8 ``threads``: a webhook request only records the events
-  and answers 200; bot handlers run afterwards in the library's executor threads and spend
-  their time waiting on the Graph API.  Threads are the cheap way to wait on I/O, and unlike
-  gevent/eventlet they need no monkey-patching of the database drivers.
+  and answers 200, so 8 request threads suffice; bot handlers run afterwards in the library's
+  executor (elastic threads, or the worker's event loop for ``async def`` bots, up to
+  ``AMPALIBE_MAX_CONCURRENCY`` at once) and spend their time waiting on the network.  Threads and
+  asyncio need no monkey-patching of the database drivers, unlike gevent/eventlet.
 - ``graceful_timeout = 30``: on SIGTERM (or a ``HUP`` reload) a worker stops accepting
   requests and answers those in flight, then the ``worker_exit`` hook below gives the executor
   what is left of those 30 s to finish the handlers it is running.  Events it did not start
