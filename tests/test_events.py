@@ -219,3 +219,21 @@ def test_module_level_event_decorator_uses_the_default_router(router):
     finally:
         set_default_router(old)
     assert router.events["read"] == [on_read]
+
+
+def test_ampalibe_119_event_handlers_get_watermark_and_middleware_gets_cmd(bot, ext):
+    """1.1.9's handlers take ``(sender_id, watermark, message)``; its middleware takes ``cmd``."""
+    got, middleware = [], []
+
+    @ext.router.event("reaction")
+    def on_reaction(sender_id, watermark, message, **ext_):
+        got.append(("reaction", str(watermark), watermark.webhook))
+
+    @ext.router.event("read")
+    def on_read(sender_id, watermark, message):
+        got.append(("read", watermark))
+
+    ext.router.before_receive(lambda cmd, event, **kw: middleware.append((event.kind, str(cmd), cmd.webhook)))
+    bot.post(reaction_event(USER, "m.9", "angry"), read_event(USER, watermark=1700000000000))
+    assert got == [("reaction", "angry", "reaction"), ("read", 1700000000000)]
+    assert middleware == [("reaction", "angry", "reaction"), ("read", "1700000000000", "read")]

@@ -130,3 +130,47 @@ def test_migrate_ports_the_folder_and_the_bot_answers_with_its_119_data(project:
     with sqlite3.connect(project / "ampalibe.db") as db:
         rows = dict(db.execute("SELECT user_id, typeof(last_use) FROM amp_user").fetchall())
     assert rows == {"u1": "real", "u2": "real", "new": "real"}
+
+
+# amp_user as Ampalibe 1.1.9 creates it on its SQL servers (its documented schema).
+AMP_USER_119_SERVERS = {
+    "mysql": ["CREATE TABLE amp_user (id INT NOT NULL AUTO_INCREMENT, user_id varchar(50) NOT NULL UNIQUE, "
+              "action TEXT DEFAULT NULL, last_use datetime NOT NULL DEFAULT current_timestamp(), "
+              "lang varchar(5) DEFAULT NULL, PRIMARY KEY (id), INDEX (last_use)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"],
+    "postgresql": ["CREATE TABLE amp_user (id SERIAL PRIMARY KEY, user_id VARCHAR UNIQUE NOT NULL, "
+                   "action TEXT DEFAULT NULL, last_use TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, "
+                   "lang VARCHAR DEFAULT NULL)",
+                   "CREATE INDEX last_use_index ON amp_user(last_use)"],
+    "sqlite": [AMP_USER_119],
+}
+
+
+def test_migrate_adapts_119s_amp_user_on_every_database(tmp_path: Path, database_url: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import create_engine, text
+
+    from flask_ampalibe.engine import make_engine
+    from flask_ampalibe.storage import Store
+
+    folder = create_119_project(tmp_path / "bot119")
+    (folder / "assets" / "private" / "_db.json").write_text(json.dumps(TINYDB))
+    raw = create_engine(database_url)
+    with raw.begin() as conn:
+        for statement in AMP_USER_119_SERVERS[raw.dialect.name]:
+            conn.execute(text(statement))
+        conn.execute(text("INSERT INTO amp_user(user_id, action, lang) VALUES ('u1', '/ask', 'fr')"))
+        conn.execute(text("INSERT INTO amp_user(user_id) VALUES ('u2')"))
+    raw.dispose()
+    monkeypatch.setenv("AMPALIBE_DATABASE_URL", database_url)
+    result = CliRunner().invoke(cli, ["migrate", str(folder)])
+    assert result.exit_code == 0, result.output
+    store = Store(make_engine(database_url))
+    try:
+        assert store.get_user("u1") == ("/ask", {}, "fr")  # the 1.1.9 row, read as it is
+        assert store.touch_user("u2") == (None, {}, None)  # and written as ours (last_use in seconds)
+        store.set_action("u2", "/menu", {"page": 2})
+        assert store.get_user("u2") == ("/menu", {"page": 2}, None)
+        assert store.touch_user("u3") == (None, {}, None)  # a new user next to the old rows
+        assert store.get_temp("u1", "cart") == ["jackfruit", "lychee"] and store.get_temp("u2", "name") == "Rivo"
+    finally:
+        store.engine.dispose()
