@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 #: Keyword arguments the library passes itself; payload arguments cannot override them.
 RESERVED = frozenset({"sender_id", "cmd", "message", "event", "lang", "redelivered"})
+# ... and those of after_receive.
+_HOOK_RESERVED = RESERVED | {"res", "result", "error"}
 
 
 class Dispatcher:
@@ -75,14 +77,14 @@ class Dispatcher:
             try:
                 router = state.router
                 result, error = None, None
-                # Middleware also gets ``cmd`` (Ampalibe 1.1.9's keyword), what the event carries.
-                cmd = event_cmd(event, state.codec) if router.before or router.after else None
+                # Middleware also gets what Ampalibe 1.1.9 gave it: cmd, lang, the payload's arguments.
+                hooks = await self._middleware_kwargs(claimed, io) if router.before or router.after else {}
                 try:
                     # A failing before_receive is the event's failure, reported like a handler's.
                     # One returning False stops the event; after_receive still runs, with res=None.
                     stopped = False
                     for middleware in router.before:
-                        if await call(middleware, cmd=cmd, **base) is False:
+                        if await call(middleware, **hooks, **base) is False:
                             stopped = True
                             break
                     if not stopped:
@@ -94,7 +96,7 @@ class Dispatcher:
                     for hook in router.error_handlers:
                         await self._quietly(call, hook, error=exc, **base)
                 for middleware in router.after:
-                    await self._quietly(call, middleware, result=result, res=result, error=error, cmd=cmd, **base)
+                    await self._quietly(call, middleware, result=result, res=result, error=error, **hooks, **base)
                 return error
             finally:
                 _current_codec.reset(token)
@@ -137,6 +139,20 @@ class Dispatcher:
         args = {k: v for k, v in match.args.items() if k not in RESERVED}
         # The user's language, None until they chose one (as in 1.1.9: bots offer a choice then).
         return await call(match.handler, cmd=match.cmd, lang=lang or None, **args, **base)
+
+    async def _middleware_kwargs(self, claimed: Claimed, io: _Io) -> dict[str, Any]:
+        """``cmd`` (what the event carries), ``lang`` (``None`` until chosen) and the payload's
+        arguments, the keywords Ampalibe 1.1.9 gave ``before_receive``/``after_receive``."""
+        state, event = self.state, claimed.event
+        hooks: dict[str, Any] = {"cmd": event_cmd(event, state.codec), "lang": None}
+        if event.kind in ("message", "postback", "optin"):
+            user = claimed.user if claimed.user is not None else await io(state.store.get_user, event.sender_id)
+            hooks["lang"] = user[2] or None
+            text, _ = command_input(event)
+            decoded = state.codec.decode(text) if text else None
+            if decoded is not None:
+                hooks.update((k, v) for k, v in decoded[1].items() if k not in _HOOK_RESERVED)
+        return hooks
 
     @staticmethod
     async def _quietly(call: _Call, func: Any, **kwargs: Any) -> None:

@@ -160,3 +160,28 @@ def test_module_level_decorators_register_on_the_default_router(router):
     finally:
         flask_ampalibe.set_default_router(old)
     assert router.before == [before] and router.after == [after]
+
+
+def test_middleware_gets_119s_keywords_cmd_lang_and_payload_arguments(bot, ext, main):
+    """Ampalibe 1.1.9 called its middleware with the handler's keywords: ``cmd``, ``lang``, the
+    payload's arguments; ``after_receive`` also got ``res``."""
+    from flask_ampalibe import Payload
+
+    seen = []
+
+    @ext.router.before_receive
+    def before(sender_id, cmd, lang, **extends):
+        seen.append(("before", str(cmd), cmd.webhook, lang, extends.get("size")))
+        return True
+
+    @ext.router.after_receive
+    def after(sender_id, cmd, res, lang, **extends):
+        seen.append(("after", str(cmd), res))
+
+    bot.send("hello there")
+    with bot.app.app_context():
+        ext.query.set_lang(USER, "mg")
+        payload = ext.chat.payload_encoder(Payload("/order", size="L"))
+    bot.postback(payload)
+    assert seen == [("before", "hello there", "message", None, None), ("after", "hello there", "answered hello there"),
+                    ("before", "/order", "postback", "mg", "L"), ("after", "/order", "answered /order")]
