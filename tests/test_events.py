@@ -237,3 +237,20 @@ def test_ampalibe_119_event_handlers_get_watermark_and_middleware_gets_cmd(bot, 
     bot.post(reaction_event(USER, "m.9", "angry"), read_event(USER, watermark=1700000000000))
     assert got == [("reaction", "angry", "reaction"), ("read", 1700000000000)]
     assert middleware == [("reaction", "angry", "reaction"), ("read", "1700000000000", "read")]
+
+
+@pytest.mark.parametrize("optin, token", [
+    ({"type": "one_time_notif_req", "payload": "/notify restock", "one_time_notif_token": "OTN-1"}, "OTN-1"),
+    ({"type": "notification_messages", "payload": "/notify weekly", "notification_messages_token": "NMT-2",
+      "notification_messages_frequency": "WEEKLY"}, "NMT-2"),
+])
+def test_without_an_optin_handler_optins_reach_the_command_of_their_payload(bot, ext, optin, token):
+    """As in Ampalibe 1.1.9: one-time and recurring notification opt-ins go to @command(payload)."""
+    got = []
+
+    @ext.router.command("/notify")
+    def notify(sender_id, cmd, **extends):
+        got.append((sender_id, str(cmd), cmd.webhook, cmd.token))
+
+    bot.post({"sender": {"id": USER}, "recipient": {"id": PAGE_ID}, "timestamp": 1700000000000, "optin": optin})
+    assert got == [(USER, optin["payload"].split()[1], "optin", token)]

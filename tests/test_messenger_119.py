@@ -148,3 +148,14 @@ def test_call_button_is_refused_and_phone_number_checked() -> None:
     with pytest.raises(ValueError, match="country code"):
         Button(type="phone_number", title="Call us", payload="/call")
     assert Button(type="phone_number", title="Call us", payload="+261 34 00 000 00")["payload"] == "+261 34 00 000 00"
+
+
+def test_119_constructor_arguments(graph: FakeGraph) -> None:
+    chat = Messenger(TOKEN, graph_url=graph.url, api_version="v15.0", log_level="quiet")
+    try:
+        chat.send_text(USER, "hi")
+        assert graph.requests[0].path == "/v15.0/me/messages"
+    finally:
+        chat.close()
+    with pytest.raises(ValueError, match="'error', 'info' or 'quiet'"):
+        Messenger(TOKEN, log_level="verbose")
