@@ -228,7 +228,7 @@ def prepopulate(system: str, rundir: str, n: int) -> float:
     db = os.path.join(rundir, "bench.db")
     t0 = time.time()
     if system in FLASK_AMPALIBE:
-        code = ("import sys; from flask_ampalibe.storage import Store, make_engine; "
+        code = ("import sys; from flask_ampalibe.engine import make_engine; from flask_ampalibe.storage import Store; "
                 "Store(make_engine(sys.argv[1])).create_all()")
         env = dict(os.environ, PYTHONPATH=LIB)
         subprocess.run([sys.executable, "-c", code, "sqlite:///" + db], check=True, env=env, cwd=rundir)

@@ -19,10 +19,10 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from .engine import _background, background_writes, make_engine, read_only  # noqa: F401  (re-exported)
+from .engine import read_only
 
-__all__ = ["Store", "make_engine", "metadata", "users", "temps", "pages", "inbox", "leases", "jobs", "upsert",
-           "insert_ignore", "read_only", "background_writes", "SCHEMA_VERSION"]
+__all__ = ["Store", "metadata", "users", "temps", "pages", "inbox", "leases", "jobs", "upsert", "insert_ignore",
+           "SCHEMA_VERSION"]
 
 #: Bumped when a release changes the tables; see README "Upgrading".
 SCHEMA_VERSION = 1

@@ -14,7 +14,8 @@ from flask import Flask
 import flask_ampalibe
 from flask_ampalibe.events import parse_body
 from flask_ampalibe.inbox import Inbox
-from flask_ampalibe.storage import Store, make_engine
+from flask_ampalibe.engine import make_engine
+from flask_ampalibe.storage import Store
 from flask_ampalibe.testing import WebhookClient, message_event, page_body, read_event
 from conftest import SECRET
 

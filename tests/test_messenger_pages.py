@@ -186,8 +186,10 @@ def test_caller_lists_are_not_changed(chat: Messenger) -> None:
 
 # -- with the real SQL store --------------------------------------------------------------------------
 def test_pagination_with_the_sql_store_across_workers(graph: FakeGraph, tmp_path: Path) -> None:
-    storage = pytest.importorskip("flask_ampalibe.storage")
-    store = storage.Store(storage.make_engine(f"sqlite:///{tmp_path / 'pages.db'}"))
+    from flask_ampalibe.engine import make_engine
+    from flask_ampalibe.storage import Store
+
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'pages.db'}"))
     worker_a = Messenger("token", graph_url=graph.url, pages=store, payload_encoder=codec.encode)
     worker_b = Messenger("token", graph_url=graph.url, pages=store, payload_encoder=codec.encode)
     worker_a.send_template(USER, items(25), next=True)

@@ -22,7 +22,7 @@ from sqlalchemy import inspect
 from flask_ampalibe.cli import cli
 from flask_ampalibe.events import parse_body
 from flask_ampalibe.extension import reset_default
-from flask_ampalibe.storage import make_engine
+from flask_ampalibe.engine import make_engine
 from flask_ampalibe.testing import WebhookClient, message_event, page_body
 from conftest import PROJECT_MODULES, SECRET
 from test_delivery import STRAY, bot_settings, make_project, markers, project_env, project_inbox, wait_until

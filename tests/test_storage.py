@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from flask_ampalibe import storage
+from flask_ampalibe import engine as engines, storage
 from flask_ampalibe.errors import ConfigurationError
-from flask_ampalibe.storage import Store, make_engine
+from flask_ampalibe.engine import make_engine
+from flask_ampalibe.storage import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -312,7 +313,8 @@ def test_threads_insert_the_same_new_keys(store):
 
 WORKER = textwrap.dedent("""
     import sys, threading
-    from flask_ampalibe.storage import Store, make_engine
+    from flask_ampalibe.engine import make_engine
+    from flask_ampalibe.storage import Store
 
     url, me, threads, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     store = Store(make_engine(url))
@@ -429,7 +431,7 @@ def test_sqlite_write_lock_is_held_for_the_write_transaction_only(tmp_path):
             assert lock.locked()
             raise RuntimeError("rolled back")
     assert not lock.locked()
-    with storage.read_only(engine) as conn:  # reads never queue behind the writers
+    with engines.read_only(engine) as conn:  # reads never queue behind the writers
         assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 0
         assert not lock.locked()
     engine.dispose()
@@ -437,13 +439,13 @@ def test_sqlite_write_lock_is_held_for_the_write_transaction_only(tmp_path):
 
 def test_background_writes_still_write_and_leave_the_locks_free(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'bg.db'}")
-    with storage.background_writes():
+    with engines.background_writes():
         with engine.begin() as conn:
             locks = conn.connection.dbapi_connection.locks
             assert locks.write.locked() and not locks.background_gate.locked()
             conn.exec_driver_sql("CREATE TABLE b (x INTEGER)")
     assert not locks.write.locked() and not locks.background_gate.locked()
-    assert not getattr(storage._background, "on", False)
+    assert not getattr(engines._background, "on", False)
     engine.dispose()
 
 
