@@ -27,7 +27,6 @@ from .constant import (
 )
 from .errors import (
     AmpalibeError, ConfigurationError, GraphError, GraphTimeout, LimitError, PayloadError, RoutingError,
-    StorageError,
 )
 from .extension import Ampalibe, Bot, current_state, default_app, default_router, init, set_default_router
 from .i18n import translate
@@ -51,7 +50,7 @@ __all__ = [
     "download_file",
     "Ampalibe", "AmpalibeError", "Bot", "Button", "Cmd", "ConfigurationError", "Element", "GraphError",
     "GraphTimeout", "LimitError", "Messenger", "Model", "Payload", "PayloadError", "QuickReply", "Router",
-    "RoutingError", "StorageError", "action", "after_receive", "before_receive",
+    "RoutingError", "action", "after_receive", "before_receive",
     "bp", "command", "crontab", "current_state", "event", "generate_signature", "init", "offload", "on_error", "schedule",
     "set_default_router", "translate", "verify_signature", "webserver",
 ]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 __all__ = [
-    "AmpalibeError", "ConfigurationError", "RoutingError", "PayloadError", "StorageError", "LimitError",
+    "AmpalibeError", "ConfigurationError", "RoutingError", "PayloadError", "LimitError",
     "GraphError", "GraphTimeout", "GraphConnectionError",
 ]
 
@@ -21,10 +21,6 @@ class RoutingError(AmpalibeError, ValueError):
 
 class PayloadError(AmpalibeError, ValueError):
     """A :class:`~flask_ampalibe.Payload` cannot be encoded (too long, not JSON-serialisable)."""
-
-
-class StorageError(AmpalibeError):
-    """The database could not be reached or used; the message says which setting to check."""
 
 
 class LimitError(AmpalibeError, ValueError):

@@ -27,7 +27,7 @@ clocks differ by a few seconds still agree on it.
 
 The thread starts lazily, never at import: on the first request the app serves (unless the app
 is in testing mode), or explicitly with :func:`start_scheduler` (from a gunicorn
-``post_worker_init`` hook, or a dedicated process running :meth:`Scheduler.run_forever`).
+``post_worker_init`` hook).
 Tests call :meth:`Scheduler.tick` with the time they want.
 """
 from __future__ import annotations
@@ -504,13 +504,6 @@ class Scheduler:
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
-
-    def run_forever(self) -> None:
-        """Tick every minute in the calling thread until :meth:`stop` (a dedicated scheduler process)."""
-        if not self.jobs:
-            logger.warning("no @schedule jobs are registered for %s; the scheduler has nothing to do",
-                           self.state.app.name)
-        self._loop()
 
 
 def scheduler_for(app: "Flask | AmpalibeState") -> Scheduler:

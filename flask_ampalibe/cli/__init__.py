@@ -14,7 +14,7 @@ from typing import Sequence
 from flask import Flask
 from flask.cli import AppGroup, ScriptInfo
 
-from . import loader, migrate, project
+from . import loader, migrate, operate, project
 
 __all__ = ["cli", "main"]
 
@@ -28,13 +28,7 @@ cli.params.append(project.leading_port_option())
 project.register(cli)
 migrate.register(cli)
 
-try:
-    from .operate import register as _register_operate
-except ModuleNotFoundError as exc:  # not written yet; an import error *inside* it must show
-    if exc.name != f"{__name__}.operate":
-        raise
-else:
-    _register_operate(cli)
+operate.register(cli)
 
 
 def _project_app() -> Flask:
