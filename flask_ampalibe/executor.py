@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -36,7 +35,7 @@ from . import aio
 from .aio import ElasticPool
 from .config import DEFAULT_MAX_CONCURRENCY
 from .engine import background_writes
-from .inbox import Claimed, Inbox
+from .inbox import Claimed, Inbox, lease_owner
 
 __all__ = ["Executor", "InlineExecutor", "ThreadExecutor", "PollingExecutor", "make_executor",
            "DEFAULT_MAX_CONCURRENCY"]
@@ -92,7 +91,8 @@ class Executor:
         if self._owner_pid != pid:
             with self._owner_lock:
                 if self._owner_pid != pid:
-                    self._owner = f"{socket.gethostname()[:48]}:{pid}:{uuid.uuid4().hex[:12]}"
+                    # A tag of its own: two executors of one process must not renew each other's leases.
+                    self._owner = lease_owner(uuid.uuid4().hex[:12])
                     self._owner_pid = pid
         return self._owner
 

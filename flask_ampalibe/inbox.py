@@ -12,6 +12,8 @@ failed instead of being tried forever.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from .engine import read_only
 from .events import Event
 from .storage import Store, inbox, insert_ignore, leases
 
-__all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED", "USER_STATE_KINDS"]
+__all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED", "USER_STATE_KINDS", "lease_owner"]
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 
@@ -65,6 +67,13 @@ _give_up = (inbox.update().where(inbox.c.id == bindparam("event_id"))
 _end = (inbox.update().where(inbox.c.id == bindparam("event_id"), inbox.c.status == RUNNING)
         .values(status=bindparam("outcome"), finished_at=bindparam("now"), error=bindparam("err")))
 _any_unfinished = select(inbox.c.id).where(inbox.c.user_id == bindparam("uid"), _unfinished).limit(1)
+
+
+def lease_owner(tag: str = "") -> str:
+    """The name this process holds leases under (the ``owner`` of ``amp_lease`` and ``amp_job``):
+    ``host:pid``, and ``:tag`` when given; at most 96 characters."""
+    name = f"{socket.gethostname()[:48]}:{os.getpid()}"
+    return f"{name}:{tag[:40]}" if tag else name
 
 
 @dataclass

@@ -36,7 +36,6 @@ import inspect
 import logging
 import math
 import os
-import socket
 import threading
 import time
 import weakref
@@ -46,7 +45,8 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import aio
 from .errors import AmpalibeError, RoutingError
-from .router import Router, call_handler
+from .router import Router, _qualname, call_handler
+from .inbox import lease_owner
 from .storage import insert_ignore, jobs as jobs_table
 
 if TYPE_CHECKING:
@@ -297,7 +297,7 @@ def schedule(cron: str, name: str | None = None, *, tz: "str | tzinfo | None" = 
 
     def deco(func: F) -> F:
         target = router or _default_router()
-        job_name = name or f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+        job_name = name or _qualname(func)
         job = Job(job_name, parsed, func, zone, float(grace), tuple(args), enabled=bool(start))
         with _registry_lock:
             table = _registry.setdefault(target, {})
@@ -341,10 +341,6 @@ def _default_router() -> Router:
     return default_router()
 
 
-def _qualname(func: Callable[..., Any]) -> str:
-    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
-
-
 def _zone(tz: "str | tzinfo | None") -> tzinfo:
     if tz is None:
         return timezone.utc
@@ -386,7 +382,7 @@ class Scheduler:
     @property
     def owner(self) -> str:
         """Who claims slots: ``host:pid``, recorded in ``amp_job.owner``."""
-        return f"{socket.gethostname()[:80]}:{os.getpid()}"
+        return lease_owner()
 
     def claim(self, name: str, slot: int) -> bool:
         """Claim run time ``slot`` of job ``name``; ``True`` for exactly one caller across all processes.

@@ -20,6 +20,8 @@ from typing import Any, Iterator
 import click
 from flask import Flask
 
+from ..config import _flag
+
 __all__ = ["ProjectError", "ProjectSettings", "find_project", "load_app", "read_settings"]
 
 CORE = "core.py"
@@ -197,7 +199,3 @@ def _int(value: Any, default: int, name: str) -> int:
         raise ProjectError(f"{name} must be a whole number, not {value!r}; fix it in .env.") from None
 
 
-def _flag(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
