@@ -17,10 +17,11 @@ import pytest
 
 import flask_ampalibe
 from flask_ampalibe import aio
+from flask_ampalibe.engine import make_engine
 from flask_ampalibe.events import parse_body
 from flask_ampalibe.executor import ThreadExecutor
 from flask_ampalibe.inbox import Claimed, Inbox
-from flask_ampalibe.storage import Store, make_engine
+from flask_ampalibe.storage import Store
 from flask_ampalibe.testing import message_event, page_body
 from test_delivery import markers, project_inbox, served, wait_until  # noqa: F401  (served is a fixture)
 
