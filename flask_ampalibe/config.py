@@ -44,6 +44,10 @@ DEFAULTS: dict[str, Any] = {
     "HEALTH_TOKEN": None,
     "LANGS_FILE": "langs.json",
     "DEFAULT_LANG": "en",
+    "DASHBOARD_PASSWORD": None,  # None: the dashboard is off (404)
+    "DASHBOARD_USER": "admin",
+    "DASHBOARD_PATH": "/_ampalibe/",
+    "METRICS_TOKEN": None,  # None: the Prometheus endpoint is off (404)
 }
 
 # The spec's Configuration attributes that map one-to-one onto a setting.
@@ -51,7 +55,7 @@ _DIRECT = (
     "ACCESS_TOKEN", "VERIF_TOKEN", "APP_SECRET", "ALLOW_UNSIGNED", "GRAPH_URL", "GRAPH_VERSION",
     "DATABASE_URL", "PAYLOAD_SECRET", "APP_URL", "EXECUTOR", "MAX_CONCURRENCY", "WORKER_THREADS", "LEASE_SECONDS", "POLL_SECONDS",
     "RETENTION_DAYS", "HEALTH_TOKEN", "URL_PREFIX", "ASSETS_FOLDER", "HTTP_TIMEOUT", "LANGS_FILE",
-    "DEFAULT_LANG",
+    "DEFAULT_LANG", "DASHBOARD_PASSWORD", "DASHBOARD_USER", "DASHBOARD_PATH", "METRICS_TOKEN",
 )
 
 _DRIVERS = {
@@ -151,6 +155,12 @@ def settings(config: Mapping[str, Any]) -> dict[str, Any]:
         )
     prefix = str(out["URL_PREFIX"] or "").rstrip("/")
     out["URL_PREFIX"] = ("/" + prefix.lstrip("/")) if prefix else ""
+    path = str(out["DASHBOARD_PATH"] or "").strip("/")
+    if not path:
+        raise ConfigurationError(
+            "AMPALIBE_DASHBOARD_PATH cannot be / (the webhook is there); use a folder such as /_ampalibe/."
+        )
+    out["DASHBOARD_PATH"] = f"/{path}/"
     return out
 
 

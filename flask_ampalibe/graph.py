@@ -134,6 +134,9 @@ class GraphClient:
             self._auth["appsecret_proof"] = proof
         self.sleep: Callable[[float], Any] = time.sleep
         self.clock: Callable[[], float] = time.monotonic
+        #: Called with the Graph error code (``"551"``), ``"http_<status>"`` or the exception's
+        #: class name of every request that ends in an error: the dashboard's counters.
+        self.on_error: Callable[[str], Any] | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.base_url}>"
@@ -256,6 +259,7 @@ class GraphClient:
                 reason = _error_text(error)
                 if not retry:
                     _log_error(label, error)
+                    self._count_error(error, None)
                     return response
 
             delay = min(self.backoff_max, self.backoff_base * (2 ** attempt))
@@ -266,13 +270,28 @@ class GraphClient:
                     logger.warning("Graph %s: giving up after %d attempt(s): %s", label, attempt + 1, reason)
                 if response is not None:
                     _log_error(label, graph_error(response))
+                    self._count_error(graph_error(response), None)
                     return response
                 assert failure is not None
                 logger.warning("Graph %s: %s", label, failure)
+                self._count_error(None, failure)
                 raise failure from None
             attempt += 1
             logger.warning("Graph %s: %s; retry %d of %d in %.2fs", label, reason, attempt, self.max_retries, delay)
             self.sleep(delay)
+
+    def _count_error(self, error: GraphErrorInfo | None, failure: BaseException | None) -> None:
+        if self.on_error is None or (error is None and failure is None):
+            return
+        if failure is not None:
+            code = type(failure).__name__
+        else:
+            assert error is not None
+            code = str(error.code) if error.code is not None else f"http_{error.status}"
+        try:
+            self.on_error(code)
+        except Exception:  # counting must never break a send
+            logger.exception("counting a Graph error failed")
 
     @staticmethod
     def _transient(response: requests.Response, error: GraphErrorInfo | None, idempotent: bool) -> bool:

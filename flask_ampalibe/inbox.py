@@ -105,6 +105,9 @@ class Inbox:
     def __init__(self, store: Store, max_attempts: int = 5) -> None:
         self.store = store
         self.max_attempts = max_attempts
+        #: Told of recorded and finished events (``recorded(n)``, ``finished(outcome)``): the
+        #: dashboard's in-memory counters, when it is on (see :mod:`flask_ampalibe.dashboard`).
+        self.counters: Any = None
 
     @property
     def engine(self) -> Any:
@@ -128,6 +131,8 @@ class Inbox:
         with self.engine.begin() as conn:
             insert_ignore(conn, inbox, rows)
             insert_ignore(conn, leases, [{"user_id": u, "owner": None, "expires_at": 0.0} for u in users])
+        if self.counters is not None:
+            self.counters.recorded(len(rows))
         return list(users)
 
     # -- leases ---------------------------------------------------------------------------
@@ -217,6 +222,8 @@ class Inbox:
                 "err": f"Given up after {attempts} attempts: the process handling this event died "
                        f"(or was stopped) each time before the handler returned. Check the workers' logs, "
                        f"then replay it with `ampalibe inbox replay {row.id}`."})
+            if self.counters is not None:
+                self.counters.finished(FAILED)
         if not conn.dialect.update_returning:
             conn.execute(_start, {"event_id": row.id, "n": attempts + 1})
         event = Event.from_json(row.event_key, user_id, row.timestamp, row.body)
@@ -236,12 +243,12 @@ class Inbox:
         with self.engine.begin() as conn:
             self._finish(conn, claimed, error, time.time())
 
-    @staticmethod
-    def _finish(conn: Any, claimed: Claimed, error: BaseException | None, now: float) -> None:
+    def _finish(self, conn: Any, claimed: Claimed, error: BaseException | None, now: float) -> None:
         values: dict[str, Any] = {"event_id": claimed.id, "outcome": DONE, "now": now, "err": None}
         if error is not None:
             values.update(outcome=FAILED, err="".join(traceback.format_exception(error))[-8000:])
-        conn.execute(_end, values)
+        if conn.execute(_end, values).rowcount and self.counters is not None:
+            self.counters.finished(values["outcome"])
 
     def has_work(self, user_id: str) -> bool:
         """Whether ``user_id`` has unfinished events."""
@@ -301,6 +308,15 @@ class Inbox:
             users = [r.user_id for r in conn.execute(select(inbox.c.user_id).distinct().where(*where)).all()]
             conn.execute(inbox.update().where(*where).values(status=PENDING, error=None, attempts=0))
         return users
+
+    def discard(self, event_id: int | None = None) -> int:
+        """Delete one failed event (or all of them) for good; returns how many."""
+        self.store.ensure()
+        where = [inbox.c.status == FAILED]
+        if event_id is not None:
+            where.append(inbox.c.id == event_id)
+        with self.engine.begin() as conn:
+            return conn.execute(inbox.delete().where(*where)).rowcount
 
     def purge(self, older_than_seconds: float) -> int:
         """Delete handled events finished more than ``older_than_seconds`` ago."""

@@ -318,6 +318,17 @@ class Store:
             taken = conn.execute(_page_delete, params).rowcount
         return _loads(row.data) if taken == 1 else None
 
+    # -- operators ------------------------------------------------------------------------------
+    def forget_user(self, user_id: str) -> dict[str, int]:
+        """Delete everything kept about ``user_id``: state, temporary data, pages, events, lease.
+
+        :returns: how many rows went, by table.
+        """
+        self.ensure()
+        with self.engine.begin() as conn:
+            return {table.name: conn.execute(table.delete().where(table.c.user_id == user_id)).rowcount
+                    for table in (users, temps, pages, inbox, leases)}
+
 
 def _loads(value: str | None) -> Any:
     return None if value is None else json.loads(value)
