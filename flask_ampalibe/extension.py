@@ -183,6 +183,8 @@ class Ampalibe:
         if register_blueprint and "ampalibe" not in app.blueprints:
             from .blueprint import bp
             app.register_blueprint(bp, url_prefix=values["URL_PREFIX"] or None)
+        from .dashboard import init_dashboard
+        init_dashboard(app, app.extensions["ampalibe"])
 
     # -- decorators on this extension's router -------------------------------------------------
     def command(self, name: str) -> Callable[[F], F]:

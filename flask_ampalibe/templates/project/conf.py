@@ -47,3 +47,8 @@ class Configuration:
     # Graph API
     GRAPH_URL = setting("AMP_GRAPH_URL", "https://graph.facebook.com")
     GRAPH_VERSION = setting("AMP_GRAPH_VERSION", "v24.0")
+
+    # Operator's dashboard and Prometheus metrics (off while unset)
+    DASHBOARD_PASSWORD = setting("AMP_DASHBOARD_PASSWORD")
+    DASHBOARD_USER = setting("AMP_DASHBOARD_USER", "admin")
+    METRICS_TOKEN = setting("AMP_METRICS_TOKEN")
