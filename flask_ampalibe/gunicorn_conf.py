@@ -22,6 +22,10 @@ What they are and why:
   stay recorded in the database and are handled by the next worker.
 - ``worker_int`` (Ctrl-C / SIGQUIT, a quick shutdown) gives running handlers at most
   :data:`QUICK_SHUTDOWN_SECONDS`.
+- Prometheus (when ``prometheus_client`` is installed): ``on_starting`` points
+  ``PROMETHEUS_MULTIPROC_DIR`` at a fresh temporary folder unless it is set, so the metrics
+  endpoint adds up every worker's counts; ``child_exit`` tells prometheus_client a worker is gone,
+  ``on_exit`` removes the folder it created.
 
 Change any of them in the project's ``gunicorn.conf.py``, with gunicorn's own flags, or with
 ``GUNICORN_CMD_ARGS`` (``GUNICORN_CMD_ARGS="--threads 16" ampalibe run``).
@@ -38,7 +42,7 @@ from dotenv import dotenv_values
 
 __all__ = [
     "bind", "workers", "worker_class", "threads", "timeout", "graceful_timeout", "proc_name",
-    "post_worker_init", "worker_int", "worker_exit", "settings",
+    "post_worker_init", "worker_int", "worker_exit", "on_starting", "child_exit", "on_exit", "settings",
 ]
 
 #: Seconds running handlers get when a worker is stopped quickly (SIGINT / SIGQUIT).
@@ -86,6 +90,9 @@ def settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "post_worker_init": post_worker_init,
         "worker_int": worker_int,
         "worker_exit": worker_exit,
+        "on_starting": on_starting,
+        "child_exit": child_exit,
+        "on_exit": on_exit,
         # gunicorn >= 25.1 opens a control socket at one path per user: two bots on one host
         # would take each other's.  The bot does not use it.
         **({"control_socket_disable": True} if _has_control_socket() else {}),
@@ -169,6 +176,51 @@ def worker_exit(server: Any, worker: Any) -> None:
     since = getattr(worker, "_ampalibe_stopping_since", None)
     spent = time.monotonic() - since if since is not None else 0.0
     _stop_executor(worker, max(1.0, graceful - spent - EXIT_MARGIN_SECONDS))
+
+
+# -- Prometheus multiprocess mode ---------------------------------------------------------------
+_MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
+_created_dir: str | None = None
+
+
+def on_starting(server: Any) -> None:
+    """gunicorn hook (master, before the workers start): give prometheus_client a folder to
+    share counts between workers, unless ``PROMETHEUS_MULTIPROC_DIR`` is set already."""
+    global _created_dir
+    if os.environ.get(_MULTIPROC) or os.environ.get(_MULTIPROC.lower()):
+        return
+    import importlib.util
+    import tempfile
+
+    # Not imported here: prometheus_client picks its mode when imported, and the workers inherit it.
+    if importlib.util.find_spec("prometheus_client") is None:
+        return
+
+    _created_dir = tempfile.mkdtemp(prefix="ampalibe-prometheus-")
+    os.environ[_MULTIPROC] = _created_dir
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn hook (master): a worker is gone; its live gauges no longer count (its counters do)."""
+    if not (os.environ.get(_MULTIPROC) or os.environ.get(_MULTIPROC.lower())):
+        return
+    try:
+        from prometheus_client import multiprocess
+    except ImportError:
+        return
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """gunicorn hook (master, last): remove the folder :func:`on_starting` created."""
+    global _created_dir
+    if _created_dir is not None:
+        import shutil
+
+        shutil.rmtree(_created_dir, ignore_errors=True)
+        if os.environ.get(_MULTIPROC) == _created_dir:
+            del os.environ[_MULTIPROC]
+        _created_dir = None
 
 
 _defaults = settings()
