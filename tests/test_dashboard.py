@@ -365,3 +365,12 @@ def test_metrics_token_without_prometheus_client_says_what_to_install(app: Flask
     app.config["AMPALIBE_METRICS_TOKEN"] = "t"
     with pytest.raises(ConfigurationError, match=r"flask_ampalibe\[metrics\]"):
         flask_ampalibe.Ampalibe(app, router=router)
+
+
+def test_dashboard_comes_with_the_blueprint_registered_by_hand(app: Flask) -> None:
+    app.config["AMPALIBE_DASHBOARD_PASSWORD"] = PASSWORD
+    app.register_blueprint(flask_ampalibe.bp)
+    client = app.test_client()
+    assert _get(client, "/_ampalibe/users", headers=AUTH)[0] == 200
+    assert _get(client, "/_ampalibe/users")[0] == 401
+    app.extensions["ampalibe"].executor.shutdown(timeout=5)

@@ -211,7 +211,7 @@ def test_prometheus_counts_add_up_across_two_gunicorn_workers(serve: Any, graph:
         assert _metric(text, "ampalibe_events_handled_total", '{outcome="done"}') == 36
         assert _metric(text, "ampalibe_events_handled_total", '{outcome="failed"}') == 4
         assert _metric(text, "ampalibe_graph_errors_total", '{code="10"}') == 3
-        assert _metric(text, "ampalibe_inbox_events", '{status="done"}') == 36
+        assert _metric(text, "ampalibe_inbox_events", '{status="failed"}') == 4
         assert _metric(text, "ampalibe_inbox_backlog") == 0
 
     # New workers (HUP): the old workers' counts still count, the new ones add to them.

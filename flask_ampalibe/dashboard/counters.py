@@ -55,6 +55,7 @@ class Counters:
         self._dirty: set[int] = set()
         self._timer: threading.Timer | None = None
         self._pid = os.getpid()
+        self._outcomes: dict[str, Any] = {}  # prometheus children by label: labels() costs more than inc()
 
     @property
     def owner(self) -> str:
@@ -70,7 +71,10 @@ class Counters:
     def finished(self, outcome: str) -> None:
         """An event was handled (``done``) or given up (``failed``)."""
         if self.metrics is not None:
-            self.metrics.handled.labels(outcome).inc()
+            child = self._outcomes.get(outcome)
+            if child is None:
+                child = self._outcomes[outcome] = self.metrics.handled.labels(outcome)
+            child.inc()
 
     def graph_error(self, code: str) -> None:
         """A Graph request ended in error ``code``."""

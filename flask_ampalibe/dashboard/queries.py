@@ -26,22 +26,30 @@ __all__ = ["status_counts", "overview", "pending_users", "failed_events", "user_
 _UNFINISHED = (PENDING, RUNNING)
 
 
+#: Statuses counted on every page and scrape: the small sets.  Handled events (``done``) are the
+#: bulk of the table; counting them all would cost a scan per page, so they are counted per minute
+#: in :func:`overview` and by the Prometheus counters instead.
+COUNTED = (PENDING, RUNNING, FAILED, "rejected")
+#: How long before the charts' hour an event may have been received and still count in them.
+LOOKBACK_SECONDS = 3600.0
+
+
 def status_counts(store: Store) -> tuple[dict[str, int], float | None]:
-    """Events by status (every status present, ``rejected`` included once it exists) and the
-    ``received_at`` of the oldest unfinished event."""
+    """Events by status, but for ``done`` (see :data:`COUNTED`), and the ``received_at`` of the
+    oldest unfinished event.  Both read ranges of the ``(status, received_at)`` index."""
     store.ensure()
     with read_only(store.engine) as conn:
         counts = {str(s): int(n) for s, n in conn.execute(
-            select(inbox.c.status, func.count()).group_by(inbox.c.status)).all()}
+            select(inbox.c.status, func.count()).where(inbox.c.status.in_(COUNTED)).group_by(inbox.c.status)).all()}
         oldest = conn.execute(select(func.min(inbox.c.received_at)).where(inbox.c.status.in_(_UNFINISHED))).scalar()
-    for status in (PENDING, RUNNING, DONE, FAILED):
+    for status in (PENDING, RUNNING, FAILED):
         counts.setdefault(status, 0)
     return counts, oldest
 
 
-def _bucket(conn: Any, column: Any, start: float) -> Any:
-    """The minute (0, 1, ...) after ``start`` that ``column`` falls in, in SQL."""
-    expr = (column - start) / 60
+def _minutes(conn: Any, column: Any, origin: float) -> Any:
+    """The whole minutes from ``origin`` to ``column``, in SQL (``origin`` is before the values)."""
+    expr = (column - origin) / 60
     if conn.dialect.name == "sqlite":  # CAST truncates in SQLite (rounds elsewhere); floor() may be missing
         return cast(expr, Integer)
     return func.floor(expr)
@@ -49,6 +57,10 @@ def _bucket(conn: Any, column: Any, start: float) -> Any:
 
 def overview(store: Store, counters: Any = None, now: float | None = None, minutes: int = 60) -> dict[str, Any]:
     """Per-minute series of the last ``minutes`` minutes (the last one is the current, partial one).
+
+    One grouped query over the events received since :data:`LOOKBACK_SECONDS` before the window
+    (a range of the ``(status, received_at)`` index) and the unfinished ones, counted by status,
+    minute received and minute finished; the series are added up from those groups.
 
     :returns: ``times`` (end of each minute, the last is ``now``), ``received`` (events recorded,
         i.e. acknowledged), ``done`` (handled), ``failed``, ``backlog`` (unfinished events at the end
@@ -58,43 +70,39 @@ def overview(store: Store, counters: Any = None, now: float | None = None, minut
     now = time.time() if now is None else now
     first_minute = math.floor(now / 60) - minutes + 1
     start = first_minute * 60.0
+    origin = start - LOOKBACK_SECONDS - 60.0
+    shift = int((start - origin) // 60)  # minute index of ``start`` counted from ``origin``
     ends = [min(now, start + 60.0 * (i + 1)) for i in range(minutes)]
     counts, oldest = status_counts(store)
+    with read_only(store.engine) as conn:
+        rb, fb = _minutes(conn, inbox.c.received_at, origin), _minutes(conn, inbox.c.finished_at, origin)
+        groups = conn.execute(
+            select(inbox.c.status, rb, fb, func.count(), func.min(inbox.c.received_at))
+            .where(or_(and_(inbox.c.status.in_((DONE, FAILED)), inbox.c.received_at >= origin + 60),
+                       inbox.c.status.in_(_UNFINISHED)))
+            .group_by(inbox.c.status, rb, fb)).all()
     received = [0] * minutes
     finished = {DONE: [0] * minutes, FAILED: [0] * minutes}
-    with read_only(store.engine) as conn:
-        bucket = _bucket(conn, inbox.c.received_at, start)
-        for b, n in conn.execute(
-                select(bucket, func.count())
-                .where(inbox.c.status.in_((PENDING, RUNNING, DONE, FAILED)), inbox.c.received_at >= start)
-                .group_by(bucket)).all():
-            if b is not None and 0 <= int(b) < minutes:
-                received[int(b)] += int(n)
-        bucket = _bucket(conn, inbox.c.finished_at, start)
-        for status, b, n in conn.execute(
-                select(inbox.c.status, bucket, func.count())
-                .where(inbox.c.status.in_((DONE, FAILED)), inbox.c.finished_at >= start)
-                .group_by(inbox.c.status, bucket)).all():
-            if b is not None and 0 <= int(b) < minutes:
-                finished[status][int(b)] += int(n)
-        # The oldest event still unfinished at the end of each minute: one scan of the events that
-        # were unfinished at some point of the window, one MIN per minute.
-        unfinished_now = inbox.c.status.in_(_UNFINISHED)
-        mins = [func.min(case((and_(inbox.c.received_at <= end, or_(unfinished_now, inbox.c.finished_at > end)),
-                               inbox.c.received_at))) for end in ends]
-        row = conn.execute(select(*mins).where(or_(
-            unfinished_now, and_(inbox.c.status.in_((DONE, FAILED)), inbox.c.finished_at >= start)))).first()
-    # Backlog at time t = backlog now - recorded after t + finished after t.
-    backlog_now = counts[PENDING] + counts[RUNNING]
-    backlog = []
-    later_received = later_finished = 0
-    for i in range(minutes - 1, -1, -1):
-        backlog.append(max(0, backlog_now - later_received + later_finished))
-        later_received += received[i]
-        later_finished += finished[DONE][i] + finished[FAILED][i]
-    backlog.reverse()
-    oldest_age = [round(max(0.0, end - float(first)), 1) if first is not None else 0.0
-                  for end, first in zip(ends, row or [None] * minutes)]
+    backlog = [0] * minutes
+    first_seen: list[float | None] = [None] * minutes
+    for status, r, f, n, min_received in groups:
+        unfinished = status in _UNFINISHED  # (a replayed event counts as waiting since it was received)
+        r = int(r) - shift if r is not None and float(min_received) >= origin else -1
+        f = int(f) - shift if f is not None and not unfinished else None
+        n = int(n)
+        if 0 <= r < minutes:
+            received[r] += n
+        if f is not None and 0 <= f < minutes:
+            finished[status][f] += n
+        # Waiting at the end of minute i: received by then (minute <= i), not finished by then.
+        for i in range(max(r, 0), minutes):
+            if not unfinished and f is not None and f <= i:
+                break
+            backlog[i] += n
+            if first_seen[i] is None or min_received < first_seen[i]:
+                first_seen[i] = float(min_received)
+    oldest_age = [round(max(0.0, end - first), 1) if first is not None else 0.0
+                  for end, first in zip(ends, first_seen)]
     graph: dict[str, list[int]] = {}
     if counters is not None:
         for minute, codes in counters.graph_errors(first_minute).items():
