@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README, and what CI runs (.ci/run). On a fresh Debian machine (as root)
-# it installs the MariaDB and PostgreSQL servers (and python3-venv when the Python needs it), then
+# it installs the MariaDB and PostgreSQL servers, Debian's chromium and chromium-driver (the
+# dashboard's browser tests drive them) and python3-venv when the Python needs it, then
 # creates a FRESH virtual environment in a temporary folder, installs the project with its test
 # extras there at the newest versions the package index offers (as a newcomer gets them), runs the
 # whole suite with it, and removes the environment. Extra arguments go to pytest, e.g.
@@ -13,6 +14,10 @@ cd "$(dirname "$0")/.."
 have_mariadb() {
     command -v mariadbd >/dev/null || command -v mysqld >/dev/null \
         || [ -x /usr/sbin/mariadbd ] || [ -x /usr/sbin/mysqld ]
+}
+# The dashboard's browser tests drive Debian's chromium through Debian's chromium-driver.
+have_chromium() {
+    command -v chromium >/dev/null && command -v chromedriver >/dev/null
 }
 have_postgresql() {
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
@@ -30,6 +35,7 @@ make_venv() { "$python" -m venv --clear "$venv" >/dev/null 2>&1; }
 missing=()
 have_mariadb || missing+=(mariadb-server)
 have_postgresql || missing+=(postgresql)
+have_chromium || missing+=(chromium chromium-driver)
 if ! command -v "$python" >/dev/null; then
     missing+=(python3 python3-venv)
 elif ! make_venv; then
@@ -62,7 +68,7 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --upgrade pip
 "${pip[@]}" install -q --upgrade --upgrade-strategy eager -e '.[test]'
 echo "tests/run.sh: $("$venv/bin/python" --version) in a fresh venv; $("${pip[@]}" list --format=freeze \
-    | grep -iE '^(flask|werkzeug|click|sqlalchemy|alembic|gunicorn|pytest|pymysql|psycopg)==' | tr '\n' ' ')"
+    | grep -iE '^(flask|werkzeug|click|sqlalchemy|alembic|gunicorn|pytest|pymysql|psycopg|prometheus.client|selenium)==' | tr '\n' ' ')"
 
 export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
 status=0
