@@ -374,3 +374,18 @@ def test_dashboard_comes_with_the_blueprint_registered_by_hand(app: Flask) -> No
     assert _get(client, "/_ampalibe/users", headers=AUTH)[0] == 200
     assert _get(client, "/_ampalibe/users")[0] == 401
     app.extensions["ampalibe"].executor.shutdown(timeout=5)
+
+
+def test_failed_page_lists_items_rejected_at_reception(dash: Flask, dclient: Any) -> None:
+    """Items the webhook keeps as ``rejected`` (with their reason) are listed, escaped, without actions."""
+    from flask_ampalibe.storage import inbox as inbox_table
+
+    store: Store = dash.extensions["ampalibe"].store
+    store.ensure()
+    with store.engine.begin() as conn:
+        conn.execute(inbox_table.insert().values(
+            event_key="r1", user_id="", kind="unknown", timestamp=0, body='{"raw": "<i>odd</i>"}', status="rejected",
+            attempts=0, error="entry 0: <messaging> is not a list", received_at=1_800_000_000.0))
+    _, page = _get(dclient, "/_ampalibe/failed", headers=AUTH)
+    assert 'id="rejected-' in page and "entry 0: &lt;messaging&gt; is not a list" in page
+    assert "&lt;i&gt;odd&lt;/i&gt;" in page and "<i>odd" not in page

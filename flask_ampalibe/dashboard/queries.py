@@ -20,7 +20,8 @@ from ..engine import read_only
 from ..inbox import DONE, FAILED, PENDING, RUNNING
 from ..storage import Store, inbox, jobs, leases, temps, users
 
-__all__ = ["status_counts", "overview", "pending_users", "failed_events", "user_detail", "recent_users",
+__all__ = ["status_counts", "overview", "pending_users", "failed_events", "rejected_events", "user_detail",
+           "recent_users",
            "job_runs", "summary"]
 
 _UNFINISHED = (PENDING, RUNNING)
@@ -153,6 +154,19 @@ def failed_events(store: Store, limit: int = 50) -> tuple[list[dict[str, Any]], 
                    inbox.c.received_at, inbox.c.finished_at, inbox.c.body)
             .where(inbox.c.status == FAILED).order_by(inbox.c.id.desc()).limit(limit)).all()
     return [{**r._mapping, "body": _pretty(r.body), "summary": summary(r.body)} for r in rows], int(total)
+
+
+def rejected_events(store: Store, limit: int = 20) -> tuple[list[dict[str, Any]], int]:
+    """Webhook items kept as ``rejected`` at reception (never handled), newest first, with their
+    reason; and how many there are."""
+    store.ensure()
+    with read_only(store.engine) as conn:
+        total = conn.execute(select(func.count()).where(inbox.c.status == "rejected")).scalar() or 0
+        rows = conn.execute(
+            select(inbox.c.id, inbox.c.event_key, inbox.c.user_id, inbox.c.kind, inbox.c.error, inbox.c.received_at,
+                   inbox.c.body)
+            .where(inbox.c.status == "rejected").order_by(inbox.c.id.desc()).limit(limit)).all()
+    return [{**r._mapping, "body": _pretty(r.body)} for r in rows], int(total)
 
 
 def recent_users(store: Store, limit: int = 50) -> list[dict[str, Any]]:

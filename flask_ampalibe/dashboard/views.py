@@ -164,7 +164,8 @@ def pending() -> str:
 def failed() -> str:
     """Failed events with their traceback and body; replay or discard them."""
     rows, total = queries.failed_events(_state().store)
-    return _page("failed.html", rows=rows, total=total)
+    rejected, rejected_total = queries.rejected_events(_state().store)
+    return _page("failed.html", rows=rows, total=total, rejected=rejected, rejected_total=rejected_total)
 
 
 @bp.get("/jobs")
