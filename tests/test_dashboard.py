@@ -12,9 +12,10 @@ from flask import Flask
 
 import flask_ampalibe
 from flask_ampalibe.dashboard.counters import Counters
+from flask_ampalibe.engine import make_engine
 from flask_ampalibe.errors import ConfigurationError
 from flask_ampalibe.inbox import Inbox
-from flask_ampalibe.storage import Store, make_engine, meta
+from flask_ampalibe.storage import Store, meta
 from flask_ampalibe.testing import WebhookClient
 from conftest import SECRET
 

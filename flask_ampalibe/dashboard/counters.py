@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 from sqlalchemy import select
 
-from ..storage import Store, meta, read_only, upsert
+from ..engine import read_only
+from ..storage import Store, meta, upsert
 
 __all__ = ["Counters", "KEEP_MINUTES"]
 
