@@ -73,13 +73,15 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         options.add_argument(flag)
     profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
     options.add_argument(f"--user-data-dir={profile}")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    driver.implicitly_wait(10)  # after a click, find_element waits for the next page
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    # Our own log file, closed here: selenium 4.11 opens /dev/null for the driver's log and never closes it.
+    with open(tmp_path / "chromedriver.log", "wb") as log:
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=log), options=options)
+        driver.set_page_load_timeout(30)
+        driver.implicitly_wait(10)  # after a click, find_element waits for the next page
+        try:
+            yield driver
+        finally:
+            driver.quit()
 
 
 def log_in(driver: Any, user: str = "admin", password: str = PASSWORD) -> None:
