@@ -51,7 +51,8 @@ __all__ = [
     "Ampalibe", "AmpalibeError", "Bot", "Button", "Cmd", "ConfigurationError", "Element", "GraphError",
     "GraphTimeout", "LimitError", "Messenger", "Model", "Payload", "PayloadError", "QuickReply", "Router",
     "RoutingError", "action", "after_receive", "before_receive",
-    "bp", "command", "crontab", "current_state", "event", "generate_signature", "init", "offload", "on_error", "schedule",
+    "bp", "celery_app", "command", "crontab", "current_state", "event", "generate_signature", "init", "offload",
+    "on_error", "schedule",
     "set_default_router", "translate", "verify_signature", "webserver",
 ]
 
@@ -102,6 +103,16 @@ crontab = schedule
 def on_error(func: F) -> F:
     """Run ``func(error=…, sender_id=…, message=…)`` when a handler raises."""
     return default_router().on_error(func)
+
+
+def celery_app(app: Any = None) -> Any:
+    """The Celery app of ``app`` (default: the bot :func:`init` set up) with ``AMPALIBE_EXECUTOR=celery``.
+
+    For ``celery -A module worker``; see :func:`flask_ampalibe.celery_executor.celery_app`.
+    """
+    from .celery_executor import celery_app as find
+
+    return find(app)
 
 
 def __getattr__(name: str) -> Any:

@@ -14,12 +14,19 @@ from urllib.parse import quote_plus
 
 from .errors import ConfigurationError
 
-__all__ = ["DEFAULTS", "PREFIX", "from_configuration", "database_url_from", "payload_secret", "project_dir", "settings"]
+__all__ = ["DEFAULTS", "EXECUTORS", "PREFIX", "PROJECT_ENV", "from_configuration", "database_url_from", "payload_secret", "project_dir", "settings"]
 
 PREFIX = "AMPALIBE_"
 
 #: Events handled at once per process when ``MAX_CONCURRENCY`` is not set.
 DEFAULT_MAX_CONCURRENCY = 256
+
+#: The values of ``AMPALIBE_EXECUTOR``.
+EXECUTORS = ("thread", "inline", "worker", "celery")
+
+#: Settings a project's ``.env`` may also give as ``AMP_<KEY>`` (when its ``Configuration`` does
+#: not set them): older scaffolded ``conf.py`` files do not read them.
+PROJECT_ENV = ("EXECUTOR", "CELERY_BROKER_URL", "CELERY_REQUEUE_SECONDS")
 
 #: Every setting with its default.  Keys appear in ``app.config`` with the ``AMPALIBE_`` prefix.
 DEFAULTS: dict[str, Any] = {
@@ -38,6 +45,8 @@ DEFAULTS: dict[str, Any] = {
     "EXECUTOR": "thread",
     "MAX_CONCURRENCY": None,  # None: 256 events handled at once per process (see README, "Concurrency")
     "WORKER_THREADS": None,  # former name of MAX_CONCURRENCY
+    "CELERY_BROKER_URL": None,  # the Celery executor's broker (redis://..., amqp://...)
+    "CELERY_REQUEUE_SECONDS": 30.0,  # Celery: how long a recorded event may wait before its user is enqueued again
     "LEASE_SECONDS": 30.0,
     "POLL_SECONDS": 2.0,
     "RETENTION_DAYS": 7.0,
@@ -53,7 +62,8 @@ DEFAULTS: dict[str, Any] = {
 # The spec's Configuration attributes that map one-to-one onto a setting.
 _DIRECT = (
     "ACCESS_TOKEN", "VERIF_TOKEN", "APP_SECRET", "ALLOW_UNSIGNED", "GRAPH_URL", "GRAPH_VERSION",
-    "DATABASE_URL", "PAYLOAD_SECRET", "APP_URL", "EXECUTOR", "MAX_CONCURRENCY", "WORKER_THREADS", "LEASE_SECONDS", "POLL_SECONDS",
+    "DATABASE_URL", "PAYLOAD_SECRET", "APP_URL", "EXECUTOR", "CELERY_BROKER_URL", "CELERY_REQUEUE_SECONDS",
+    "MAX_CONCURRENCY", "WORKER_THREADS", "LEASE_SECONDS", "POLL_SECONDS",
     "RETENTION_DAYS", "HEALTH_TOKEN", "URL_PREFIX", "ASSETS_FOLDER", "HTTP_TIMEOUT", "LANGS_FILE",
     "DEFAULT_LANG", "DASHBOARD_PASSWORD", "DASHBOARD_USER", "DASHBOARD_PATH", "METRICS_TOKEN",
 )
@@ -146,12 +156,17 @@ def settings(config: Mapping[str, Any]) -> dict[str, Any]:
             f"e.g. {DEFAULT_MAX_CONCURRENCY}."
         )
     out["MAX_CONCURRENCY"] = out["WORKER_THREADS"] = cap
-    for key in ("LEASE_SECONDS", "POLL_SECONDS", "RETENTION_DAYS", "HTTP_TIMEOUT"):
+    for key in ("LEASE_SECONDS", "POLL_SECONDS", "RETENTION_DAYS", "HTTP_TIMEOUT", "CELERY_REQUEUE_SECONDS"):
         out[key] = float(out[key])
     out["EXECUTOR"] = str(out["EXECUTOR"]).lower()
-    if out["EXECUTOR"] not in ("thread", "inline", "worker"):
+    if out["EXECUTOR"] not in EXECUTORS:
         raise ConfigurationError(
-            f"AMPALIBE_EXECUTOR={out['EXECUTOR']!r} is not known; use 'thread', 'inline' or 'worker'."
+            f"AMPALIBE_EXECUTOR={out['EXECUTOR']!r} is not known; use 'thread', 'inline', 'worker' or 'celery'."
+        )
+    if out["EXECUTOR"] == "celery" and not out["CELERY_BROKER_URL"]:
+        raise ConfigurationError(
+            "AMPALIBE_EXECUTOR=celery needs the broker's URL: set AMPALIBE_CELERY_BROKER_URL "
+            "(AMP_CELERY_BROKER_URL in a project's .env), e.g. redis://localhost:6379/0."
         )
     prefix = str(out["URL_PREFIX"] or "").rstrip("/")
     out["URL_PREFIX"] = ("/" + prefix.lstrip("/")) if prefix else ""

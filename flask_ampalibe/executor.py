@@ -13,7 +13,9 @@ mechanism (Celery, …) calls.  The executors differ in *where and when* the ste
   (a :class:`ThreadExecutor` driven by polling) handles the events.
 
 The interface is small on purpose — :meth:`~Executor.notify` (users), :meth:`~Executor.start`,
-:meth:`~Executor.shutdown` — so that a distributed executor can take its place.
+:meth:`~Executor.shutdown` — so that a distributed executor can take its place.  The Celery executor
+(:class:`flask_ampalibe.celery_executor.CeleryExecutor`, ``AMPALIBE_EXECUTOR=celery``) sends a Celery
+task per user, whose workers run :meth:`Executor.drain`.
 
 Executors survive ``fork()`` (gunicorn's ``preload_app``, multiprocessing): the child gets its
 own lease owner name, fresh locks, no inherited threads, and does not reuse the parent's
@@ -470,9 +472,14 @@ class ThreadExecutor(Executor):
 
 
 def make_executor(kind: str, inbox: Inbox, handle: Handle, threads: int, lease_seconds: float,
-                  poll_seconds: float, retention_seconds: float) -> Executor:
+                  poll_seconds: float, retention_seconds: float, broker_url: str | None = None,
+                  requeue_seconds: float = 30.0) -> Executor:
     """The executor named by ``AMPALIBE_EXECUTOR``; ``threads`` is ``AMPALIBE_MAX_CONCURRENCY``."""
     kwargs = dict(lease_seconds=lease_seconds, poll_seconds=poll_seconds, retention_seconds=retention_seconds)
+    if kind == "celery":
+        from .celery_executor import CeleryExecutor  # Celery is an optional extra
+
+        return CeleryExecutor(inbox, handle, broker_url=str(broker_url), requeue_seconds=requeue_seconds, **kwargs)
     if kind == "inline":
         return InlineExecutor(inbox, handle, **kwargs)
     if kind == "worker":

@@ -21,7 +21,7 @@ from typing import Any, Callable, TypeVar
 from flask import Flask, current_app, has_app_context
 
 from . import payload as payload_module
-from .config import DEFAULTS, PREFIX, from_configuration, payload_secret, project_dir, settings
+from .config import DEFAULTS, PREFIX, PROJECT_ENV, from_configuration, payload_secret, project_dir, settings
 from .dispatch import Dispatcher
 from .engine import make_engine
 from .errors import ConfigurationError
@@ -96,6 +96,7 @@ class AmpalibeState:
             self.settings["EXECUTOR"], self.inbox, Dispatcher(self),
             threads=self.settings["MAX_CONCURRENCY"], lease_seconds=self.settings["LEASE_SECONDS"],
             poll_seconds=self.settings["POLL_SECONDS"], retention_seconds=self.settings["RETENTION_DAYS"] * 86400,
+            broker_url=self.settings["CELERY_BROKER_URL"], requeue_seconds=self.settings["CELERY_REQUEUE_SECONDS"],
         )
         # The webhook core gets what it uses; ``notify`` looks the executor up at each call (the
         # testing kit's ``held()`` swaps it for a while).
@@ -284,6 +285,9 @@ def init(conf: Any) -> Bot:
         for key in DEFAULTS:
             if PREFIX + key in os.environ:
                 app.config[PREFIX + key] = os.environ[PREFIX + key]
+        for key in PROJECT_ENV:  # AMP_EXECUTOR=celery in .env, for a conf.py that does not read it
+            if os.environ.get("AMP_" + key):
+                app.config[PREFIX + key] = os.environ["AMP_" + key]
         app.config.update(from_configuration(conf, base))
         app.config.setdefault(PREFIX + "DATABASE_URL", f"sqlite:///{os.path.join(base, 'ampalibe.db')}")
         Ampalibe(app)

@@ -273,6 +273,27 @@ class Inbox:
             ).all()
         return [r.user_id for r in rows]
 
+    def stalled_users(self, waiting_seconds: float, limit: int = 100) -> list[str]:
+        """Users with unfinished events that nobody is handling *and* nobody is about to.
+
+        Those whose lease expired (its holder died or hung), and those whose lease is free
+        while an unfinished event was recorded more than ``waiting_seconds`` ago (its wake-up
+        was lost).  Unlike :meth:`ready_users`, a user recorded a moment ago, whose wake-up is
+        still queued (the Celery executor's broker), is not among them.
+        """
+        self.store.ensure()
+        now = time.time()
+        with read_only(self.engine) as conn:
+            rows = conn.execute(
+                select(inbox.c.user_id).distinct()
+                .select_from(inbox.join(leases, leases.c.user_id == inbox.c.user_id))
+                .where(inbox.c.status.in_((PENDING, RUNNING)),
+                       or_(and_(leases.c.owner.is_not(None), leases.c.expires_at < now),
+                           and_(leases.c.owner.is_(None), inbox.c.received_at < now - waiting_seconds)))
+                .limit(limit)
+            ).all()
+        return [r.user_id for r in rows]
+
     # -- operators --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Counts by status and the age in seconds of the oldest unfinished event."""

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The test command of the README, and what CI runs (.ci/run). On a fresh Debian machine (as root)
-# it installs the MariaDB and PostgreSQL servers, Debian's chromium and chromium-driver (the
+# it installs the MariaDB, PostgreSQL and Redis servers, Debian's chromium and chromium-driver (the
 # dashboard's browser tests drive them) and python3-venv when the Python needs it, then
 # creates a FRESH virtual environment in a temporary folder, installs the project with its test
 # extras there at the newest versions the package index offers (as a newcomer gets them), runs the
 # whole suite with it, and removes the environment. Extra arguments go to pytest, e.g.
-# `bash tests/run.sh -x -k storage`. The database servers themselves are throwaway instances
-# started by tests/dbservers.py. PYTHON=python3.12 picks the interpreter the venv is made from.
+# `bash tests/run.sh -x -k storage`. The servers themselves are throwaway instances started by
+# tests/dbservers.py (Redis: tests/brokers.py). PYTHON=python3.12 picks the interpreter the venv is made from.
 # The oldest supported versions are tested by `tox -e oldest` (see tox.ini), not here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,9 @@ have_mariadb() {
 # The dashboard's browser tests drive Debian's chromium through Debian's chromium-driver.
 have_chromium() {
     command -v chromium >/dev/null && command -v chromedriver >/dev/null
+}
+have_redis() {
+    command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ]
 }
 have_postgresql() {
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
@@ -36,6 +39,7 @@ missing=()
 have_mariadb || missing+=(mariadb-server)
 have_postgresql || missing+=(postgresql)
 have_chromium || missing+=(chromium chromium-driver)
+have_redis || missing+=(redis-server)
 if ! command -v "$python" >/dev/null; then
     missing+=(python3 python3-venv)
 elif ! make_venv; then

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -74,12 +75,20 @@ def _where(state: Any) -> str:
               help="Events handled at once. Default: AMPALIBE_MAX_CONCURRENCY (256).")
 @click.option("--graceful-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds running handlers get to finish after SIGTERM or Ctrl-C.")
-def worker(threads: int | None, graceful_timeout: float) -> None:
+@click.option("--celery", "use_celery", is_flag=True,
+              help="Run a Celery worker (AMPALIBE_EXECUTOR=celery): handle the tasks the webhook sends.")
+@click.option("--pool", type=click.Choice(["threads", "prefork", "solo"]), default="threads", show_default=True,
+              help="With --celery: Celery's pool; --threads sets its concurrency.")
+def worker(threads: int | None, graceful_timeout: float, use_celery: bool, pool: str) -> None:
     """Handle the bot's recorded events in this process.
 
     For deployments whose web processes only record (AMPALIBE_EXECUTOR=worker).  Start as
     many workers, on as many hosts, as you like: they share the database, and each user's
     events are still handled one at a time, oldest first.
+
+    With --celery (AMPALIBE_EXECUTOR=celery, AMP_EXECUTOR=celery in .env): a Celery worker
+    that handles the tasks the webhook sends through AMPALIBE_CELERY_BROKER_URL, under the
+    same per-user lease.
 
     SIGTERM or Ctrl-C: no new event is started, running handlers get --graceful-timeout
     seconds to finish, the rest stays recorded for the next worker.  A second signal stops
@@ -91,6 +100,9 @@ def worker(threads: int | None, graceful_timeout: float) -> None:
 
     state = load_state()
     settings = state.settings
+    if use_celery:
+        _celery_worker(state, threads or settings["WORKER_THREADS"], pool, graceful_timeout)
+        return
     if not logging.getLogger().handlers:  # the library adds no handlers; this program shows its logs
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     executor = ThreadExecutor(
@@ -133,6 +145,48 @@ def worker(threads: int | None, graceful_timeout: float) -> None:
         sys.stderr.flush()
         os._exit(1)  # a normal exit would wait for those handler threads
     click.echo("Stopped.")
+
+
+def _celery_worker(state: Any, concurrency: int, pool: str, graceful_timeout: float) -> None:
+    """``ampalibe worker --celery``: Celery's worker on the bot's Celery app, until stopped."""
+    from ..celery_executor import QUEUE, CeleryExecutor
+
+    executor = state.executor
+    if not isinstance(executor, CeleryExecutor):
+        raise click.ClickException(
+            f"ampalibe worker --celery needs the Celery executor, and this bot's is {state.settings['EXECUTOR']!r}: "
+            "set AMP_EXECUTOR=celery and AMP_CELERY_BROKER_URL=redis://... in .env "
+            "(AMPALIBE_EXECUTOR / AMPALIBE_CELERY_BROKER_URL in a Flask config), the same for the web servers."
+        )
+    from celery import signals
+
+    state.store.create_all()
+    broker = executor.celery.connection_for_write().as_uri()  # the password masked
+
+    def on_shutting_down(**kwargs: Any) -> None:
+        # Celery's warm shutdown waits for running tasks without limit: give them
+        # --graceful-timeout seconds, then exit (their events run again, redelivered=True).
+        def give_up() -> None:
+            print(f"ampalibe worker: handlers still running after {graceful_timeout:g} s; exiting. Their events "
+                  f"will be handled again (redelivered=True) once their lease ({state.settings['LEASE_SECONDS']:g} s) "
+                  "expires.", file=sys.stderr, flush=True)
+            os._exit(1)
+
+        timer = threading.Timer(graceful_timeout, give_up)
+        timer.daemon = True
+        timer.start()
+
+    signals.worker_shutting_down.connect(on_shutting_down, weak=False)
+    click.echo(f"ampalibe worker --celery (pid {os.getpid()}): tasks from {broker} (queue {QUEUE}), events in "
+               f"{_where(state)}, {pool} pool of {concurrency}. Stop with Ctrl-C or SIGTERM.")
+    sys.stdout.flush()
+    executor.celery.worker_main([
+        "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--queues={QUEUE}",
+        f"--hostname=ampalibe-{os.getpid()}@%h", "--loglevel=INFO",
+        # Not needed by the bot (no remote control, no worker-to-worker sync) and each costs
+        # broker round trips; mingle also delays the start by a second.
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ])
 
 
 # -- inbox ------------------------------------------------------------------------------------

@@ -44,6 +44,10 @@ class Configuration:
     WORKERS = int(setting("AMP_WORKERS", 2))
     MAX_CONCURRENCY = setting("AMP_MAX_CONCURRENCY")  # events handled at once per process (256)
 
+    # Where handlers run: thread (default), worker (`ampalibe worker`), celery (`ampalibe worker --celery`)
+    EXECUTOR = setting("AMP_EXECUTOR")
+    CELERY_BROKER_URL = setting("AMP_CELERY_BROKER_URL")
+
     # Graph API
     GRAPH_URL = setting("AMP_GRAPH_URL", "https://graph.facebook.com")
     GRAPH_VERSION = setting("AMP_GRAPH_VERSION", "v24.0")
