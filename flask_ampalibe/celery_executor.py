@@ -274,7 +274,8 @@ def make_celery(executor: CeleryExecutor, name: str = "flask_ampalibe") -> "Cele
     app.conf.update(broker_url=executor.broker_url, **CELERY_SETTINGS)
     ref = weakref.ref(executor)
 
-    @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    # shared=False: a shared task would be added to every Celery app made after this one.
+    @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True, shared=False)
     def drain(user_id: str) -> int:
         target = ref()
         if target is None:  # pragma: no cover - the app was garbage collected

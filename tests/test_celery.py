@@ -293,7 +293,7 @@ def test_webhook_records_then_enqueues_and_a_celery_worker_of_an_app_factory_han
             assert {t.split()[0] for t in texts} == {str(worker.pid)}, "the worker process handled them"
             # bob's handler took 3 s with a 2 s lease: renewed by the worker, so it ran once.
             assert [t.split(" ", 1)[1] for t in graph.sent_texts("bob")] == ["False slow 3"]
-            assert "flask_ampalibe.drain" in worker.output()
+            assert "flask_ampalibe.drain" in worker.output()  # `celery worker` lists the task
         finally:
             worker.stop()
     finally:

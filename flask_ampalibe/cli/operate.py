@@ -176,7 +176,14 @@ def _celery_worker(state: Any, concurrency: int, pool: str, graceful_timeout: fl
         timer.daemon = True
         timer.start()
 
+    def quieter(**kwargs: Any) -> None:
+        # Two INFO lines per task (received, succeeded) cost more than a hello handler; the
+        # outcome of every event is in the inbox (`ampalibe inbox stats|failed`).
+        for name in ("celery.app.trace", "celery.worker.strategy"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
     signals.worker_shutting_down.connect(on_shutting_down, weak=False)
+    signals.after_setup_logger.connect(quieter, weak=False)
     click.echo(f"ampalibe worker --celery (pid {os.getpid()}): tasks from {broker} (queue {QUEUE}), events in "
                f"{_where(state)}, {pool} pool of {concurrency}. Stop with Ctrl-C or SIGTERM.")
     sys.stdout.flush()
