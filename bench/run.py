@@ -671,8 +671,24 @@ def write_report(path: str, cfg, results: list[dict], ceiling: dict, mach: dict,
     if os.path.exists(analysis) and not cfg.quick:
         with open(analysis) as fh:
             L.append(fh.read().strip() + "\n")
+    kept = celery_rows(path)  # bench/celery_bench.py's section survives a rewrite of the report
+    if kept:
+        L.append(kept + "\n")
     with open(path, "w") as fh:
         fh.write("\n".join(L))
+
+
+def celery_rows(path: str) -> str:
+    """The section bench/celery_bench.py wrote in ``path`` (between its markers), or ``""``."""
+    begin, end = "<!-- celery rows: bench/celery_bench.py -->", "<!-- /celery rows -->"
+    try:
+        with open(path) as fh:
+            text = fh.read()
+    except OSError:
+        return ""
+    if begin not in text or end not in text:
+        return ""
+    return text[text.index(begin):text.index(end) + len(end)]
 
 
 # --- main ------------------------------------------------------------------------------------------

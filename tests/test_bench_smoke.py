@@ -41,3 +41,22 @@ def test_quick_run_writes_numbers(tmp_path: Path) -> None:
         row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
         assert re.search(r"\| [\d,]+ \| [\d.]+ \| [\d.]+ \|", row), row
     assert "flask_ampalibe / bare ack ceiling" in table
+
+
+def test_celery_quick_run_writes_its_rows(tmp_path: Path) -> None:
+    out, raw = tmp_path / "RESULTS.md", tmp_path / "celery.json"
+    out.write_text("# Benchmark results\n\nearlier rows\n")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "celery_bench.py"), "--quick", "--out", str(out), "--json", str(raw)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(raw.read_text())["results"]
+    assert [(r["executor"], r["processes"], r["scenario"]) for r in results] == [
+        ("thread", 0, "hello"), ("celery", 1, "hello"), ("celery", 1, "slow")]
+    for r in results:
+        assert r["replies"] > 0 and r["replies_per_s"] > 0 and r["duplicates"] == 0, r
+    table = out.read_text()
+    assert table.startswith("# Benchmark results\n\nearlier rows\n")  # the section is added, the rest kept
+    assert re.search(r"^\| celery \| 1 \| slow 1 s \| – \| [\d.]+ \|", table, re.M), table
+    assert "hello replies/s, celery (1 process) / thread executor" in table
