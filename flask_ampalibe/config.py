@@ -14,7 +14,8 @@ from urllib.parse import quote_plus
 
 from .errors import ConfigurationError
 
-__all__ = ["DEFAULTS", "EXECUTORS", "PREFIX", "PROJECT_ENV", "from_configuration", "database_url_from", "payload_secret", "project_dir", "settings"]
+__all__ = ["DEFAULTS", "EXECUTORS", "PREFIX", "PROJECT_ENV", "from_configuration", "database_url_from",
+           "payload_secret", "project_dir", "settings"]
 
 PREFIX = "AMPALIBE_"
 
