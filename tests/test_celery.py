@@ -90,7 +90,7 @@ class Process:
 class CeleryWorker(Process):
     """``ampalibe worker --celery`` in a project folder (or any argv), ready once Celery says so."""
 
-    def start(self, timeout: float = 40.0) -> "CeleryWorker":
+    def start(self, timeout: float = 60.0) -> "CeleryWorker":
         super().start()
         wait_until(lambda: self.alive() and " ready." in self.output(), timeout, "the Celery worker to be ready")
         return self
@@ -99,7 +99,7 @@ class CeleryWorker(Process):
 class AmpalibeRun(Process):
     """``ampalibe run --port PORT`` in a project folder: one "host" of the bot."""
 
-    def start(self, timeout: float = 40.0) -> "AmpalibeRun":
+    def start(self, timeout: float = 60.0) -> "AmpalibeRun":
         super().start()
         self.url = wait_until(lambda: self.alive() and (m := re.search(r"Listening at: (http://\S+)", self.output()))
                               and m.group(1), timeout, "ampalibe run to listen")
@@ -142,16 +142,24 @@ class Cluster:
         return server.start()
 
     def gunicorn(self) -> Gunicorn:
-        server = Gunicorn(self.project, self.env).start()
+        server = Gunicorn(self.project, self.env)
         self.processes.append(server)  # type: ignore[arg-type]  (same stop())
-        return server
+        return server.start(timeout=60)  # a loaded 2-core machine starts slowly
 
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop(timeout=15)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.log.name}\n{p.output()[-3000:]}" for p in self.processes if isinstance(p, Process))
+        return "\n".join(f"--- {p.log.name}\n{p.output()[-3000:]}" for p in self.processes)
+
+
+def settle(cluster: Cluster, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """:func:`wait_until`, with the processes' logs in the failure message."""
+    try:
+        return wait_until(predicate, timeout, what)
+    except pytest.fail.Exception:
+        pytest.fail(f"still waiting after {timeout} s for {what}; logs:\n{cluster.logs()}")
 
 
 def celery_env(graph_url: str, broker: str, **extra: str) -> dict[str, str]:
@@ -285,7 +293,7 @@ def test_webhook_records_then_enqueues_and_a_celery_worker_of_an_app_factory_han
                               HERE / "celery_bot", env, tmp_path / "celery.log")
         try:
             worker.start()
-            wait_until(all_handled(state.inbox, 6), 30, "the Celery worker to handle every event")
+            wait_until(all_handled(state.inbox, 6), 60, "the Celery worker to handle every event")
             stats = state.inbox.stats()
             assert (stats["done"], stats["failed"]) == (6, 0)
             texts = graph.sent_texts("ana")
@@ -311,15 +319,15 @@ def test_sigkilled_celery_worker_event_runs_again_redelivered_on_another(cluster
     base = int(time.time() * 1000)
     assert hook.post(message_event("victim", "gate go kill-me", timestamp=base),
                      message_event("victim", "after", timestamp=base + 1)).status_code == 200
-    started = wait_until(lambda: [m for m in markers(bot.project) if m["phase"] == "started"], 20,
-                         "the handler to start")
+    started = settle(bot, lambda: [m for m in markers(bot.project) if m["phase"] == "started"], 40,
+                     "the handler to start")
     victim = started[0]["pid"]
     assert victim in (first.pid, second.pid) and started[0]["redelivered"] is False
     os.kill(victim, signal.SIGKILL)
     (bot.project / "go").touch()
 
     inbox = inbox_of(bot)
-    wait_until(all_handled(inbox, 2), 40, "another worker to handle the event again")
+    settle(bot, all_handled(inbox, 2), 60, "another worker to handle the event again")
     runs = [(m["phase"], m["cmd"], m["redelivered"]) for m in markers(bot.project)]
     assert runs == [("started", "gate go kill-me", False),
                     ("started", "gate go kill-me", True), ("finished", "gate go kill-me", True),
@@ -358,7 +366,7 @@ def test_redis_restart_mid_load_loses_nothing_and_the_webhook_keeps_answering(cl
     assert len(statuses) == len(users) * per_user and set(statuses) == {200}
 
     inbox = inbox_of(bot)
-    stats = wait_until(all_handled(inbox, len(users) * per_user), 60, "every event to be handled after the restart")
+    stats = settle(bot, all_handled(inbox, len(users) * per_user), 90, "every event to be handled after the restart")
     assert stats["done"] == len(users) * per_user, bot.logs()
     for u in users:
         assert inbox.store.get_temp(u, "seen") == [f"{u} m{i}" for i in range(per_user)]
@@ -376,7 +384,7 @@ def test_postgresql_down_webhook_answers_503_then_recovers(cluster, postgresql_s
     hook = web.hook()
     assert hook.send_text("p", "before").status_code == 200
     inbox = inbox_of(bot, postgresql_server.url)
-    wait_until(all_handled(inbox, 1), 30, "the first event to be handled")
+    settle(bot, all_handled(inbox, 1), 60, "the first event to be handled")
     inbox.engine.dispose()
 
     down = message_event("p", "while down")
@@ -388,7 +396,7 @@ def test_postgresql_down_webhook_answers_503_then_recovers(cluster, postgresql_s
     # Facebook's retry, and a new message, once the database is back.
     wait_until(lambda: hook.post(down).status_code == 200, 30, "the webhook to answer 200 again")
     assert hook.send_text("p", "after").status_code == 200
-    wait_until(all_handled(inbox, 3), 40, "the events to be handled after the restart")
+    settle(bot, all_handled(inbox, 3), 60, "the events to be handled after the restart")
     assert inbox.store.get_temp("p", "seen") == ["before", "while down", "after"]
     inbox.engine.dispose()
 
@@ -408,7 +416,7 @@ def test_scheduled_job_runs_once_per_slot_across_celery_and_web_workers(cluster)
         core.write(JOB)
     workers = [bot.worker(threads=1), bot.worker(threads=1)]
     # No web server yet: the Celery workers run the scheduler themselves.
-    job = wait_until(lambda: [m for m in markers(bot.project) if m["phase"] == "job"], 20, "the job to run")
+    job = settle(bot, lambda: [m for m in markers(bot.project) if m["phase"] == "job"], 40, "the job to run")
     assert job[0]["pid"] in {w.pid for w in workers}
     bot.gunicorn()  # two more processes tick the same minute as they start: they must lose the claim
     time.sleep(2)
@@ -459,7 +467,7 @@ def test_two_hosts_three_celery_workers_every_message_once_in_order(cluster, gra
 
     inbox = inbox_of(bot, postgresql_server.url)
     total = USERS * PER_USER
-    stats = wait_until(all_handled(inbox, total), 240, "every message to be handled")
+    stats = settle(bot, all_handled(inbox, total), 300, "every message to be handled")
     assert (stats["received"], stats["done"], stats["failed"]) == (total, total, 0), bot.logs()
     for u in users:
         expected = [f"{u} m{i:02d}" for i in range(PER_USER)]
