@@ -229,24 +229,26 @@ class CeleryExecutor(Executor):
         return len(users) - len(failed)
 
     def _upkeep(self) -> None:
-        with background_writes():
-            tick = max(0.05, min(self.poll_seconds, self.lease_seconds / 3))
-            next_sweep = next_purge = time.monotonic()
-            while True:
-                now = time.monotonic()
-                try:
-                    if self._active:
-                        self.inbox.renew(self.owner, self.lease_seconds)
+        tick = max(0.05, min(self.poll_seconds, self.lease_seconds / 3))
+        next_sweep = next_purge = time.monotonic()
+        while True:
+            now = time.monotonic()
+            try:
+                if self._active:
+                    # Not a background write (as in the thread executor): queued behind the
+                    # handlers' writes on SQLite, a renewal could come too late.
+                    self.inbox.renew(self.owner, self.lease_seconds)
+                with background_writes():
                     if now >= next_sweep:
                         next_sweep = now + self.poll_seconds
                         self.sweep()
                     if now >= next_purge:
                         next_purge = now + PURGE_EVERY
                         self.inbox.purge(self.retention_seconds)
-                except Exception:
-                    logger.exception("inbox upkeep failed; retrying in %.1f s", tick)
-                if self.stopping.wait(tick):
-                    return
+            except Exception:
+                logger.exception("inbox upkeep failed; retrying in %.1f s", tick)
+            if self.stopping.wait(tick):
+                return
 
     def shutdown(self, timeout: float = 30.0) -> bool:
         """Send what is queued (up to ``timeout`` s) and stop the threads.
@@ -339,7 +341,7 @@ def celery_app(app: Any = None) -> "Celery":
         flask_app = create_app()
         celery = flask_ampalibe.celery_app(flask_app)
 
-    then ``celery -A celery_worker worker --pool threads --concurrency 8``.
+    then ``celery -A celery_worker worker --pool threads --concurrency 64``.
 
     :raises ConfigurationError: when the app's executor is not ``celery``.
     """

@@ -309,6 +309,31 @@ def test_webhook_records_then_enqueues_and_a_celery_worker_of_an_app_factory_han
         sys.modules.pop("botapp", None)
 
 
+# -- async def and slow handlers -------------------------------------------------------------------
+def test_async_def_and_slow_handlers_in_a_celery_worker(cluster):
+    bot = cluster(BOT_ASYNC="1")  # tests/gunicorn_bot's handler is then an async def
+    web = bot.gunicorn()
+    worker = bot.worker(threads=4)
+    hook = web.hook()
+    base = int(time.time() * 1000)
+    users = [f"a{n}" for n in range(4)]
+    for i in range(3):  # the first message of a0 takes 3 s: longer than the 2 s lease
+        for u in users:
+            text = "slow 3 long" if (u, i) == ("a0", 0) else f"{u} m{i}"
+            assert hook.post(message_event(u, text, timestamp=base + i)).status_code == 200
+    inbox = inbox_of(bot)
+    settle(bot, all_handled(inbox, 12), 60, "every event to be handled")
+    assert inbox.store.get_temp("a0", "seen") == ["slow 3 long", "a0 m1", "a0 m2"]
+    for u in users[1:]:
+        assert inbox.store.get_temp(u, "seen") == [f"{u} m{i}" for i in range(3)]
+    runs = markers(bot.project)
+    assert len(runs) == 24 and not any(m["redelivered"] for m in runs)  # renewed: never run twice
+    assert {m["pid"] for m in runs} == {worker.pid}
+    # The other users did not wait for the slow one.
+    slow_end = next(m["time"] for m in runs if m["cmd"] == "slow 3 long" and m["phase"] == "finished")
+    assert all(m["time"] < slow_end for m in runs if m["user"] != "a0" and m["phase"] == "finished")
+
+
 # -- failures ---------------------------------------------------------------------------------------
 def test_sigkilled_celery_worker_event_runs_again_redelivered_on_another(cluster):
     bot = cluster()

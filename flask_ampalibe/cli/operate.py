@@ -101,7 +101,7 @@ def worker(threads: int | None, graceful_timeout: float, use_celery: bool, pool:
     state = load_state()
     settings = state.settings
     if use_celery:
-        _celery_worker(state, threads or settings["WORKER_THREADS"], pool, graceful_timeout)
+        _celery_worker(state, threads or settings["MAX_CONCURRENCY"], pool, graceful_timeout)
         return
     if not logging.getLogger().handlers:  # the library adds no handlers; this program shows its logs
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
