@@ -29,7 +29,8 @@ from flask_ampalibe.celery_executor import QUEUE, CeleryExecutor
 from flask_ampalibe.cli import cli
 from flask_ampalibe.errors import ConfigurationError
 from flask_ampalibe.inbox import Inbox
-from flask_ampalibe.storage import Store, make_engine
+from flask_ampalibe.engine import make_engine
+from flask_ampalibe.storage import Store
 from flask_ampalibe.testing import WebhookClient, message_event
 from brokers import redis_server  # noqa: F401  (fixture)
 from conftest import PROJECT_MODULES, SECRET, VERIFY
