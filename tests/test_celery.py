@@ -109,7 +109,7 @@ class AmpalibeRun(Process):
         def verified() -> bool:
             try:
                 return self.alive() and requests.get(self.url + "/", params=params, timeout=5).text == "ok"
-            except requests.ConnectionError:
+            except requests.RequestException:  # refused, or a worker still booting on a loaded machine
                 return False
 
         wait_until(verified, timeout, "the webhook to answer")
