@@ -11,6 +11,7 @@ Nothing here runs at import.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -24,7 +25,7 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from .messenger import Messenger
 
-__all__ = ["Logger", "Webserver", "download_file", "configured_chat", "fastapi_rule"]
+__all__ = ["Logger", "Webserver", "download_file", "configured_chat", "fastapi_rule", "accept_119_keywords"]
 
 #: The logger of 1.1.9 bots (``from ampalibe import Logger``).  As every library logger, it has no
 #: handler of its own: its records go where the application's logging sends them (gunicorn's
@@ -126,3 +127,41 @@ class Webserver(Flask):
         if view_func is not None:
             rule = fastapi_rule(rule, view_func)
         super().add_url_rule(rule, endpoint, view_func, provide_automatic_options, **options)
+
+
+# -- Messenger's keyword names in 1.1.9 ---------------------------------------------------------
+_TO_USER = {"sender_id": "dest_id"}
+#: ``{method: {1.1.9's keyword: ours}}``: the spec (1.0.4) names the user ``dest_id``, 1.1.9 ``sender_id``.
+MESSENGER_KEYWORDS: dict[str, dict[str, str]] = {
+    **{name: _TO_USER for name in (
+        "send_text", "send_message", "send_action", "send_template", "send_generic_template", "send_file_url",
+        "send_file", "send_attachment", "send_media", "send_button", "send_receipt_template",
+        "send_onetime_notification_request", "send_recurring_notification_optin", "get_user_profile")},
+    "send_quick_reply": {**_TO_USER, "quick_reps": "quick_rep"},
+    "send_product_template": {**_TO_USER, "products": "product_ids"},
+    "persistent_menu": {**_TO_USER, "menu": "persistent_menu"},
+    "send_recurring_notification": {"message_token": "token", "elements": "message"},
+    "get_personas": {"persona_id": "personas_id"},
+    "delete_personas": {"persona_id": "personas_id"},
+    "send_custom": {"json": "custom_json"},
+}
+
+
+def accept_119_keywords(cls: type) -> type:
+    """Let the methods of ``cls`` (the Messenger client) also take Ampalibe 1.1.9's keyword names
+    (``chat.send_text(sender_id=..., text=...)``); returns ``cls``."""
+    for name, aliases in MESSENGER_KEYWORDS.items():
+        setattr(cls, name, _renaming(getattr(cls, name), aliases))
+    return cls
+
+
+def _renaming(method: Callable[..., Any], aliases: dict[str, str]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        for old, new in aliases.items():
+            if old in kwargs:
+                if new in kwargs:
+                    raise TypeError(f"{method.__name__}() got both {old!r} and {new!r}; they are the same argument.")
+                kwargs[new] = kwargs.pop(old)
+        return method(self, *args, **kwargs)
+    return call

@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol
 import requests
 
 from . import ui
-from .compat import configured_chat, environ_token
+from .compat import accept_119_keywords, configured_chat, environ_token
 from .errors import ConfigurationError, GraphConnectionError, GraphError, GraphTimeout, LimitError
 from .graph import TRANSIENT_CODES, GraphClient, GraphErrorInfo, graph_error
 from .text import split_text
@@ -75,6 +75,7 @@ class PageStore(Protocol):
 
 
 # -- the client -------------------------------------------------------------------------------
+@accept_119_keywords  # chat.send_text(sender_id=..., text=...), as Ampalibe 1.1.9 names them
 class Messenger(GraphClient):
     """A client of the Messenger Send API and Messenger Profile API.
 

@@ -159,3 +159,21 @@ def test_119_constructor_arguments(graph: FakeGraph) -> None:
         chat.close()
     with pytest.raises(ValueError, match="'error', 'info' or 'quiet'"):
         Messenger(TOKEN, log_level="verbose")
+
+
+def test_119_keyword_names(chat: Messenger, graph: FakeGraph) -> None:
+    chat.send_text(sender_id=USER, text="hi")
+    chat.send_quick_reply(sender_id=USER, quick_reps=[QuickReply(title="Yes", payload="/yes")], text="Sure?")
+    chat.send_product_template(sender_id=USER, products=["1"])
+    chat.persistent_menu(sender_id=USER, menu=[Button(title="Menu", payload="/menu")])
+    chat.send_recurring_notification(message_token="NMT-3", elements=[Element(title="News")])
+    chat.send_custom(json={"recipient": {"id": USER}, "message": {"text": "raw"}})
+    assert [r.recipient for r in graph.requests] == [USER, USER, USER, None, None, USER]
+    assert graph.requests[1].message["quick_replies"][0]["title"] == "Yes"
+    assert graph.requests[3].json["psid"] == USER
+    assert graph.requests[3].json["persistent_menu"][0]["call_to_actions"][0]["title"] == "Menu"
+    assert graph.requests[4].json["recipient"] == {"notification_messages_token": "NMT-3"}
+    chat.delete_personas(persona_id="77")
+    assert graph.requests[-1].path == "/v24.0/77"
+    with pytest.raises(TypeError, match="both 'sender_id' and 'dest_id'"):
+        chat.send_text(sender_id=USER, dest_id=USER, text="x")
