@@ -270,6 +270,11 @@ class _Builder(Mapping):
         """A new plain dict of the fields (nested builders become dicts; Payloads stay as they are)."""
         return _plain(self._fields)
 
+    @property
+    def value(self) -> dict[str, Any]:
+        """Ampalibe 1.1.9's name of :meth:`to_dict` (``Button(...).value``)."""
+        return self.to_dict()
+
     # Copying a read-only object can return the object itself.
     def __copy__(self) -> "_Builder":
         return self

@@ -177,3 +177,12 @@ def test_119_keyword_names(chat: Messenger, graph: FakeGraph) -> None:
     assert graph.requests[-1].path == "/v24.0/77"
     with pytest.raises(TypeError, match="both 'sender_id' and 'dest_id'"):
         chat.send_text(sender_id=USER, dest_id=USER, text="x")
+
+
+def test_builders_have_119s_value(chat: Messenger, graph: FakeGraph) -> None:
+    button = Button(type="postback", title="Menu", payload=Payload("/menu", page=2))
+    assert button.value["title"] == "Menu" and button.value["type"] == "postback"
+    chat.send_custom({"recipient": {"id": USER}, "message": {"attachment": {"type": "template", "payload": {
+        "template_type": "button", "text": "Go", "buttons": [button.value]}}}})
+    sent_payload = body(graph)["message"]["attachment"]["payload"]["buttons"][0]["payload"]
+    assert codec.decode(sent_payload) == ("/menu", {"page": 2})  # the Payload is encoded when sent
