@@ -264,17 +264,29 @@ def reset_default() -> None:
         set_default_router(Router())
 
 
-def init(conf: Any) -> Bot:
+def init(conf: Any = None) -> Bot:
     """Configure the bot from the spec's ``Configuration`` and return it (``bot.chat``, ``bot.query``).
 
     Calling it again (from several modules of one project) returns the same bot.
     ``AMPALIBE_*`` environment variables fill settings the ``Configuration`` leaves unset.
+    Without ``conf`` (Ampalibe 1.1.9's ``ampalibe.init()`` took none), the ``Configuration``
+    of the project's ``conf`` module is used.
     """
     with _default_lock:
         app = default_app()
         state = app.extensions.get("ampalibe")
         if state is not None:
             return state.bot
+        if conf is None:
+            import importlib
+
+            try:
+                conf = importlib.import_module("conf").Configuration
+            except (ImportError, AttributeError):
+                raise ConfigurationError(
+                    "ampalibe.init() found no conf.py with a Configuration class next to core.py; "
+                    "pass one: ampalibe.init(Configuration())."
+                ) from None
         base = project_dir(conf)
         app.root_path = base
         # What the Configuration has no value for comes from .env's names (AMP_APP_SECRET, ...):

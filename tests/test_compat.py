@@ -136,3 +136,30 @@ def test_run_refuses_a_119_project_only_for_what_is_really_missing(tmp_path: Pat
     assert result.exit_code == 1
     assert "AMP_VERIF_TOKEN" in result.output and "AMP_APP_SECRET" in result.output
     assert "AMP_ACCESS_TOKEN" not in result.output
+
+
+def test_init_without_arguments_uses_the_projects_conf(tmp_path: Path, monkeypatch, graph: FakeGraph) -> None:
+    folder = make_119_folder(tmp_path, "")
+    monkeypatch.setenv("AMP_ACCESS_TOKEN", "tok-init")
+    monkeypatch.setenv("AMP_APP_SECRET", "secret-init")
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(__import__("sys").modules, "conf", raising=False)
+    reset_default()
+    try:
+        bot = flask_ampalibe.init()  # 1.1.9's Init() took no Configuration
+        assert bot.app.extensions["ampalibe"].settings["ACCESS_TOKEN"] == "tok-init"
+        assert bot.app.root_path == str(folder)
+    finally:
+        reset_default()
+        __import__("sys").modules.pop("conf", None)
+
+
+def test_init_without_arguments_and_without_conf_says_how_to_fix(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(__import__("sys").modules, "conf", raising=False)
+    reset_default()
+    try:
+        with pytest.raises(ConfigurationError, match=r"pass one: ampalibe.init\(Configuration\(\)\)"):
+            flask_ampalibe.init()
+    finally:
+        reset_default()
