@@ -281,6 +281,22 @@ class Store:
         with self.engine.begin() as conn:
             upsert(conn, temps, {"user_id": user_id, "key": key, "value": data}, ["user_id", "key"])
 
+    def set_temps(self, items: Iterable[tuple[str, str, Any]]) -> int:
+        """Keep many ``(user_id, key, value)`` in one transaction (all or none); returns how many."""
+        self.ensure()
+        rows = [{"user_id": user_id, "key": key, "value": json.dumps(value, ensure_ascii=False)}
+                for user_id, key, value in items]
+        keys = ("user_id", "key")
+        with self.engine.begin() as conn:
+            stmt = _upsert_stmt(conn.dialect.name, temps, ("user_id", "key", "value"), keys)
+            if stmt is None:
+                for row in rows:
+                    upsert(conn, temps, row, keys)
+            else:
+                for start in range(0, len(rows), 1000):  # executemany, in bounded batches
+                    conn.execute(stmt, rows[start:start + 1000])
+        return len(rows)
+
     def get_temp(self, user_id: str, key: str) -> Any:
         """The value kept under ``key``, or ``None``."""
         self.ensure()

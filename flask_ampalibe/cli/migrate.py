@@ -132,10 +132,9 @@ def apply(migration: Plan) -> None:
     engine = make_engine(migration.database_url)
     try:
         _adapt_users(engine)
-        store = Store(engine)
-        for user_id, values in migration.temps.items():
-            for key, value in values.items():
-                store.set_temp(user_id, key, value)
+        # One transaction: a migration that fails half-way leaves no half of the data behind.
+        Store(engine).set_temps((user_id, key, value) for user_id, values in migration.temps.items()
+                                for key, value in values.items())
     finally:
         engine.dispose()
     tinydb = migration.folder / TINYDB
