@@ -177,6 +177,10 @@ class CeleryExecutor(Executor):
         :returns: how many events this call handled.
         """
         self.start()
+        if not self.inbox.has_work(user_id):
+            # An earlier task of this user handled this one's event too: a read (no write lock,
+            # no lease round trip) is enough.  An event recorded after this read has its own task.
+            return 0
         with self._lock:
             self._active[user_id] = self._active.get(user_id, 0) + 1
         try:
