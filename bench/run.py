@@ -37,9 +37,10 @@ AMPALIBE_VERSION = "1.1.9"
 AMP_VENV = os.path.join(HERE, ".work", "ampvenv")
 #: flask_ampalibe_async: the same bot with an ``async def`` handler; flask_ampalibe_pool8: the
 #: plain bot capped at 8 handlers per process (the fixed pool of 8 threads before issue 15).
-SYSTEMS = ("flask_ampalibe", "flask_ampalibe_async", "flask_ampalibe_pool8", "ampalibe", "ampalibe_nostate",
-           "bare_ack", "bare_e2e")
-FLASK_AMPALIBE = ("flask_ampalibe", "flask_ampalibe_async", "flask_ampalibe_pool8")
+#: flask_ampalibe_nogov: the plain bot without the executor's CPU governor.
+SYSTEMS = ("flask_ampalibe", "flask_ampalibe_async", "flask_ampalibe_pool8", "flask_ampalibe_nogov", "ampalibe",
+           "ampalibe_nostate", "bare_ack", "bare_e2e")
+FLASK_AMPALIBE = ("flask_ampalibe", "flask_ampalibe_async", "flask_ampalibe_pool8", "flask_ampalibe_nogov")
 #: hello10k: the hello bot with the slow scenario's 10,000 senders (its reference); slow: every
 #: handler waits 1 s first, 10,000 senders; sleep: 2 s, 1,000 senders.
 SCENARIOS = ("hello", "hello10k", "slow", "sleep", "redeliver", "users")
@@ -196,6 +197,8 @@ def start_system(system: str, rundir: str, graph: FakeGraph, sleep: float) -> tu
             env["BENCH_ASYNC"] = "1"
         if system == "flask_ampalibe_pool8":
             env["AMPALIBE_MAX_CONCURRENCY"] = "8"
+        if system == "flask_ampalibe_nogov":
+            env["BENCH_NOGOV"] = "1"
         proj = os.path.join(rundir, "project")
         shutil.copytree(os.path.join(HERE, "apps", "flask_ampalibe_bot"), proj, dirs_exist_ok=True)
         env.update(BENCH_DB_FILE=os.path.join(rundir, "bench.db"), BENCH_PORT=str(port))
@@ -712,6 +715,8 @@ def parse_args(argv=None):
     p.add_argument("--profile", nargs="?", const="gil", choices=("gil", "active"), default=None,
                    help="record each server with py-spy during the load and drain (raw stacks in the work "
                         "dir, top frames in --json): gil = threads holding the GIL, active = all non-idle")
+    p.add_argument("--drain", type=float, default=None,
+                   help="seconds a run may take to drain after the load (default 90, quick 15)")
     p.add_argument("--workdir", default=None, help="default: bench/.work/runs (quick: a temp dir)")
     cfg = p.parse_args(argv)
     quick = cfg.quick
@@ -730,7 +735,7 @@ def parse_args(argv=None):
     cfg.users_load = 100 if quick else 1000
     cfg.users_many = 200 if quick else 10_000  # senders of hello10k and slow
     cfg.warmup = 0.3 if quick else 2.0
-    cfg.drain = 15.0 if quick else 90.0
+    cfg.drain = cfg.drain or (15.0 if quick else 90.0)
     cfg.quiet = 2.0 if quick else 5.0  # drain gives up when no reply arrived for this long
     cfg.wrk_threads = 1 if quick else cfg.wrk_threads
     return cfg

@@ -199,7 +199,8 @@ class Executor:
 
     def _handle(self, claimed: Claimed) -> BaseException | None:
         try:
-            return self.handle(claimed)
+            outcome = self.handle(claimed)
+            return outcome if isinstance(outcome, BaseException) else None  # anything else is success
         except Exception as exc:  # the handler's errors are caught by ``handle``; this is a hook's or ours
             logger.exception("event %s of user %s could not be handled", claimed.event.key, claimed.event.sender_id)
             return exc
@@ -229,6 +230,9 @@ class PollingExecutor(Executor):
 
 #: Threads that run the inbox's statements between the events of ``async def`` bots.
 STEP_THREADS = 16
+#: The CPU governor (:meth:`ThreadExecutor._govern`): how often it looks, the process CPU use
+#: (in cores) above which it lowers the limit and below which it raises it, and the lowest limit.
+GOVERN_EVERY, CPU_HIGH, CPU_LOW, GOVERN_FLOOR = 0.25, 0.9, 0.6, 8
 
 
 class ThreadExecutor(Executor):
@@ -241,6 +245,11 @@ class ThreadExecutor(Executor):
     (:meth:`Dispatcher.run_async <flask_ampalibe.dispatch.Dispatcher.run_async>`): a waiting
     handler holds no thread; threads only run the inbox's statements between two events.
 
+    CPU governor: while the process's CPU is saturated (handlers that compute rather than wait),
+    fewer events are admitted at once (never fewer than 8), so the webhook's threads still get
+    the GIL and the ack stays fast; the limit climbs back to ``max_concurrency`` as soon as the
+    handlers in flight wait again.
+
     Fairness: when every slot is taken, a user whose event is done goes to the back of the
     queue before their next one, so one user with 500 messages gets one slot, not all of them.
 
@@ -251,13 +260,23 @@ class ThreadExecutor(Executor):
 
     :param max_concurrency: events handled at once in this process (``threads`` is its old
         name).  Each plain handler in flight holds a thread (see the README for the memory cost).
+    :param govern: lower the number of events admitted at once while the process's CPU is
+        saturated (handlers that compute rather than wait), so the webhook's acks stay fast.
     """
 
+    #: The governor's clocks (tests replace them): wall time, and this process's CPU time.
+    clock: Callable[[], float] = staticmethod(time.monotonic)  # type: ignore[assignment]
+    cpu_clock: Callable[[], float] = staticmethod(time.process_time)  # type: ignore[assignment]
+
     def __init__(self, inbox: Inbox, handle: Handle, max_concurrency: int | None = None, threads: int | None = None,
-                 **kwargs: float) -> None:
+                 govern: bool = True, **kwargs: float) -> None:
         super().__init__(inbox, handle, **kwargs)
         cap = max_concurrency if max_concurrency is not None else threads
         self.max_concurrency = max(1, int(cap if cap is not None else DEFAULT_MAX_CONCURRENCY))
+        #: Events admitted at once now: ``max_concurrency``, lowered while the process's CPU is
+        #: saturated (see :meth:`_govern`; ``govern = False`` turns that off).
+        self.limit = self.max_concurrency
+        self.govern = govern
         #: The most events this executor had in flight at once (for tests and the bench).
         self.peak_in_flight = 0
         self._reset()
@@ -275,6 +294,7 @@ class ThreadExecutor(Executor):
         # Work waiting for a slot: (user, None) to begin, (user, event) to handle that event.
         self._waiting: collections.deque[tuple[str, Claimed | None]] = collections.deque()
         self._in_flight = 0
+        self._governed_at, self._governed_cpu = self.clock(), self.cpu_clock()
         self._pool: ElasticPool | None = None  # plain handlers: a thread per event in flight
         self._steps: ElasticPool | None = None  # async bots: only the inbox's statements run in threads
         self._sweeper: threading.Thread | None = None
@@ -314,10 +334,34 @@ class ThreadExecutor(Executor):
                 self._waiting.append((user_id, None))
             self._fill()
 
+    def _govern(self) -> None:
+        """Adjust :attr:`limit` to the process's CPU use (lock held; at most every GOVERN_EVERY s).
+
+        Handlers that wait (on an API, a sleep) use little CPU: the limit doubles up to
+        ``max_concurrency`` while users wait for a slot.  Handlers that compute saturate the
+        process (one core for Python code, the GIL): more of them at once would not go faster,
+        only starve the webhook's threads of the GIL and slow the ack, so the limit drops to a
+        bit below what is running.
+        """
+        now = self.clock()
+        span = now - self._governed_at
+        if span < GOVERN_EVERY:
+            return
+        cpu = self.cpu_clock()
+        busy = (cpu - self._governed_cpu) / span
+        self._governed_at, self._governed_cpu = now, cpu
+        floor = min(self.max_concurrency, GOVERN_FLOOR)
+        if busy > CPU_HIGH:
+            self.limit = max(floor, min(self.limit, self._in_flight) * 3 // 4)
+        elif busy < CPU_LOW and self._waiting:
+            self.limit = min(self.max_concurrency, max(floor, self.limit * 2))
+
     def _fill(self) -> None:
         """Start waiting work while slots are free (lock held)."""
         pool = self._steps if getattr(self.handle, "wants_loop", False) else self._pool
-        while self._waiting and self._in_flight < self.max_concurrency and pool is not None:
+        if self.govern:
+            self._govern()
+        while self._waiting and self._in_flight < self.limit and pool is not None:
             user_id, claimed = self._waiting.popleft()
             self._queued_fresh.discard(user_id)
             self._in_flight += 1

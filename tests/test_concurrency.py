@@ -344,3 +344,35 @@ def test_the_cap_setting_its_former_name_and_a_bad_value():
     assert settings({"AMPALIBE_WORKER_THREADS": 12})["MAX_CONCURRENCY"] == 12
     with pytest.raises(ConfigurationError, match="AMP_MAX_CONCURRENCY in .env"):
         settings({"AMPALIBE_MAX_CONCURRENCY": "0"})
+
+
+def test_the_governor_admits_fewer_events_while_the_cpu_is_saturated(local_inbox):
+    gate = threading.Event()
+    executor = ThreadExecutor(local_inbox, lambda claimed: gate.wait(30), max_concurrency=64, lease_seconds=30,
+                              poll_seconds=30)
+    fake = {"now": 0.0, "cpu": 0.0}
+    executor.clock, executor.cpu_clock = (lambda: fake["now"]), (lambda: fake["cpu"])
+    executor._governed_at = executor._governed_cpu = 0.0
+    try:
+        executor.notify(record(local_inbox, *[message_event(f"u{n}", "hi") for n in range(100)]))
+        wait_until(lambda: executor.in_flight == 64, 20, "64 handlers to run")
+        fake["now"] += 1.0
+        fake["cpu"] += 1.0  # a whole core busy: handlers that compute
+        executor.notify(record(local_inbox, message_event("late", "hi")))
+        assert executor.limit == 48  # three quarters of what runs
+        fake["now"] += 1.0
+        fake["cpu"] += 0.1  # they wait again, users wait for a slot
+        executor.notify(["late"])
+        assert executor.limit == 64  # doubled, within the cap
+        fake["now"] += 1.0
+        fake["cpu"] += 1.0
+        for _ in range(20):  # saturated for long: never below the floor
+            fake["now"] += 1.0
+            fake["cpu"] += 1.0
+            executor.notify(["late"])
+        assert executor.limit == 8
+        gate.set()
+        wait_until(lambda: local_inbox.stats()["done"] == 101, 60, "every event to be handled")
+    finally:
+        gate.set()
+        assert executor.shutdown(10)

@@ -45,5 +45,8 @@ async def async_main(sender_id, cmd, **extends):
 
 ampalibe.command("/")(async_main if os.environ.get("BENCH_ASYNC") else main)
 
+if os.environ.get("BENCH_NOGOV"):  # system flask_ampalibe_nogov: no CPU governor
+    bot.state.executor.govern = False
+
 
 app = ampalibe.webserver
