@@ -229,6 +229,8 @@ class _Loops:
                     continue
                 late = now - lp.beat
                 if late > BLOCKED_AFTER and lp.blocked_since is None:
+                    if sys.is_finalizing() or _waiting_for_io(lp):
+                        continue  # late only for want of the GIL (a busy process, exiting): not blocked
                     lp.blocked_since = now
                     with self._lock:
                         lp.retired = True  # new work goes to a fresh loop from now on
@@ -244,6 +246,16 @@ class _Loops:
                     logger.info("the asyncio loop %s runs again after %.1f s; it stops once its coroutines are done",
                                 lp.thread.name, now - lp.blocked_since)
                     lp.blocked_since = None
+
+
+def _waiting_for_io(lp: _Loop) -> bool:
+    """Whether the loop's thread sits in its selector (idle), rather than in a coroutine's code."""
+    frame = sys._current_frames().get(lp.thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_filename.endswith("selectors.py"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 _loops = _Loops()
