@@ -253,8 +253,8 @@ class ThreadExecutor(Executor):
     Fairness: when every slot is taken, a user whose event is done goes to the back of the
     queue before their next one, so one user with 500 messages gets one slot, not all of them.
 
-    A background thread renews the leases this process holds (every third of
-    ``lease_seconds``, so a handler may run longer than the lease), picks up abandoned work
+    A background thread renews the leases of the users this process is handling (every third
+    of ``lease_seconds``, so a handler may run longer than the lease), picks up abandoned work
     every ``poll_seconds`` and purges old handled events.  Threads start on first use in each
     process (never at import, and again after a fork), or with :meth:`start`.
 
@@ -459,10 +459,14 @@ class ThreadExecutor(Executor):
         while True:
             now = time.monotonic()
             try:
-                if self._active:
+                with self._lock:
+                    users = list(self._active)
+                if users:
+                    # Only the users being handled: a lease left behind (its release failed in a
+                    # database outage) must expire, or its user would wait as long as we are busy.
                     # Not a background write: with hundreds of handler threads queued for SQLite's
                     # write lock, a renewal behind them would let leases lapse (and events run twice).
-                    self.inbox.renew(self.owner, self.lease_seconds)
+                    self.inbox.renew(self.owner, self.lease_seconds, users)
                 with background_writes():
                     if now >= next_sweep:
                         next_sweep = now + self.poll_seconds

@@ -7,27 +7,38 @@ it holds that user's *lease* (a row in ``amp_lease`` claimed by an atomic ``UPDA
 become available to the others: delivery is at-least-once, and a handler that runs an event a
 second time sees ``redelivered=True``.  An event whose handling was started
 :attr:`Inbox.max_attempts` times without ever finishing (each worker died on it) is marked
-failed instead of being tried forever.
+failed instead of being tried forever, and so is one that cannot even be read back: a poison
+event never blocks its user's later events.  An event's outcome is committed on its own, so
+nothing that happens afterwards can undo the record of an event already handled.
+
+Items of a webhook body that cannot be valid Messenger events (see
+:attr:`flask_ampalibe.events.Event.problem`) are stored as ``rejected`` with their reason, for
+operators; they are never handed out.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy.exc import DataError
 
 from .engine import read_only
 from .events import Event
 from .storage import Store, inbox, insert_ignore, leases
 
-__all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED", "USER_STATE_KINDS", "lease_owner"]
+__all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED", "REJECTED", "STATUSES", "USER_STATE_KINDS",
+           "lease_owner"]
 
-PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+PENDING, RUNNING, DONE, FAILED, REJECTED = "pending", "running", "done", "failed", "rejected"
+#: Every status an inbox row can have, in the order ``ampalibe inbox stats`` shows them.
+STATUSES = (PENDING, RUNNING, DONE, FAILED, REJECTED)
 
 #: Kinds of events the dispatcher routes by the user's pending action (unless in standby): their
 #: user state is read in the transaction that hands them out, one round trip less per event.
@@ -100,14 +111,17 @@ class Inbox:
     :param store: the app's store (its engine and tables).
     :param max_attempts: how many times an event may be started without finishing (the worker
         handling it died, or was stopped past its graceful timeout) before it is marked failed.
+    :param clock: the time in epoch seconds (``time.time``), which leases are measured on; tests
+        pass their own to let a lease expire without waiting.
     """
 
-    def __init__(self, store: Store, max_attempts: int = 5) -> None:
+    def __init__(self, store: Store, max_attempts: int = 5, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.max_attempts = max_attempts
         #: Told of recorded and finished events (``recorded(n)``, ``finished(outcome)``): the
         #: dashboard's in-memory counters, when it is on (see :mod:`flask_ampalibe.dashboard`).
         self.counters: Any = None
+        self.clock = clock
 
     @property
     def engine(self) -> Any:
@@ -117,37 +131,66 @@ class Inbox:
     def record(self, events: Iterable[Event]) -> list[str]:
         """Store ``events`` in one transaction, ignoring those already known.
 
-        :returns: the users that have events now (to wake the executor for).
+        Events with a :attr:`~flask_ampalibe.events.Event.problem` are stored as ``rejected``
+        with it, never to be handled.  Should the database still refuse an event's data (a
+        ``DataError``), each event is stored on its own and the refused ones are kept as
+        ``rejected``: one odd item never holds up the rest of its batch.
+
+        :returns: the users that have events to handle now (to wake the executor for).
         """
         self.store.ensure()
         now = time.time()
-        rows, users = [], {}
-        for ev in events:
-            rows.append({"event_key": ev.key, "user_id": ev.sender_id, "kind": ev.kind, "timestamp": ev.timestamp,
-                         "body": ev.to_json(), "status": PENDING, "attempts": 0, "received_at": now})
-            users[ev.sender_id] = None
+        rows = [_row(ev, now) for ev in events]
         if not rows:
             return []
+        try:
+            return self._insert(rows)
+        except (DataError, UnicodeError):
+            logger.warning("the database refused a webhook batch's data; recording its %s items one by one",
+                           len(rows))
+        users: dict[str, None] = {}
+        for row in rows:
+            try:
+                users.update(dict.fromkeys(self._insert([row])))
+            except (DataError, UnicodeError) as exc:
+                logger.warning("webhook item %s rejected: the database refused it (%s)", row["event_key"],
+                               type(exc).__name__)
+                self._insert([_refused_row(row, exc, now)])
+        return list(users)
+
+    def _insert(self, rows: list[dict[str, Any]]) -> list[str]:
+        users = list(dict.fromkeys(r["user_id"] for r in rows if r["status"] == PENDING))
         with self.engine.begin() as conn:
             insert_ignore(conn, inbox, rows)
-            insert_ignore(conn, leases, [{"user_id": u, "owner": None, "expires_at": 0.0} for u in users])
-        if self.counters is not None:
-            self.counters.recorded(len(rows))
-        return list(users)
+            if users:
+                insert_ignore(conn, leases, [{"user_id": u, "owner": None, "expires_at": 0.0} for u in users])
+        if self.counters is not None and users:
+            self.counters.recorded(sum(1 for r in rows if r["status"] == PENDING))
+        return users
 
     # -- leases ---------------------------------------------------------------------------
     def claim(self, user_id: str, owner: str, seconds: float) -> bool:
         """Take ``user_id``'s lease if it is free or expired."""
-        now = time.time()
+        now = self.clock()
         with self.engine.begin() as conn:
             taken = conn.execute(_claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
         return taken.rowcount == 1
 
-    def renew(self, owner: str, seconds: float) -> int:
-        """Extend every lease ``owner`` holds; returns how many."""
+    def renew(self, owner: str, seconds: float, users: Iterable[str]) -> int:
+        """Extend the leases ``owner`` holds on ``users`` (those it is handling right now).
+
+        Only those: a lease this owner still holds on another user (its release failed during a
+        database outage) must expire, so that the user's events go on elsewhere.
+
+        :returns: how many leases were extended.
+        """
+        users = list(users)
+        if not users:
+            return 0
         with self.engine.begin() as conn:
             return conn.execute(
-                leases.update().where(leases.c.owner == owner).values(expires_at=time.time() + seconds)
+                leases.update().where(leases.c.owner == owner, leases.c.user_id.in_(users))
+                .values(expires_at=self.clock() + seconds)
             ).rowcount
 
     def release(self, user_id: str, owner: str) -> bool:
@@ -169,7 +212,7 @@ class Inbox:
 
         :returns: the event, or ``None`` (lease held by someone else, or nothing to do).
         """
-        now = time.time()
+        now = self.clock()
         with self.engine.begin() as conn:
             taken = conn.execute(_claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
             if taken.rowcount != 1:
@@ -184,21 +227,24 @@ class Inbox:
         meanwhile is either seen here or finds the lease free (its recorder's claim waits for
         this transaction's row lock), so the caller need not :meth:`release`.
 
-        :param finished: an event this worker just handled, recorded as :meth:`finish` does in
-            the same transaction (one round trip per event).
+        :param finished: an event this worker just handled, recorded as :meth:`finish` does, on
+            the same connection but committed first, on its own: whatever happens next cannot
+            undo it (and send its reply again).
         :param error: what ``finished``'s handler raised.
         :returns: the event, or ``None`` (nothing left, or the lease was lost to another worker).
         """
-        now = time.time()
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:
             if finished is not None:
-                self._finish(conn, finished, error, now)
-            # Renewing the lease checks that it is still ours and, on server databases, locks its
-            # row until the end of the transaction.
-            held = conn.execute(_renew_one, {"uid": user_id, "holder": owner, "until": now + seconds})
-            if held.rowcount != 1:
-                return None  # the lease expired and someone else took it: stop
-            return self._next(conn, user_id, owner, now)
+                with conn.begin():
+                    self._finish(conn, finished, error, time.time())
+            with conn.begin():
+                now = self.clock()
+                # Renewing the lease checks that it is still ours and, on server databases, locks
+                # its row until the end of the transaction.
+                held = conn.execute(_renew_one, {"uid": user_id, "holder": owner, "until": now + seconds})
+                if held.rowcount != 1:
+                    return None  # the lease expired and someone else took it: stop
+                return self._next(conn, user_id, owner, now)
 
     def _next(self, conn: Any, user_id: str, owner: str, now: float) -> Claimed | None:
         """With the lease held and renewed: mark the oldest unfinished event running, or release."""
@@ -212,21 +258,32 @@ class Inbox:
             if row is None:
                 conn.execute(_release, {"uid": user_id, "holder": owner})
                 return None
-            if attempts < self.max_attempts:
-                break
-            # Every earlier attempt died with its worker: a poison event must not block the user.
-            logger.error("event %s of user %s given up after %s attempts that never finished",
-                         row.event_key, user_id, attempts)
-            conn.execute(_give_up, {
-                "event_id": row.id, "n": attempts, "now": now,
-                "err": f"Given up after {attempts} attempts: the process handling this event died "
-                       f"(or was stopped) each time before the handler returned. Check the workers' logs, "
-                       f"then replay it with `ampalibe inbox replay {row.id}`."})
-            if self.counters is not None:
-                self.counters.finished(FAILED)
+            if attempts >= self.max_attempts:
+                # Every earlier attempt died with its worker: a poison event must not block the user.
+                logger.error("event %s of user %s given up after %s attempts that never finished",
+                             row.event_key, user_id, attempts)
+                conn.execute(_give_up, {
+                    "event_id": row.id, "n": attempts, "now": now,
+                    "err": f"Given up after {attempts} attempts: the process handling this event died "
+                           f"(or was stopped) each time before the handler returned. Check the workers' logs, "
+                           f"then replay it with `ampalibe inbox replay {row.id}`."})
+                if self.counters is not None:
+                    self.counters.finished(FAILED)
+                continue
+            try:
+                event = Event.from_json(row.event_key, user_id, row.timestamp, row.body)
+            except Exception as exc:  # recorded by an older version, or edited by hand: it can never run
+                logger.error("event %s of user %s cannot be read back: %r", row.event_key, user_id, exc)
+                conn.execute(_give_up, {
+                    "event_id": row.id, "n": attempts + 1, "now": now,
+                    "err": "The recorded event cannot be read back, so no handler ran: "
+                           + "".join(traceback.format_exception(exc))[-4000:]})
+                if self.counters is not None:
+                    self.counters.finished(FAILED)
+                continue
+            break
         if not conn.dialect.update_returning:
             conn.execute(_start, {"event_id": row.id, "n": attempts + 1})
-        event = Event.from_json(row.event_key, user_id, row.timestamp, row.body)
         user = None
         if event.kind in USER_STATE_KINDS and not event.standby:
             user = self.store.touch_user(user_id, conn)
@@ -262,7 +319,7 @@ class Inbox:
     def ready_users(self, limit: int = 100) -> list[str]:
         """Users with unfinished events whose lease is free or expired (work nobody is doing)."""
         self.store.ensure()
-        now = time.time()
+        now = self.clock()
         with read_only(self.engine) as conn:
             rows = conn.execute(
                 select(inbox.c.user_id).distinct()
@@ -303,7 +360,7 @@ class Inbox:
             oldest = conn.execute(
                 select(func.min(inbox.c.received_at)).where(inbox.c.status.in_((PENDING, RUNNING)))
             ).scalar()
-        out = {s: int(counts.get(s, 0)) for s in (PENDING, RUNNING, DONE, FAILED)}
+        out = {s: int(counts.get(s, 0)) for s in STATUSES}
         out["received"] = sum(out.values())
         out["oldest_pending_age"] = round(time.time() - oldest, 3) if oldest else 0.0
         return out
@@ -316,6 +373,17 @@ class Inbox:
                 select(inbox.c.id, inbox.c.event_key, inbox.c.user_id, inbox.c.kind, inbox.c.attempts,
                        inbox.c.error, inbox.c.finished_at)
                 .where(inbox.c.status == FAILED).order_by(inbox.c.id.desc()).limit(limit)
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+    def rejected(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The webhook items rejected at reception, newest first, with the reason and the item."""
+        self.store.ensure()
+        with read_only(self.engine) as conn:
+            rows = conn.execute(
+                select(inbox.c.id, inbox.c.event_key, inbox.c.user_id, inbox.c.kind, inbox.c.error,
+                       inbox.c.received_at, inbox.c.body)
+                .where(inbox.c.status == REJECTED).order_by(inbox.c.id.desc()).limit(limit)
             ).all()
         return [dict(r._mapping) for r in rows]
 
@@ -340,10 +408,30 @@ class Inbox:
             return conn.execute(inbox.delete().where(*where)).rowcount
 
     def purge(self, older_than_seconds: float) -> int:
-        """Delete handled events finished more than ``older_than_seconds`` ago."""
+        """Delete handled events finished, and rejected items received, more than
+        ``older_than_seconds`` ago (failed events stay until replayed)."""
         self.store.ensure()
         limit = time.time() - older_than_seconds
         with self.engine.begin() as conn:
             return conn.execute(
-                inbox.delete().where(and_(inbox.c.status == DONE, inbox.c.finished_at < limit))
+                inbox.delete().where(and_(inbox.c.status.in_((DONE, REJECTED)), inbox.c.finished_at < limit))
             ).rowcount
+
+
+def _row(event: Event, now: float) -> dict[str, Any]:
+    if event.problem is None:
+        return {"event_key": event.key, "user_id": event.sender_id, "kind": event.kind, "timestamp": event.timestamp,
+                "body": event.to_json(), "status": PENDING, "attempts": 0, "error": None, "received_at": now,
+                "finished_at": None}
+    return {"event_key": event.key, "user_id": event.sender_id, "kind": event.kind, "timestamp": event.timestamp,
+            "body": event.to_json(), "status": REJECTED, "attempts": 0, "error": event.problem, "received_at": now,
+            "finished_at": now}
+
+
+def _refused_row(row: dict[str, Any], exc: BaseException, now: float) -> dict[str, Any]:
+    """What is kept of an event the database refused: ASCII-only text, no id of the sender's."""
+    body = row["body"].encode("ascii", "backslashreplace").decode("ascii").replace("\x00", "\\x00")
+    return {**row, "event_key": "r:" + hashlib.sha256(body.encode()).hexdigest()[:48], "user_id": "",
+            "kind": row["kind"] if row["kind"].isascii() else "unknown", "body": body, "status": REJECTED,
+            "error": f"The database refused this item ({type(exc).__name__}); it was not handled.",
+            "finished_at": now}

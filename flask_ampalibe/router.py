@@ -195,7 +195,8 @@ def command_input(event: Event) -> tuple[str, list[str]]:
         return str(body.get("payload") or ""), []
     message = raw.get("message") if isinstance(raw.get("message"), dict) else {}
     urls = []
-    for attachment in message.get("attachments") or ():
+    attachments = message.get("attachments")
+    for attachment in attachments if isinstance(attachments, list) else ():
         if isinstance(attachment, dict):
             url = (attachment.get("payload") or {}).get("url") if isinstance(attachment.get("payload"), dict) else None
             if url:

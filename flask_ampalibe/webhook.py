@@ -4,8 +4,12 @@
 as ``(status, body)``; the Flask Blueprint only translates a request into that call and the
 result into a response::
 
-    body limit → signature → parse (400 if not a page webhook) → keep the items a handler wants
+    body limit (413) → signature (403) → parse (400 if not JSON or not a page webhook)
+        → validate every item: a valid one is kept if a handler wants it, an invalid one is
+          logged and kept as ``rejected`` with its reason
         → record them in the inbox (503 if the database is down) → notify the executor → 200
+
+Nothing a sender can put in a body gives another answer: a 5xx only ever means our own outage.
 
 The limit holds while reading: a body sent without ``Content-Length`` (chunked, streamed) is
 read at most one byte past the limit, before its signature is checked.
@@ -27,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: Webhook bodies larger than this are refused (Meta's batches are far smaller).
 MAX_BODY = 4 * 1024 * 1024
+#: At most this many rejected items of one body are kept (and logged); the others only counted.
+MAX_REJECTED = 100
 
 _CHUNK = 64 * 1024
 
@@ -108,12 +114,20 @@ class Webhook:
             events = parse_body(_loads(raw))
         except BadWebhook as exc:
             return Answer(400, f"Bad Request: {exc}")
-        wanted = []
+        wanted, rejected = [], 0
         for event in events:
-            if self.wants is None or self.wants(event):
+            if event.problem is not None:
+                rejected += 1
+                if rejected <= MAX_REJECTED:
+                    logger.warning("webhook item rejected (%s, user %r): %s; kept as %s, never handled",
+                                   event.kind, event.sender_id, event.problem, event.key)
+                    wanted.append(event)
+            elif self.wants is None or self.wants(event):
                 wanted.append(event)
             else:
                 logger.debug("webhook %s event of %s ignored: no handler for it", event.kind, event.sender_id)
+        if rejected > MAX_REJECTED:
+            logger.warning("%s more rejected items of the same webhook body were not kept", rejected - MAX_REJECTED)
         try:
             users = self.record(wanted)
         except SQLAlchemyError:
@@ -125,6 +139,10 @@ class Webhook:
 
 def _loads(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BadWebhook(f"the body is not JSON ({type(exc).__name__})") from None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # json.loads would read NaN, Infinity and -Infinity

@@ -132,3 +132,18 @@ def test_the_next_webhook_is_handled_after_the_server_restarted(request, server_
     assert hook.send_text("u", "after").status_code == 200
     assert graph.sent_texts("u") == ["before 1", "after 2"]
     make_engine(server.url).dispose()
+
+
+@pytest.mark.parametrize("bad_user", ["u\x00nul", "u\ud800"])
+def test_an_event_the_database_refuses_is_kept_as_rejected_and_the_rest_recorded(box, bad_user):
+    # The webhook's validation refuses such ids first; this is the net under it.
+    good, bad = events(message_event("u", "good"), message_event("u", "bad"))
+    bad.sender_id = bad_user
+    assert box.record([good, bad]) in (["u"], ["u", bad_user])
+    stats = box.stats()
+    assert stats["received"] == 2 and stats["pending"] + stats["rejected"] == 2
+    if stats["rejected"]:
+        (row,) = box.rejected()
+        assert row["user_id"] == "" and "The database refused this item" in row["error"]
+        assert row["body"].isascii()
+    assert box.take("u", "w", 30).event.raw["message"]["text"] == "good"

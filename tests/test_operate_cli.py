@@ -84,6 +84,25 @@ def test_stats_counts_and_oldest_pending_age(project, runner):
     assert "pending   1" in text and "failed    1" in text and "oldest unfinished event:" in text
 
 
+def test_rejected_items_are_counted_and_listed_with_their_reason(project, runner):
+    state, hook = _bot()
+    bad = message_event("u", "hi")
+    bad["recipient"] = "PAGE1"
+    hook.post(message_event("u", "fine"), bad)
+    stats = json.loads(_invoke(runner, "inbox", "stats", "--json").output)
+    assert (stats["rejected"], stats["received"]) == (1, 2)
+    assert "rejected  1" in _invoke(runner, "inbox", "stats").output
+    listed = _invoke(runner, "inbox", "rejected").output
+    assert "user u  message  recipient is not an object" in listed and "PAGE1" not in listed
+    assert '"recipient":"PAGE1"' in _invoke(runner, "inbox", "rejected", "--body").output
+    (row,) = json.loads(_invoke(runner, "inbox", "rejected", "--json").output)
+    assert row["error"] == "recipient is not an object"
+    assert "Deleted 0 handled events" in _invoke(runner, "inbox", "purge").output  # kept for the retention
+    _invoke(runner, "inbox", "purge", "--days", "0")
+    assert state.inbox.stats()["rejected"] == 0
+    assert _invoke(runner, "inbox", "rejected").output.strip() == "No rejected items."
+
+
 def test_failed_lists_errors_and_replay_puts_them_back(project, runner):
     state, hook = _bot()
     hook.send_text("u", "boom")
@@ -125,7 +144,7 @@ def test_purge_deletes_handled_events_older_than_the_retention(project, runner):
     hook.send_text("v", "waiting")
     state.executor.drain("u")
     assert "Deleted 0 handled events" in _invoke(runner, "inbox", "purge").output  # default: 7 days
-    assert "Deleted 1 handled event finished" in _invoke(runner, "inbox", "purge", "--days", "0").output
+    assert "Deleted 1 handled event (or rejected item) finished" in _invoke(runner, "inbox", "purge", "--days", "0").output
     stats = state.inbox.stats()
     assert (stats["done"], stats["failed"], stats["pending"]) == (0, 1, 1)
 

@@ -112,14 +112,25 @@ def test_malformed_bodies_are_400(hook, seen, raw):
     assert seen == []
 
 
-def test_odd_items_in_a_valid_body_are_skipped_not_fatal(hook, seen):
+def test_invalid_items_are_kept_as_rejected_and_the_rest_of_the_batch_is_handled(app, hook, seen, caplog):
     body = {"object": "page", "entry": [
         "junk", {"id": "p", "messaging": "not a list"}, {"id": "p", "messaging": [None, 5, message_event("u", "ok")]},
         {"id": "p", "messaging": [{"sender": {"id": "v"}, "timestamp": "soon", "message": {"mid": "x", "text": "t"}}]},
-        {"id": "p", "messaging": [{"sender": {"id": "w"}, "message": "a string"}]},
+        {"id": "p", "messaging": [{"sender": {"id": "w"}, "timestamp": 1, "message": "a string"}]},
     ]}
+    with caplog.at_level("WARNING", logger="flask_ampalibe.webhook"):
+        assert hook.post_body(body).status_code == 200
+    assert seen == [("u", "ok")]
+    inbox = app.extensions["ampalibe"].inbox
+    assert inbox.stats()["rejected"] == 6 and inbox.stats()["done"] == 1
+    reasons = sorted(row["error"] for row in inbox.rejected())
+    assert reasons == sorted(["entry 0 is not an object", "entry 1: messaging is not a list",
+                              "the item is not an object", "the item is not an object",
+                              "timestamp is not an integer", "message is not an object"])
+    assert len([r for r in caplog.records if "rejected" in r.getMessage()]) == 6  # logged once each
+    # A redelivery of the same body adds no row.
     assert hook.post_body(body).status_code == 200
-    assert sorted(seen) == [("u", "ok"), ("v", "t"), ("w", "")]
+    assert inbox.stats()["rejected"] == 6 and seen == [("u", "ok")]
 
 
 # -- inbox guarantees ----------------------------------------------------------------------------

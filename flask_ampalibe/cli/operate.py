@@ -1,4 +1,4 @@
-"""Operating a bot: ``worker``, ``inbox stats|failed|replay|purge`` and ``db create``.
+"""Operating a bot: ``worker``, ``inbox stats|failed|rejected|replay|purge`` and ``db create``.
 
 These commands need the bot's app.  They find it, in this order: the app of the current Flask
 CLI context; the one named by ``flask --app`` or ``FLASK_APP``; the ``core.py`` of the current
@@ -210,7 +210,7 @@ def stats(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(counts, sort_keys=True))
         return
-    for key in ("received", "pending", "running", "done", "failed"):
+    for key in ("received", "pending", "running", "done", "failed", "rejected"):
         click.echo(f"{key:<9} {counts[key]}")
     age = counts["oldest_pending_age"]
     click.echo(f"oldest unfinished event: {_age(age)} old" if age else "no unfinished event")
@@ -240,6 +240,26 @@ def failed(limit: int, full: bool, as_json: bool) -> None:
 
 
 @inbox.command()
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="How many to list.")
+@click.option("--body", "with_body", is_flag=True, help="Show each item as it was received.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def rejected(limit: int, with_body: bool, as_json: bool) -> None:
+    """Webhook items rejected at reception (not valid Messenger events), newest first, with the reason."""
+    rows = load_state().inbox.rejected(limit)
+    if as_json:
+        click.echo(json.dumps(rows, sort_keys=True, default=str))
+        return
+    if not rows:
+        click.echo("No rejected items.")
+        return
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["received_at"]))
+        click.echo(f"#{row['id']}  {when}  user {row['user_id'] or '?'}  {row['kind']}  {row['error']}")
+        if with_body:
+            click.echo(f"    {row['body']}")
+
+
+@inbox.command()
 @click.argument("event_id", type=int, required=False)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every failed event.")
 def replay(event_id: int | None, replay_all: bool) -> None:
@@ -261,11 +281,12 @@ def replay(event_id: int | None, replay_all: bool) -> None:
 @click.option("--days", type=click.FloatRange(min=0),
               help="Keep handled events this many days. Default: AMPALIBE_RETENTION_DAYS (7).")
 def purge(days: float | None) -> None:
-    """Delete handled events older than the retention (failed ones are kept)."""
+    """Delete handled events and rejected items older than the retention (failed ones are kept)."""
     state = load_state()
     days = state.settings["RETENTION_DAYS"] if days is None else days
     count = state.inbox.purge(days * 86400)
-    click.echo(f"Deleted {count} handled event{'s' if count != 1 else ''} finished more than {days:g} days ago.")
+    click.echo(f"Deleted {count} handled event{'s' if count != 1 else ''} (or rejected item{'s' if count != 1 else ''}) "
+               f"finished more than {days:g} days ago.")
 
 
 # -- db ---------------------------------------------------------------------------------------
