@@ -277,7 +277,7 @@ class Store:
     def set_temp(self, user_id: str, key: str, value: Any) -> None:
         """Keep ``value`` (JSON-serialisable) under ``key`` for ``user_id``."""
         self.ensure()
-        data = json.dumps(value, ensure_ascii=False)
+        data = _dumps(value)
         with self.engine.begin() as conn:
             upsert(conn, temps, {"user_id": user_id, "key": key, "value": data}, ["user_id", "key"])
 
@@ -316,7 +316,7 @@ class Store:
         self.ensure()
         token = secrets.token_urlsafe(16)
         with self.engine.begin() as conn:
-            conn.execute(pages.insert().values(token=token, user_id=user_id, data=json.dumps(data, ensure_ascii=False),
+            conn.execute(pages.insert().values(token=token, user_id=user_id, data=_dumps(data),
                                                created_at=time.time()))
         return token
 
@@ -348,3 +348,15 @@ class Store:
 
 def _loads(value: str | None) -> Any:
     return None if value is None else json.loads(value)
+
+
+def _dumps(value: Any) -> str:
+    """JSON text every database stores: readable characters as they are, but a lone surrogate
+    (from a user's message, which UTF-8 cannot encode) as a ``\\uXXXX`` escape."""
+    text = json.dumps(value, ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(value)
+    return text

@@ -209,6 +209,17 @@ def test_unicode_is_stored_as_text_not_escapes(store):
     assert "😀" in raw
 
 
+def test_text_with_lone_surrogates_and_nul_from_a_message_is_stored(store):
+    # What a user's message may carry ends up in temp data and pages: every database stores it.
+    for text in ("a\ud800b", "nul\x00here", "\udfff\U0001f600"):
+        store.set_temp("u1", "k", {"said": text})
+        assert store.get_temp("u1", "k") == {"said": text}
+        token = store.save_page("u1", {"items": [text]})
+        assert store.take_page(token, "u1") == {"items": [text]}
+        store.set_action("u1", "/next", {"said": text})
+        assert store.get_user("u1")[1] == {"said": text}
+
+
 # --------------------------------------------------------------------------- pages
 
 
