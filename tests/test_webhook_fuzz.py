@@ -186,19 +186,19 @@ class Fuzzer:
         """``(family, raw body, signature header)``."""
         for _ in range(count):
             family = self.rng.choices(["good", "mixed", "chaos", "forged", "envelope", "redeliver"],
-                                      [22, 25, 20, 18, 10, 5])[0]
+                                      [15, 25, 25, 20, 10, 5])[0]
             if family == "redeliver" and not self.sent_bodies:
                 family = "good"
             if family == "redeliver":
                 raw = self.rng.choice(self.sent_bodies)
                 yield family, raw, generate_signature(SECRET, raw)
             elif family == "good":
-                body = self.page(*(self.good_event() for _ in range(self.rng.randint(1, 3))))
+                body = self.page(*(self.good_event() for _ in range(self.rng.choice((1, 1, 1, 2)))))
                 raw = self.dumps(body)
                 self.sent_bodies.append(raw)
                 yield family, raw, generate_signature(SECRET, raw)
             elif family == "mixed":
-                items = [self.good_event() for _ in range(self.rng.randint(1, 2))]
+                items = [self.good_event()]
                 items += [self.victim() for _ in range(self.rng.randint(1, 3))]
                 self.rng.shuffle(items)
                 standby = [self.victim()] if self.rng.random() < 0.2 else None
@@ -261,7 +261,7 @@ def test_fuzzed_webhook_bodies(fuzz_url, tmp_path, graph):
 
     fuzzer = Fuzzer(SEED)
     statuses: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     try:
         for count, (family, raw, signature) in enumerate(fuzzer.bodies(BODIES), 1):
             status = post(raw, signature).status_code
@@ -276,7 +276,7 @@ def test_fuzzed_webhook_bodies(fuzz_url, tmp_path, graph):
                                    headers={HEADER: generate_signature(SECRET, big)})
             assert response.status_code == 413
         drain()
-        elapsed = time.monotonic() - started
+        elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
 
         # Every valid event was handled exactly once, each user's in timestamp order.
         for user in USERS:
@@ -300,6 +300,6 @@ def test_fuzzed_webhook_bodies(fuzz_url, tmp_path, graph):
         state.shutdown(timeout=5)
         state.store.engine.dispose()
     print(f"\n{BODIES} fuzzed bodies on {state.store.engine.dialect.name} in {elapsed:.1f} s "
-          f"({BODIES / elapsed:.0f}/s); answers: " + ", ".join(
+          f"({cpu:.1f} s of this process's CPU); answers: " + ", ".join(
               f"{family} {dict(counts)}" for family, counts in sorted(statuses.items()))
           + f"; inbox: {stats}")
