@@ -21,7 +21,8 @@ from flask_ampalibe.events import MAX_ID_LENGTH, parse_body
 from flask_ampalibe.executor import ThreadExecutor
 from flask_ampalibe.inbox import Claimed, Inbox
 from flask_ampalibe.signature import HEADER, generate_signature
-from flask_ampalibe.storage import Store, leases, make_engine
+from flask_ampalibe.engine import make_engine
+from flask_ampalibe.storage import Store, leases
 from flask_ampalibe.storage import inbox as inbox_table
 from flask_ampalibe.testing import WebhookClient, attachment_event, message_event, page_body
 from conftest import SECRET
