@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-__all__ = ["Event", "BadWebhook", "parse_body", "KNOWN_KINDS", "MAX_ID_LENGTH", "MAX_KEY_LENGTH", "MAX_DEPTH"]
+__all__ = ["Event", "BadWebhook", "parse_body", "rejected_key", "KNOWN_KINDS", "MAX_ID_LENGTH", "MAX_KEY_LENGTH", "MAX_DEPTH"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ class Event:
 
     :ivar kind: ``message``, ``echo``, ``postback``, ``read``, … (``echo`` for ``is_echo`` messages).
     :ivar sender_id: the user's PSID (for legacy opt-ins without sender, ``user_ref:<ref>``).
-    :ivar key: a stable identity: the ``mid`` where the item has one, else a hash of the item.
+    :ivar key: a stable identity: the ``mid`` where the item has one, else a hash of the item
+        (empty for a rejected item until it is recorded: see :func:`rejected_key`).
     :ivar standby: whether the item came in ``standby[]`` (another app owns the thread).
     :ivar raw: the item as Meta sent it.
     :ivar problem: why the item cannot be a valid Messenger event, or ``None``: such an item is
@@ -299,12 +300,19 @@ def _rejected(item: Any, page_id: str, standby: bool, problem: str, kind: str = 
               sender_id: str = "", timestamp: Any = 0) -> Event:
     if not isinstance(timestamp, int) or isinstance(timestamp, bool) or not 0 <= timestamp <= MAX_MILLIS:
         timestamp = 0
+    # The key is computed when (and if) the item is recorded: a body of a million junk items
+    # costs no million hashes (only the first ones are kept).
+    return Event(kind, sender_id, "", page_id, timestamp, "", item, standby, problem)
+
+
+def rejected_key(event: Event) -> str:
+    """The key a rejected item is kept under: a hash of the item, so a redelivery is kept once."""
     try:
-        text = json.dumps(item, sort_keys=True, separators=(",", ":"))
+        text = json.dumps(event.raw, sort_keys=True, separators=(",", ":"))
     except (RecursionError, ValueError):
-        text = f"{type(item).__name__} nested too deeply"
-    digest = hashlib.sha256(f"{page_id}:{int(standby)}:{text}".encode()).hexdigest()
-    return Event(kind, sender_id, "", page_id, timestamp, f"r:{digest[:48]}", item, standby, problem)
+        text = f"{type(event.raw).__name__} nested too deeply"
+    digest = hashlib.sha256(f"{event.page_id}:{int(event.standby)}:{text}".encode()).hexdigest()
+    return f"r:{digest[:48]}"
 
 
 def _key(kind: str, item: dict, page_id: str, standby: bool) -> str:

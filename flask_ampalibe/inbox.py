@@ -30,7 +30,7 @@ from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.exc import DataError
 
 from .engine import read_only
-from .events import Event
+from .events import Event, rejected_key
 from .storage import Store, inbox, insert_ignore, leases
 
 __all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED", "REJECTED", "STATUSES", "USER_STATE_KINDS",
@@ -423,8 +423,8 @@ def _row(event: Event, now: float) -> dict[str, Any]:
         return {"event_key": event.key, "user_id": event.sender_id, "kind": event.kind, "timestamp": event.timestamp,
                 "body": event.to_json(), "status": PENDING, "attempts": 0, "error": None, "received_at": now,
                 "finished_at": None}
-    return {"event_key": event.key, "user_id": event.sender_id, "kind": event.kind, "timestamp": event.timestamp,
-            "body": event.to_json(), "status": REJECTED, "attempts": 0, "error": event.problem, "received_at": now,
+    return {"event_key": event.key or rejected_key(event), "user_id": event.sender_id, "kind": event.kind,
+            "timestamp": event.timestamp, "body": event.to_json(), "status": REJECTED, "attempts": 0, "error": event.problem, "received_at": now,
             "finished_at": now}
 
 

@@ -119,8 +119,8 @@ class Webhook:
             if event.problem is not None:
                 rejected += 1
                 if rejected <= MAX_REJECTED:
-                    logger.warning("webhook item rejected (%s, user %r): %s; kept as %s, never handled",
-                                   event.kind, event.sender_id, event.problem, event.key)
+                    logger.warning("webhook item rejected (%s, user %r): %s; kept for `ampalibe inbox rejected`, "
+                                   "never handled", event.kind, event.sender_id, event.problem)
                     wanted.append(event)
             elif self.wants is None or self.wants(event):
                 wanted.append(event)

@@ -254,9 +254,7 @@ def test_8_a_lease_left_behind_by_an_outage_is_not_renewed_while_the_worker_is_b
 
     executor = ThreadExecutor(inbox, handle, threads=2, lease_seconds=30, poll_seconds=0.05)
     try:
-        inbox.record(parse_body(page_body(message_event("a", "a1", timestamp=1), message_event("a", "a2", timestamp=2),
-                                          message_event("b", "b1", timestamp=1))))
-        executor.notify(["b"])
+        executor.notify(inbox.record(parse_body(page_body(message_event("b", "b1", timestamp=1)))))
         assert b_started.wait(20)
         # The database goes away while a's first event finishes: taking the next one fails, and so
         # does giving the lease back.  a's lease stays with this (living, busy) worker until 1030.
@@ -268,13 +266,18 @@ def test_8_a_lease_left_behind_by_an_outage_is_not_renewed_while_the_worker_is_b
             inbox.finish(finished, error)  # a1's outcome was committed, then the server went away
             raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
 
+        release_failed = threading.Event()
+
         def release_down(user_id, owner):
+            release_failed.set()
             raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
 
         monkeypatch.setattr(inbox, "next_event", next_down)
         monkeypatch.setattr(inbox, "release", release_down)
-        executor.notify(["a"])
-        wait_until(lambda: "a1" in handled and "a" not in executor._active, 20, "a's drain to stop on the outage")
+        executor.notify(inbox.record(parse_body(page_body(message_event("a", "a1", timestamp=1),
+                                                          message_event("a", "a2", timestamp=2)))))
+        assert release_failed.wait(20)
+        wait_until(lambda: "a" not in executor._active, 20, "the executor to be done with a")
         monkeypatch.setattr(inbox, "next_event", real_next)
         monkeypatch.setattr(inbox, "release", real_release)
         assert expiry("a") == 1030.0
