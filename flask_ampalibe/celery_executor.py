@@ -16,7 +16,7 @@ The SQL inbox stays the source of truth; the broker only carries wake-ups:
    user's events at once or out of order: the second finds the lease taken and returns (the
    holder handles what was recorded meanwhile; see :meth:`Inbox.next_event`).
 4. Every process with this executor (web workers and Celery workers) runs an upkeep thread: it
-   renews the leases the process holds (a handler may run longer than the lease), purges old
+   renews the leases of the users it drains (a handler may run longer than the lease), purges old
    handled events, and *sweeps*: a user whose lease expired (the worker handling it died), or
    whose events waited ``AMPALIBE_CELERY_REQUEUE_SECONDS`` with nobody on them (a task lost
    with a broker restart, or never published), gets a new task.  So nothing depends on the
@@ -238,10 +238,13 @@ class CeleryExecutor(Executor):
         while True:
             now = time.monotonic()
             try:
-                if self._active:
-                    # Not a background write (as in the thread executor): queued behind the
-                    # handlers' writes on SQLite, a renewal could come too late.
-                    self.inbox.renew(self.owner, self.lease_seconds)
+                with self._lock:
+                    users = list(self._active)
+                if users:
+                    # Only the users this process drains now: a lease left behind by a failed
+                    # release must expire.  Not a background write (as in the thread executor):
+                    # queued behind the handlers' writes on SQLite, a renewal could come too late.
+                    self.inbox.renew(self.owner, self.lease_seconds, users)
                 with background_writes():
                     if now >= next_sweep:
                         next_sweep = now + self.poll_seconds
