@@ -376,3 +376,23 @@ def test_the_governor_admits_fewer_events_while_the_cpu_is_saturated(local_inbox
     finally:
         gate.set()
         assert executor.shutdown(10)
+
+
+@pytest.mark.parametrize("pool_maxsize, full", [(40, False), (2, True)])
+def test_the_graph_pool_keeps_a_connection_per_concurrent_send(caplog, pool_maxsize, full):
+    from flask_ampalibe import Messenger
+    from flask_ampalibe.testing import FakeGraph
+
+    with FakeGraph(delay=0.3) as fake:
+        chat = Messenger("token", graph_url=fake.url, pool_maxsize=pool_maxsize)
+        caplog.set_level(logging.WARNING, logger="urllib3")
+        senders = [threading.Thread(target=chat.send_text, args=(f"u{n}", "hi")) for n in range(30)]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            thread.join(30)
+        chat.close()
+        assert len(fake.sent_texts()) == 30
+    # With the app's pool (AMPALIBE_MAX_CONCURRENCY connections) 30 sends at once keep their
+    # connections; requests' default of 10 would drop some ("Connection pool is full").
+    assert ("Connection pool is full" in caplog.text) is full
