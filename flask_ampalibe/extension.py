@@ -125,6 +125,9 @@ class AmpalibeState:
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             scheduler.stop(max(0.0, deadline - time.monotonic()))
+        counters = getattr(self, "counters", None)  # the dashboard's, when it is on
+        if counters is not None:
+            counters.close()
         return bool(finished) if finished is not None else True
 
 

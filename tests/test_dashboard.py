@@ -390,3 +390,15 @@ def test_failed_page_lists_items_rejected_at_reception(dash: Flask, dclient: Any
     _, page = _get(dclient, "/_ampalibe/failed", headers=AUTH)
     assert 'id="rejected-' in page and "entry 0: &lt;messaging&gt; is not a list" in page
     assert "&lt;i&gt;odd&lt;/i&gt;" in page and "<i>odd" not in page
+
+
+def test_graph_errors_still_in_memory_are_written_when_the_app_shuts_down(dash: Flask, graph: Any) -> None:
+    """A worker that stops within the 10 s write delay does not take its Graph error counts with it."""
+    state = dash.extensions["ampalibe"]
+    graph.fail_next(400, {"code": 551}, count=1)
+    state.chat.send_text("z1", "hello")
+    state.store.ensure()
+    with state.store.engine.connect() as conn:
+        assert conn.execute(meta.select().where(meta.c.name.like("graph_errors:%"))).all() == []
+    state.shutdown(timeout=5)
+    assert dict(Elsewhere(state.store).graph_errors(0).popitem()[1]) == {"551": 1}

@@ -105,6 +105,14 @@ class Counters:
         except Exception:
             logger.exception("could not write the Graph error counts; they stay in this process's memory")
 
+    def close(self) -> None:
+        """Write what is still in memory now (the process is stopping), without raising."""
+        with self._lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        self._flush_quietly()
+
     def flush(self) -> None:
         """Write the buckets counted since the last write (and delete expired rows)."""
         with self._lock:
