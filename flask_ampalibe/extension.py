@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 from flask import Flask, current_app, has_app_context
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import payload as payload_module
 from .config import DEFAULTS, PREFIX, PROJECT_ENV, from_configuration, payload_secret, project_dir, settings
@@ -109,9 +110,20 @@ class AmpalibeState:
 
     def start(self) -> None:
         """Start this process's background work: the executor's threads and, if the bot has
-        ``@schedule`` jobs, the scheduler thread (idempotent; gunicorn's ``post_worker_init``)."""
+        ``@schedule`` jobs, the scheduler thread (idempotent; gunicorn's ``post_worker_init``).
+
+        :raises SchemaError: the database's tables are behind this release (run ``ampalibe db
+            upgrade``) or ahead of it.
+        """
         from .scheduler import scheduler_for
 
+        # The schema check (and the tables of an empty database) before any work starts:
+        # a database behind or ahead of this release stops the worker with a one-line SchemaError.
+        try:
+            self.store.ensure()
+        except SQLAlchemyError as exc:  # down for now: the executor retries, the webhook answers 503
+            logger.error("database %s unreachable at start: %s", self.store.engine.url.render_as_string(
+                hide_password=True), str(exc.orig if getattr(exc, "orig", None) is not None else exc).strip())
         self.executor.start()
         scheduler_for(self).start()
 

@@ -162,7 +162,16 @@ def post_worker_init(worker: Any) -> None:
     # scheduler, so @schedule jobs run even on a bot nobody writes to.
     start = getattr(_state_of(worker), "start", None)
     if callable(start):
-        start()
+        try:
+            start()
+        except Exception as exc:
+            from .schema import SchemaError
+
+            if isinstance(exc, SchemaError):  # a database to upgrade: gunicorn prints this line and stops
+                from gunicorn.errors import AppImportError
+
+                raise AppImportError(f"Error: {exc}") from None
+            raise
 
 
 def worker_int(worker: Any) -> None:

@@ -17,14 +17,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
 
 from .engine import read_only
 
 __all__ = ["Store", "metadata", "users", "temps", "pages", "inbox", "leases", "jobs", "upsert", "insert_ignore",
            "SCHEMA_VERSION"]
 
-#: Bumped when a release changes the tables; see README "Upgrading".
+#: What releases before migrations wrote in ``amp_meta``; the schema is now versioned by Alembic
+#: (:mod:`flask_ampalibe.schema`), whose first revision is these tables.
 SCHEMA_VERSION = 1
 
 metadata = MetaData()
@@ -208,21 +208,18 @@ class Store:
         self._ready_lock = threading.Lock()
 
     def create_all(self) -> None:
-        """Create the tables and indexes if they are missing (idempotent, safe to race)."""
+        """Make the database ready (idempotent, safe to race): create the tables of an empty
+        database, recognise one from before migrations, check the schema revision.
+
+        :raises SchemaError: the database is behind (run ``ampalibe db upgrade``) or newer than
+            this release.
+        """
+        from .schema import prepare
+
         with self._ready_lock:
             if self._ready:
                 return
-            for attempt in range(5):
-                try:
-                    metadata.create_all(self.engine, checkfirst=True)
-                    break
-                except DBAPIError:
-                    # Another worker created a table between our check and our CREATE: check again.
-                    if attempt == 4:
-                        raise
-                    time.sleep(0.05 * (attempt + 1))
-            with self.engine.begin() as conn:
-                insert_ignore(conn, meta, [{"name": "schema_version", "value": str(SCHEMA_VERSION)}])
+            prepare(self.engine)
             self._ready = True
 
     def ensure(self) -> None:

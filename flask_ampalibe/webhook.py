@@ -23,6 +23,7 @@ from typing import IO, Any, Callable, Iterable, NamedTuple
 from sqlalchemy.exc import SQLAlchemyError
 
 from .events import BadWebhook, Event, parse_body
+from .schema import SchemaError
 from .signature import verify_signature
 
 __all__ = ["Webhook", "Answer", "MAX_BODY", "read_limited"]
@@ -132,6 +133,9 @@ class Webhook:
             users = self.record(wanted)
         except SQLAlchemyError:
             logger.exception("could not record webhook events; answering 503 so Facebook retries")
+            return UNAVAILABLE
+        except SchemaError as exc:  # the database needs `ampalibe db upgrade`: one line, no traceback
+            logger.error("could not record webhook events (answering 503 so Facebook retries): %s", exc)
             return UNAVAILABLE
         self.notify(users)
         return OK

@@ -9,19 +9,35 @@ bot's app (the operational ones of :mod:`flask_ampalibe.cli.operate`) get it fro
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
+import click
 from flask import Flask
 from flask.cli import AppGroup, ScriptInfo
 
-from . import loader, migrate, operate, project
+from . import errors, loader, migrate, operate, project
 
 __all__ = ["cli", "main"]
 
-cli = AppGroup(
+class _Group(AppGroup):
+    """The ``ampalibe`` group: an error of a command is one line and exit status 1 (see
+    :mod:`flask_ampalibe.cli.errors`); ``--traceback`` shows the whole traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if errors.wants_traceback(ctx):
+                raise
+            raise click.ClickException(errors.describe(exc)) from None
+
+
+cli = errors.traceback_option(_Group(
     "ampalibe",
     help="Create, run and operate Facebook Messenger bots built with flask_ampalibe.",
-)
+))
 
 # Ampalibe 1.1.9 takes the port before the command: ``ampalibe -p 5000 run``.
 cli.params.append(project.leading_port_option())

@@ -1,4 +1,4 @@
-"""Operating a bot: ``worker``, ``inbox stats|failed|rejected|replay|purge`` and ``db create``.
+"""Operating a bot: ``worker``, ``inbox stats|failed|rejected|replay|purge`` and ``db create|upgrade|status``.
 
 These commands need the bot's app.  They find it, in this order: the app of the current Flask
 CLI context; the one named by ``flask --app`` or ``FLASK_APP``; the ``core.py`` of the current
@@ -297,10 +297,55 @@ def db() -> None:
 
 @db.command()
 def create() -> None:
-    """Create the bot's tables (they are also created on first use)."""
+    """Create the bot's tables in an empty database (also done on first use) and check the
+    schema revision of an existing one."""
     state = load_state()
     state.store.create_all()
     click.echo(f"Tables ready in {_where(state)}.")
+
+
+@db.command()
+def upgrade() -> None:
+    """Upgrade flask_ampalibe's tables to this release's schema (creates them when missing).
+
+    Run it after installing a new flask_ampalibe when the bot says the database is behind.
+    Data is kept.  A bot's own tables and its own Alembic version table are not touched.
+    """
+    from ..schema import upgrade as run_upgrade
+
+    state = load_state()
+    before, after = run_upgrade(state.store.engine)
+    where = _where(state)
+    if before.state == "current":
+        click.echo(f"{where} is already at schema revision {after.revision} (the newest); nothing to do.")
+    elif before.state == "empty":
+        click.echo(f"Created flask_ampalibe's tables in {where} (schema revision {after.revision}).")
+    else:
+        was = before.revision or "from before migrations"
+        click.echo(f"Upgraded {where} from schema revision {was} to {after.revision}.")
+
+
+@db.command()
+def status() -> None:
+    """The schema revision of the database and the one this release needs (changes nothing)."""
+    from ..schema import status as read_status
+
+    state = load_state()
+    found = read_status(state.store.engine)
+    where = _where(state)
+    said = {
+        "empty": f"{where} has no flask_ampalibe tables yet (they are created on first use, or by `db upgrade`).",
+        "legacy": f"{where} has tables from before schema revisions; they are recognised and stamped "
+                  f"at the first start (or by `db upgrade`).",
+        "current": f"{where} is at schema revision {found.revision}, the newest.",
+        "behind": f"{where} is at schema revision {found.revision}; this release needs {found.head}: "
+                  "run `ampalibe db upgrade`.",
+        "ahead": f"{where} is at schema revision {found.revision}, which this release does not know "
+                 f"(newest: {found.head}): a newer flask_ampalibe wrote it.",
+    }[found.state]
+    click.echo(said)
+    if found.state in ("behind", "ahead"):
+        sys.exit(1)
 
 
 def _age(seconds: float) -> str:

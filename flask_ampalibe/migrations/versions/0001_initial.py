@@ -1,0 +1,95 @@
+"""The tables of flask_ampalibe 0.1.0 (what ``amp_meta.schema_version = 1`` meant).
+
+A database created before migrations existed has exactly these tables: it is stamped at this
+revision, not rebuilt (see :func:`flask_ampalibe.schema.prepare`).
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-12-01
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import mysql
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+# The column types as they were at this revision (a migration never imports today's tables).
+SECONDS = sa.Double()
+LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def key(length: int) -> sa.String:
+    """Compared byte for byte on MySQL/MariaDB (utf8mb4_bin)."""
+    return sa.String(length).with_variant(mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"),
+                                          "mysql", "mariadb")
+
+
+def upgrade() -> None:
+    op.create_table(
+        "amp_user",
+        sa.Column("id", ID, primary_key=True, autoincrement=True),
+        sa.Column("user_id", key(64), nullable=False, unique=True),
+        sa.Column("action", sa.Text, nullable=True),
+        sa.Column("action_args", sa.Text, nullable=True),
+        sa.Column("last_use", SECONDS, nullable=True),
+        sa.Column("lang", sa.String(16), nullable=True),
+    )
+    op.create_table(
+        "amp_temp",
+        sa.Column("user_id", key(64), primary_key=True),
+        sa.Column("key", key(191), primary_key=True),
+        sa.Column("value", LONG_TEXT, nullable=False),
+    )
+    op.create_table(
+        "amp_page",
+        sa.Column("token", key(64), primary_key=True),
+        sa.Column("user_id", key(64), nullable=False),
+        sa.Column("data", LONG_TEXT, nullable=False),
+        sa.Column("created_at", SECONDS, nullable=False),
+    )
+    op.create_table(
+        "amp_inbox",
+        sa.Column("id", ID, primary_key=True, autoincrement=True),
+        sa.Column("event_key", key(191), nullable=False, unique=True),
+        sa.Column("user_id", key(64), nullable=False),
+        sa.Column("kind", sa.String(32), nullable=False),
+        sa.Column("timestamp", sa.BigInteger, nullable=False),
+        sa.Column("body", LONG_TEXT, nullable=False),
+        sa.Column("status", sa.String(8), nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("error", sa.Text, nullable=True),
+        sa.Column("received_at", SECONDS, nullable=False),
+        sa.Column("finished_at", SECONDS, nullable=True),
+    )
+    op.create_index("ix_amp_inbox_user_status", "amp_inbox", ["user_id", "status", "timestamp"])
+    op.create_index("ix_amp_inbox_status", "amp_inbox", ["status", "received_at"])
+    op.create_table(
+        "amp_lease",
+        sa.Column("user_id", key(64), primary_key=True),
+        sa.Column("owner", sa.String(96), nullable=True),
+        sa.Column("expires_at", SECONDS, nullable=False),
+    )
+    op.create_index("ix_amp_lease_owner", "amp_lease", ["owner"])
+    op.create_table(
+        "amp_job",
+        sa.Column("name", key(191), primary_key=True),
+        sa.Column("slot", sa.BigInteger, nullable=False),
+        sa.Column("owner", sa.String(96), nullable=True),
+        sa.Column("ran_at", SECONDS, nullable=True),
+    )
+    op.create_table(
+        "amp_meta",
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("value", sa.String(191), nullable=False),
+    )
+
+
+def downgrade() -> None:
+    for table in ("amp_meta", "amp_job", "amp_lease", "amp_inbox", "amp_page", "amp_temp", "amp_user"):
+        op.drop_table(table)

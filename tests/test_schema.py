@@ -1,0 +1,264 @@
+"""Schema revisions (Alembic, version table ``amp_alembic_version``): a database from before
+migrations is recognised and kept; one behind is refused with the command that fixes it, one
+ahead is refused; ``ampalibe db upgrade`` upgrades; the migrations build exactly the tables of
+storage.py; a new revision can be written with one command.
+
+tests/fixtures/schema_v1/<dialect>.sql are databases as flask_ampalibe 0.1.0 left them
+(``amp_meta.schema_version = 1``), with data and a bot's own Alembic table beside ours.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from flask import Flask
+
+import flask_ampalibe
+from flask_ampalibe import schema
+from flask_ampalibe.cli import cli
+from flask_ampalibe.engine import make_engine
+from flask_ampalibe.storage import Store, metadata
+from flask_ampalibe.testing import WebhookClient, message_event, page_body
+from conftest import SECRET, TOKEN, VERIFY
+from test_cli import AMP_KEYS, console_script
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "schema_v1"
+PACKAGE_MIGRATIONS = Path(schema.__file__).resolve().parent / "migrations"
+
+
+def load_fixture(engine: sa.Engine) -> None:
+    dialect = {"mariadb": "mysql"}.get(engine.dialect.name, engine.dialect.name)
+    lines = (FIXTURES / f"{dialect}.sql").read_text().splitlines()
+    text = "\n".join(line for line in lines if not line.startswith("--")) + "\n"
+    statements = [s.strip() for s in text.split(";\n") if s.strip()]
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.exec_driver_sql(statement.rstrip(";"))
+
+
+@pytest.fixture
+def legacy_url(database_url: str) -> Iterator[str]:
+    """A database as flask_ampalibe 0.1.0 left it, on SQLite, MariaDB and PostgreSQL."""
+    engine = make_engine(database_url)
+    load_fixture(engine)
+    yield database_url
+
+
+def make_app(tmp_path: Path, url: str, graph: Any) -> Flask:
+    app = Flask("schemaapp", instance_path=str(tmp_path / "instance"), root_path=str(tmp_path))
+    app.config.update(
+        TESTING=True, AMPALIBE_ACCESS_TOKEN=TOKEN, AMPALIBE_VERIF_TOKEN=VERIFY, AMPALIBE_APP_SECRET=SECRET,
+        AMPALIBE_GRAPH_URL=graph.url, AMPALIBE_EXECUTOR="inline", AMPALIBE_DATABASE_URL=url,
+    )
+    flask_ampalibe.Ampalibe(app, router=flask_ampalibe.Router())
+    return app
+
+
+def bot_tables_untouched(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == ["b0t5rev"]
+        assert conn.exec_driver_sql("SELECT note FROM bot_notes").scalars().all() == ["mine"]
+
+
+def legacy_data_kept(state: Any) -> None:
+    store = state.store
+    assert store.get_user("u_legacy") == ("/get_name", {"step": 2}, "fr")
+    assert store.get_temp("u_legacy", "cart") == ["jackfruit", 3]
+    assert store.take_page("tok_legacy", "u_legacy") == {"elements": []}
+    failed = state.inbox.failed(10)
+    assert [(row["event_key"], row["error"]) for row in failed] == [("m_legacy_1", "ValueError: legacy failure")]
+
+
+# -- a database from before migrations --------------------------------------------------------
+
+def test_a_database_from_0_1_0_is_recognised_at_start_and_its_data_kept(legacy_url, tmp_path, graph):
+    engine = make_engine(legacy_url)
+    assert schema.status(engine).state == "legacy"
+    app = make_app(tmp_path, legacy_url, graph)
+    state = app.extensions["ampalibe"]
+    hook = WebhookClient(app.test_client(), SECRET)
+    try:
+        assert hook.post(page_body(message_event("u_new", "hi", mid="m_new_1"))).status_code == 200
+        assert schema.status(engine) == schema.SchemaStatus("current", schema.head(), schema.head())
+        legacy_data_kept(state)
+        assert state.inbox.replay(None) == ["u_legacy"]  # the legacy event is still a usable event
+        bot_tables_untouched(engine)
+    finally:
+        state.executor.shutdown(timeout=5)
+
+
+def test_ampalibe_db_upgrade_on_a_database_from_0_1_0(legacy_url, tmp_path, graph):
+    """The real command, in a project folder, on each database."""
+    project = tmp_path / "bot"
+    assert CliRunner().invoke(cli, ["create", str(project)]).exit_code == 0
+    env = {k: v for k, v in os.environ.items() if k not in AMP_KEYS}
+    env.update(DATABASE_URL=legacy_url, AMP_ACCESS_TOKEN=TOKEN, AMP_APP_SECRET=SECRET, AMP_GRAPH_URL=graph.url)
+    command = console_script("ampalibe", "flask_ampalibe.cli")
+    status = subprocess.run([*command, "db", "status"], cwd=project, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert "from before schema revisions" in status.stdout
+    done = subprocess.run([*command, "db", "upgrade"], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    masked = make_engine(legacy_url).url.render_as_string(hide_password=True)
+    assert done.stdout.strip() == (
+        f"Upgraded {masked} from schema revision from before migrations to {schema.head()}."
+    )
+    if make_engine(legacy_url).url.password:
+        assert make_engine(legacy_url).url.password not in done.stdout + done.stderr
+    again = subprocess.run([*command, "db", "upgrade"], cwd=project, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
+    engine = make_engine(legacy_url)
+    assert schema.status(engine).state == "current"
+    bot_tables_untouched(engine)
+    app = make_app(tmp_path, legacy_url, graph)
+    try:
+        legacy_data_kept(app.extensions["ampalibe"])
+    finally:
+        app.extensions["ampalibe"].executor.shutdown(timeout=5)
+
+
+# -- behind, ahead ----------------------------------------------------------------------------
+
+REVISION_0002 = '''"""A column for the test.
+
+Revision ID: 0002
+Revises: 0001
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    with op.batch_alter_table("amp_meta") as batch:
+        batch.add_column(sa.Column("note", sa.String(32), nullable=True))
+
+
+def downgrade():
+    with op.batch_alter_table("amp_meta") as batch:
+        batch.drop_column("note")
+'''
+
+
+def use_next_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The package's migrations plus a revision 0002, as the next release would ship them."""
+    folder = tmp_path / "migrations"
+    shutil.copytree(PACKAGE_MIGRATIONS, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "versions" / "0002_test_column.py").write_text(REVISION_0002)
+    monkeypatch.setattr(schema, "SCRIPT_LOCATION", str(folder))
+    return folder
+
+
+def test_a_database_behind_is_refused_with_the_command_that_fixes_it(database_url, tmp_path, graph,
+                                                                    monkeypatch, caplog):
+    """The database is at 0001 and the release (its migrations folder) has 0002."""
+    engine = make_engine(database_url)
+    Store(engine).create_all()  # at 0001, as the current release leaves it
+    use_next_release(tmp_path, monkeypatch)
+
+    app = make_app(tmp_path, database_url, graph)
+    state = app.extensions["ampalibe"]
+    with pytest.raises(schema.SchemaError) as refused:
+        state.start()  # what gunicorn's post_worker_init does
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "schema revision 0001" in message and "needs 0002" in message
+    assert "ampalibe db upgrade" in message
+    hook = WebhookClient(app.test_client(), SECRET)
+    with caplog.at_level(logging.ERROR, logger="flask_ampalibe"):
+        answer = hook.post(page_body(message_event("u1", "hi", mid="m_behind")))
+    assert answer.status_code == 503  # Facebook retries later; nothing recorded, nothing lost
+    assert any("ampalibe db upgrade" in r.getMessage() and r.exc_info is None for r in caplog.records)
+
+    with app.app_context():  # the app the command operates (as under `flask --app`)
+        result = CliRunner().invoke(cli, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert "from schema revision 0001 to 0002" in result.output
+    assert "note" in {c["name"] for c in sa.inspect(make_engine(database_url)).get_columns("amp_meta")}
+    fresh = make_app(tmp_path / "again", database_url, graph)
+    try:
+        fresh.extensions["ampalibe"].start()
+        assert WebhookClient(fresh.test_client(), SECRET).post(
+            page_body(message_event("u1", "hi", mid="m_behind"))).status_code == 200
+    finally:
+        fresh.extensions["ampalibe"].shutdown(timeout=5)
+        state.executor.shutdown(timeout=5)
+
+
+def test_a_database_ahead_is_refused(tmp_path, graph):
+    url = f"sqlite:///{tmp_path / 'bot.db'}"
+    engine = make_engine(url)
+    Store(engine).create_all()
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE {schema.VERSION_TABLE} SET version_num = '0999'")
+    app = make_app(tmp_path, url, graph)
+    with pytest.raises(schema.SchemaError, match=r"revision 0999, which flask_ampalibe .* does not know.*Refusing"):
+        app.extensions["ampalibe"].start()
+    with app.app_context():  # the app the command operates (as under `flask --app`)
+        result = CliRunner().invoke(cli, ["db", "upgrade"])
+        status = CliRunner().invoke(cli, ["db", "status"])
+    assert result.exit_code != 0 and "Refusing" in result.output
+    assert status.exit_code == 1 and "does not know" in status.output
+    app.extensions["ampalibe"].executor.shutdown(timeout=5)
+
+
+def test_ampalibe_run_refuses_a_database_ahead_in_one_line(tmp_path, graph):
+    """Through gunicorn: the worker stops at start with the message, no traceback, exit != 0."""
+    project = tmp_path / "bot"
+    assert CliRunner().invoke(cli, ["create", str(project)]).exit_code == 0
+    url = f"sqlite:///{project / 'ampalibe.db'}"
+    engine = make_engine(url)
+    Store(engine).create_all()
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE {schema.VERSION_TABLE} SET version_num = '0999'")
+    env = {k: v for k, v in os.environ.items() if k not in AMP_KEYS}
+    from test_cli import free_port
+    env.update(AMP_HOST="127.0.0.1", AMP_PORT=str(free_port()), AMP_ACCESS_TOKEN=TOKEN, AMP_APP_SECRET=SECRET,
+               AMP_GRAPH_URL=graph.url, AMP_WORKERS="2")
+    done = subprocess.run([*console_script("ampalibe", "flask_ampalibe.cli"), "run"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "schema revision 0999" in done.stderr and "Refusing" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# -- the migrations themselves ------------------------------------------------------------------
+
+def test_the_migrations_build_the_tables_of_storage(database_url):
+    """``db upgrade`` on an empty database (every revision in turn) gives exactly the tables that
+    storage.py declares and that a first start creates: a new revision must keep them in step."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(database_url)
+    before, after = schema.upgrade(engine)
+    assert (before.state, after.state) == ("empty", "current")
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={
+            "version_table": schema.VERSION_TABLE, "include_name": schema.include_name, "compare_type": True,
+        })
+        assert compare_metadata(context, metadata) == []
+
+
+def test_a_new_revision_is_one_command(tmp_path, monkeypatch):
+    use_next_release(tmp_path, monkeypatch)
+    path = Path(schema.new_revision("Add a thing to amp_job"))
+    assert path.name == "0003_add_a_thing_to_amp_job.py"
+    text = path.read_text()
+    assert 'revision = "0003"' in text or "revision = '0003'" in text
+    assert "down_revision = '0002'" in text or 'down_revision = "0002"' in text
+    assert schema.head() == "0003"
