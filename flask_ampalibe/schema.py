@@ -180,6 +180,15 @@ def _with_retries(engine: Engine, work: Any) -> Any:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _complete_legacy(conn: Connection) -> None:
+    """Create the tables of :data:`LEGACY_REVISION` that a database from before migrations lacks
+    (an interrupted first start; a 1.1.9 database that ``ampalibe migrate`` adapted has only
+    ``amp_user``), as that revision declares them; existing tables are left as they are."""
+    metadata = MetaData()
+    _script().get_revision(LEGACY_REVISION).module.tables(metadata)
+    metadata.create_all(conn, checkfirst=True)
+
+
 def prepare(engine: Engine) -> SchemaStatus:
     """Make sure the database is ready for this release, as at a bot's start.
 
@@ -200,6 +209,7 @@ def prepare(engine: Engine) -> SchemaStatus:
             _context(conn).stamp(_script(), found.head)
             return SchemaStatus("current", found.head, found.head)
         if found.state == "legacy":
+            _complete_legacy(conn)
             _context(conn).stamp(_script(), LEGACY_REVISION)
             found = _status(conn)
         return found
@@ -223,6 +233,7 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[SchemaStatus, Schem
         if before.state == "ahead":
             raise _refuse(engine, before)
         if before.state == "legacy":
+            _complete_legacy(conn)
             _context(conn).stamp(_script(), LEGACY_REVISION)
         command.upgrade(_config(conn), revision)
         return before, _status(conn)

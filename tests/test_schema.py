@@ -94,6 +94,22 @@ def test_a_database_from_0_1_0_is_recognised_at_start_and_its_data_kept(legacy_u
         state.executor.shutdown(timeout=5)
 
 
+def test_a_database_with_only_some_tables_is_completed(tmp_path):
+    """A 1.1.9 database adapted by `ampalibe migrate` (only amp_user), or a first start that was
+    interrupted: the missing tables of revision 0001 are created, the existing rows stay."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'partial.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE amp_user (id INTEGER NOT NULL PRIMARY KEY, user_id VARCHAR(64) NOT NULL "
+                             "UNIQUE, action TEXT, action_args TEXT, last_use DOUBLE, lang VARCHAR(16))")
+        conn.exec_driver_sql("INSERT INTO amp_user (user_id, action, lang) VALUES ('u119', '/ask', 'fr')")
+    store = Store(engine)
+    store.create_all()
+    assert schema.status(engine).state == "current"
+    assert store.get_user("u119") == ("/ask", {}, "fr")
+    store.set_temp("u119", "cart", [1])
+    assert store.get_temp("u119", "cart") == [1]
+
+
 def test_ampalibe_db_upgrade_on_a_database_from_0_1_0(legacy_url, tmp_path, graph):
     """The real command, in a project folder, on each database."""
     project = tmp_path / "bot"

@@ -1,7 +1,8 @@
 """The tables of flask_ampalibe 0.1.0 (what ``amp_meta.schema_version = 1`` meant).
 
-A database created before migrations existed has exactly these tables: it is stamped at this
-revision, not rebuilt (see :func:`flask_ampalibe.schema.prepare`).
+A database created before migrations existed has these tables: it is stamped at this revision,
+not rebuilt; the tables it lacks (a 1.1.9 database adapted by ``ampalibe migrate`` has only
+``amp_user``) are created first (see :func:`flask_ampalibe.schema.prepare`).
 
 Revision ID: 0001
 Revises:
@@ -30,9 +31,11 @@ def key(length: int) -> sa.String:
                                           "mysql", "mariadb")
 
 
-def upgrade() -> None:
-    op.create_table(
-        "amp_user",
+def tables(metadata: sa.MetaData) -> None:
+    """Declare this revision's tables on ``metadata`` (also used to complete a database from
+    before migrations that lacks some of them, see :func:`flask_ampalibe.schema.prepare`)."""
+    sa.Table(
+        "amp_user", metadata,
         sa.Column("id", ID, primary_key=True, autoincrement=True),
         sa.Column("user_id", key(64), nullable=False, unique=True),
         sa.Column("action", sa.Text, nullable=True),
@@ -40,21 +43,21 @@ def upgrade() -> None:
         sa.Column("last_use", SECONDS, nullable=True),
         sa.Column("lang", sa.String(16), nullable=True),
     )
-    op.create_table(
-        "amp_temp",
+    sa.Table(
+        "amp_temp", metadata,
         sa.Column("user_id", key(64), primary_key=True),
         sa.Column("key", key(191), primary_key=True),
         sa.Column("value", LONG_TEXT, nullable=False),
     )
-    op.create_table(
-        "amp_page",
+    sa.Table(
+        "amp_page", metadata,
         sa.Column("token", key(64), primary_key=True),
         sa.Column("user_id", key(64), nullable=False),
         sa.Column("data", LONG_TEXT, nullable=False),
         sa.Column("created_at", SECONDS, nullable=False),
     )
-    op.create_table(
-        "amp_inbox",
+    sa.Table(
+        "amp_inbox", metadata,
         sa.Column("id", ID, primary_key=True, autoincrement=True),
         sa.Column("event_key", key(191), nullable=False, unique=True),
         sa.Column("user_id", key(64), nullable=False),
@@ -66,28 +69,34 @@ def upgrade() -> None:
         sa.Column("error", sa.Text, nullable=True),
         sa.Column("received_at", SECONDS, nullable=False),
         sa.Column("finished_at", SECONDS, nullable=True),
+        sa.Index("ix_amp_inbox_user_status", "user_id", "status", "timestamp"),
+        sa.Index("ix_amp_inbox_status", "status", "received_at"),
     )
-    op.create_index("ix_amp_inbox_user_status", "amp_inbox", ["user_id", "status", "timestamp"])
-    op.create_index("ix_amp_inbox_status", "amp_inbox", ["status", "received_at"])
-    op.create_table(
-        "amp_lease",
+    sa.Table(
+        "amp_lease", metadata,
         sa.Column("user_id", key(64), primary_key=True),
         sa.Column("owner", sa.String(96), nullable=True),
         sa.Column("expires_at", SECONDS, nullable=False),
+        sa.Index("ix_amp_lease_owner", "owner"),
     )
-    op.create_index("ix_amp_lease_owner", "amp_lease", ["owner"])
-    op.create_table(
-        "amp_job",
+    sa.Table(
+        "amp_job", metadata,
         sa.Column("name", key(191), primary_key=True),
         sa.Column("slot", sa.BigInteger, nullable=False),
         sa.Column("owner", sa.String(96), nullable=True),
         sa.Column("ran_at", SECONDS, nullable=True),
     )
-    op.create_table(
-        "amp_meta",
+    sa.Table(
+        "amp_meta", metadata,
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("value", sa.String(191), nullable=False),
     )
+
+
+def upgrade() -> None:
+    metadata = sa.MetaData()
+    tables(metadata)
+    metadata.create_all(op.get_bind())
 
 
 def downgrade() -> None:
