@@ -169,12 +169,13 @@ def _refuse(engine: Engine, found: SchemaStatus) -> SchemaError:
 def _with_retries(engine: Engine, work: Any) -> Any:
     """Run ``work(conn)`` in a transaction; again if another process raced us to a CREATE or
     a stamp (the second attempt sees what the other one did)."""
-    for attempt in range(5):
+    attempts = 10  # MariaDB refuses to read a table another connection is creating (error 1684)
+    for attempt in range(attempts):
         try:
             with engine.begin() as conn:
                 return work(conn)
         except DBAPIError:
-            if attempt == 4:
+            if attempt == attempts - 1:
                 raise
             time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")  # pragma: no cover
