@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_from_directory
 from werkzeug.exceptions import NotFound
@@ -17,7 +18,21 @@ from .signature import HEADER
 
 __all__ = ["bp"]
 
-bp = Blueprint("ampalibe", __name__)
+
+class _WebhookBlueprint(Blueprint):
+    def register(self, app: Any, options: dict) -> None:
+        if options.get("name", self.name) in app.blueprints:
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(
+                "flask_ampalibe's webhook is already registered on this app: Ampalibe(app) registers it "
+                "(at AMPALIBE_URL_PREFIX). Use either Ampalibe(app) or app.register_blueprint(ampalibe.bp), "
+                "not both."
+            )
+        super().register(app, options)
+
+
+bp = _WebhookBlueprint("ampalibe", __name__)
 
 
 @bp.record_once
@@ -26,6 +41,7 @@ def _setup(setup_state: object) -> None:
     if "ampalibe" not in app.extensions:
         from .extension import Ampalibe
         Ampalibe().init_app(app, register_blueprint=False)
+        app.extensions["ampalibe"].set_up_by_blueprint = True
 
 
 def _state():  # type: ignore[no-untyped-def]
@@ -36,7 +52,9 @@ def _text(body: str, status: int) -> Response:
     return Response(body, status=status, mimetype="text/plain")
 
 
-@bp.get("/")
+# strict_slashes=False: under a prefix (``/messenger``) the webhook answers at ``/messenger`` and
+# ``/messenger/`` alike; Facebook does not follow the 308 redirect Flask would answer otherwise.
+@bp.get("/", strict_slashes=False)
 def verify() -> Response:
     """Facebook's webhook check: echo ``hub.challenge`` when the verify token matches."""
     expected = _state().settings["VERIF_TOKEN"]
@@ -49,7 +67,7 @@ def verify() -> Response:
     return _text("Forbidden", 403)
 
 
-@bp.post("/")
+@bp.post("/", strict_slashes=False)
 def receive() -> Response:
     """Hand the body to the app's webhook core (:mod:`flask_ampalibe.webhook`) and answer what it says."""
     status, body = _state().webhook.receive_stream(request.stream, request.content_length, request.headers.get(HEADER))

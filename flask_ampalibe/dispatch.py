@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
 
 from . import aio
@@ -72,6 +73,7 @@ class Dispatcher:
         event = claimed.event
         base = {"sender_id": event.sender_id, "message": event.raw, "event": event,
                 "redelivered": claimed.redelivered}
+        started = time.monotonic()
         with state.app.app_context():
             token = _current_codec.set(state.codec)
             try:
@@ -97,6 +99,9 @@ class Dispatcher:
                         await self._quietly(call, hook, error=exc, **base)
                 for middleware in router.after:
                     await self._quietly(call, middleware, result=result, res=result, error=error, **hooks, **base)
+                if error is None:  # the event log: one line per handled event (failures are logged above)
+                    logger.info("%s %s of user %s handled in %.0f ms%s", event.kind, event.key, event.sender_id,
+                                (time.monotonic() - started) * 1000, " (redelivered)" if claimed.redelivered else "")
                 return error
             finally:
                 _current_codec.reset(token)

@@ -75,8 +75,15 @@ def _create(url: str) -> Engine:
     try:
         engine = create_engine(parsed, **kwargs)
     except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
-        extra, driver = {"mysql": ("mysql", "mysql+pymysql"), "mariadb": ("mysql", "mysql+pymysql"),
-                         "postgresql": ("postgresql", "postgresql+psycopg")}.get(backend, (backend, backend))
+        known = {"mysql": ("mysql", "mysql+pymysql"), "mariadb": ("mysql", "mysql+pymysql"),
+                 "postgresql": ("postgresql", "postgresql+psycopg")}
+        if backend not in known and backend != "sqlite":
+            raise ConfigurationError(
+                f"DATABASE_URL {parsed.render_as_string(hide_password=True)!r}: the database {backend!r} is not "
+                "supported; use sqlite:///bot.db, mysql+pymysql://user:password@host/name or "
+                "postgresql+psycopg://user:password@host/name."
+            ) from None
+        extra, driver = known.get(backend, (backend, backend))
         raise ConfigurationError(
             f"The database driver of {parsed.drivername!r} is not installed ({exc}); "
             f"install the supported one with: pip install 'flask_ampalibe[{extra}]' and use a {driver}:// URL"

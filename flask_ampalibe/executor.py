@@ -36,8 +36,10 @@ from typing import Callable, Iterable
 from . import aio
 from .aio import ElasticPool
 from .config import DEFAULT_MAX_CONCURRENCY
+from .dberrors import is_unavailable, outage_for
 from .engine import background_writes
 from .inbox import Claimed, Inbox, lease_owner
+from .schema import SchemaError
 
 __all__ = ["Executor", "InlineExecutor", "ThreadExecutor", "PollingExecutor", "make_executor",
            "DEFAULT_MAX_CONCURRENCY"]
@@ -48,6 +50,8 @@ Handle = Callable[[Claimed], "BaseException | None"]
 
 #: Seconds between two purges of handled events older than the retention.
 PURGE_EVERY = 600.0
+#: The longest pause between two tries while the database is unreachable (the pauses double).
+MAX_BACKOFF = 60.0
 
 _executors: "weakref.WeakSet[Executor]" = weakref.WeakSet()
 
@@ -193,7 +197,10 @@ class Executor:
     def _release_quietly(self, user_id: str, owner: str) -> None:
         try:
             self.inbox.release(user_id, owner)
-        except Exception:  # the lease expires anyway
+        except Exception as exc:  # the lease expires anyway
+            if is_unavailable(exc):  # an outage: reported once (dberrors.Outage)
+                outage_for(self.inbox.engine).failed(exc)
+                return
             logger.exception("could not give back the lease of user %s; it expires in %.0f s", user_id,
                              self.lease_seconds)
 
@@ -384,9 +391,16 @@ class ThreadExecutor(Executor):
                 self.putback(user_id, claimed)
                 claimed = None
             self._handle_from(user_id, claimed)
-        except Exception:
-            logger.exception("could not handle events of user %s; they stay recorded and will be retried", user_id)
+        except Exception as exc:
+            self._failed(user_id, exc)
             self._end(user_id)
+
+    def _failed(self, user_id: str, exc: Exception) -> None:
+        if is_unavailable(exc):  # an outage: reported once (dberrors.Outage), not per user
+            outage_for(self.inbox.engine).failed(exc)
+        else:
+            logger.error("could not handle events of user %s; they stay recorded and will be retried", user_id,
+                         exc_info=exc)
 
     def _handle_from(self, user_id: str, claimed: Claimed | None) -> None:
         while claimed is not None:
@@ -430,8 +444,8 @@ class ThreadExecutor(Executor):
                     self._fill()
                 return
             self._handle_from(user_id, claimed)
-        except Exception:
-            logger.exception("could not handle events of user %s; they stay recorded and will be retried", user_id)
+        except Exception as exc:
+            self._failed(user_id, exc)
             self._end(user_id)
 
     def _end(self, user_id: str) -> None:
@@ -456,8 +470,11 @@ class ThreadExecutor(Executor):
         # lease that lapses while its handler still runs lets another worker run the event too.
         tick = max(0.05, min(self.poll_seconds, self.lease_seconds / 3))
         next_sweep = next_purge = time.monotonic()
+        outage = outage_for(self.inbox.engine)
+        backoff = tick
         while True:
             now = time.monotonic()
+            pause = tick
             try:
                 with self._lock:
                     users = list(self._active)
@@ -474,9 +491,18 @@ class ThreadExecutor(Executor):
                     if now >= next_purge:
                         next_purge = now + PURGE_EVERY
                         self.inbox.purge(self.retention_seconds)
-            except Exception:
-                logger.exception("inbox upkeep failed; retrying in %.1f s", tick)
-            if self.stopping.wait(tick):
+                backoff = tick
+                outage.succeeded()
+            except Exception as exc:
+                if is_unavailable(exc) or isinstance(exc, SchemaError):
+                    # The database is down (or not upgraded): one line per try, at growing intervals,
+                    # instead of a traceback every tick.  Events stay recorded; the webhook answers 503.
+                    backoff = pause = min(backoff * 2, MAX_BACKOFF) if outage.down else backoff
+                    next_sweep = now  # sweep as soon as it is back
+                    outage.retry_failed(exc, pause)
+                else:
+                    logger.exception("inbox upkeep failed; retrying in %.1f s", tick)
+            if self.stopping.wait(pause):
                 return
 
     def shutdown(self, timeout: float = 30.0) -> bool:

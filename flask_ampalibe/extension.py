@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import payload as payload_module
 from .config import DEFAULTS, PREFIX, PROJECT_ENV, from_configuration, payload_secret, project_dir, settings
+from .dberrors import is_unavailable, outage_for
 from .dispatch import Dispatcher
 from .engine import make_engine
 from .errors import ConfigurationError
@@ -79,6 +80,8 @@ class AmpalibeState:
             url = f"sqlite:///{os.path.join(app.instance_path, 'ampalibe.db')}"
         self.database_url = url
         self.store = Store(make_engine(url))
+        #: Whether the database is reachable, as this process last saw it (see flask_ampalibe.dberrors).
+        self.outage = outage_for(self.store.engine)
         self.inbox = Inbox(self.store)
         self.codec = PayloadCodec(payload_secret(self.settings))
         self.chat = Messenger(
@@ -102,7 +105,7 @@ class AmpalibeState:
         # The webhook core gets what it uses; ``notify`` looks the executor up at each call (the
         # testing kit's ``held()`` swaps it for a while).
         self.webhook = Webhook(self.inbox.record, self._notify, secret=self.settings["APP_SECRET"],
-                               wants=router.wants)
+                               wants=router.wants, outage=self.outage)
         self.bot = Bot(self)
 
     def _notify(self, users: list[str]) -> None:
@@ -122,8 +125,9 @@ class AmpalibeState:
         try:
             self.store.ensure()
         except SQLAlchemyError as exc:  # down for now: the executor retries, the webhook answers 503
-            logger.error("database %s unreachable at start: %s", self.store.engine.url.render_as_string(
-                hide_password=True), str(exc.orig if getattr(exc, "orig", None) is not None else exc).strip())
+            if not is_unavailable(exc):
+                raise
+            self.outage.failed_at_start(exc)
         self.executor.start()
         scheduler_for(self).start()
 
@@ -178,6 +182,12 @@ class Ampalibe:
         :raises ConfigurationError: in production mode without ``AMPALIBE_APP_SECRET``.
         """
         if "ampalibe" in app.extensions:
+            if getattr(app.extensions["ampalibe"], "set_up_by_blueprint", False):
+                raise RuntimeError(
+                    "flask_ampalibe is already set up on this app by app.register_blueprint(ampalibe.bp); "
+                    "use either that or Ampalibe(app) (which registers the blueprint itself), not both, "
+                    "once per app."
+                )
             raise RuntimeError("flask_ampalibe is already set up on this app; call Ampalibe(app) once per app.")
         for key, value in DEFAULTS.items():
             app.config.setdefault(PREFIX + key, value)

@@ -160,6 +160,7 @@ def post_worker_init(worker: Any) -> None:
     # Start the executor now rather than on the first webhook: its sweeper takes over the
     # events a stopped or killed worker left behind, even when no new message arrives; and the
     # scheduler, so @schedule jobs run even on a bot nobody writes to.
+    _show_library_logs(worker)
     start = getattr(_state_of(worker), "start", None)
     if callable(start):
         try:
@@ -172,6 +173,21 @@ def post_worker_init(worker: Any) -> None:
 
                 raise AppImportError(f"Error: {exc}") from None
             raise
+
+
+def _show_library_logs(worker: Any) -> None:
+    """Send flask_ampalibe's log lines (events handled, database outages, handler errors) where
+    gunicorn writes its own, at INFO, unless the app configured logging itself."""
+    library = logging.getLogger("flask_ampalibe")
+    if library.handlers or logging.getLogger().handlers:
+        return
+    handlers = getattr(getattr(getattr(worker, "log", None), "error_log", None), "handlers", None)
+    if not handlers:
+        return
+    for handler in handlers:
+        library.addHandler(handler)
+    if library.level == logging.NOTSET:
+        library.setLevel(logging.INFO)
 
 
 def worker_int(worker: Any) -> None:
@@ -242,4 +258,6 @@ graceful_timeout = _defaults["graceful_timeout"]
 proc_name = _defaults["proc_name"]
 if "control_socket_disable" in _defaults:
     control_socket_disable = True
+    # In __all__ too: the project's gunicorn.conf.py star-imports this module.
+    __all__.append("control_socket_disable")
 del _defaults

@@ -486,8 +486,13 @@ class Scheduler:
             now = self.clock()
             try:
                 self.tick(now, background=True)
-            except Exception:
-                logger.exception("scheduler tick failed (database unreachable?); trying again next minute")
+            except Exception as exc:
+                from .dberrors import is_unavailable
+
+                if is_unavailable(exc):  # an outage: the executor's backoff reports it; one line here
+                    logger.warning("scheduler tick skipped: the database is unreachable; trying again next minute")
+                else:
+                    logger.exception("scheduler tick failed; trying again next minute")
             step = min((job.cron.step for job in self.jobs), default=60)  # 1 with a seconds job
             next_tick = (math.floor(now / step) + 1) * step + 0.01
 

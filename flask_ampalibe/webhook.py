@@ -22,6 +22,7 @@ from typing import IO, Any, Callable, Iterable, NamedTuple
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from .dberrors import is_unavailable
 from .events import BadWebhook, Event, parse_body
 from .schema import SchemaError
 from .signature import verify_signature
@@ -80,6 +81,7 @@ class Webhook:
     :param secret: the Facebook app secret; ``None`` or empty accepts unsigned posts.
     :param wants: whether any handler takes an event (those nobody handles are not recorded).
     :param max_body: the largest body accepted, in bytes.
+    :param outage: where database outages are reported (:class:`flask_ampalibe.dberrors.Outage`).
 
     Example (any framework)::
 
@@ -90,8 +92,11 @@ class Webhook:
 
     def __init__(self, record: Callable[[list[Event]], list[str]], notify: Callable[[Iterable[str]], None],
                  secret: str | None = None, wants: Callable[[Event], bool] | None = None,
-                 max_body: int = MAX_BODY) -> None:
+                 max_body: int = MAX_BODY, outage: Any = None) -> None:
         self.record = record
+        #: A :class:`flask_ampalibe.dberrors.Outage`: database outages are reported there, in one
+        #: line when they start and end, instead of a traceback per refused post.
+        self.outage = outage
         self.notify = notify
         self.secret = str(secret) if secret else None
         self.wants = wants
@@ -131,12 +136,17 @@ class Webhook:
             logger.warning("%s more rejected items of the same webhook body were not kept", rejected - MAX_REJECTED)
         try:
             users = self.record(wanted)
-        except SQLAlchemyError:
-            logger.exception("could not record webhook events; answering 503 so Facebook retries")
+        except SQLAlchemyError as exc:
+            if self.outage is not None and is_unavailable(exc):  # one line when an outage starts, not per post
+                self.outage.webhook_failed(exc)
+            else:
+                logger.exception("could not record webhook events; answering 503 so Facebook retries")
             return UNAVAILABLE
         except SchemaError as exc:  # the database needs `ampalibe db upgrade`: one line, no traceback
             logger.error("could not record webhook events (answering 503 so Facebook retries): %s", exc)
             return UNAVAILABLE
+        if self.outage is not None:
+            self.outage.succeeded()
         self.notify(users)
         return OK
 

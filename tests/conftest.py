@@ -157,3 +157,17 @@ def load_bot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, graph: FakeGraph) 
     yield load
     reset_default()
     _forget_project_modules()
+
+
+class FakeClock:
+    """Epoch seconds that move only when the test says so (``clock.advance(31)``): lease expiry and
+    ages are then exact, with no sleep to wait out and no ``>= 0`` to hope for."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

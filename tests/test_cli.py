@@ -203,8 +203,9 @@ def test_env_and_lang_ask_before_overwriting(
     target = tmp_path / name
     target.write_text("mine")
     refused = runner.invoke(cli, [command], input="n\n")
-    assert refused.exit_code == 1
-    assert "Overwrite it?" in refused.output
+    assert refused.exit_code == 0  # keeping the file is what was asked for, not an error
+    assert "Overwrite it?" in refused.output and f"Kept your {name} as it is." in refused.output
+    assert "Aborted" not in refused.output
     assert target.read_text() == "mine"
 
     accepted = runner.invoke(cli, [command], input="y\n")

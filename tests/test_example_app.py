@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -110,8 +111,13 @@ def test_example_app_runs_under_ampalibe_run(tmp_path: Path, monkeypatch: pytest
     project = tmp_path / "example_app"
     shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("*.db*", "__pycache__"))
     port = free_port()
+    assert not (project / ".env").exists()  # never committed: it would hold secrets
     with FakeGraph() as graph:
         env = {k: v for k, v in os.environ.items() if k not in AMP_KEYS}
+        # The README's way: `ampalibe env` writes the .env (a fresh verify token), then run.
+        written = subprocess.run([*console_script("ampalibe", "flask_ampalibe.cli"), "env"], cwd=project, env=env,
+                                 capture_output=True, text=True, timeout=60)
+        assert written.returncode == 0 and (project / ".env").exists(), written.stderr
         env.update(AMP_HOST="127.0.0.1", AMP_PORT=str(port), AMP_ACCESS_TOKEN="page-token",
                    AMP_APP_SECRET="e2e-app-secret", AMP_GRAPH_URL=graph.url, AMP_URL=f"http://127.0.0.1:{port}")
         server = Server([*console_script("ampalibe", "flask_ampalibe.cli"), "run"], project, env, port)

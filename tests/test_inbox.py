@@ -17,7 +17,7 @@ from flask_ampalibe.inbox import Inbox
 from flask_ampalibe.engine import make_engine
 from flask_ampalibe.storage import Store
 from flask_ampalibe.testing import WebhookClient, message_event, page_body, read_event
-from conftest import SECRET
+from conftest import SECRET, FakeClock
 
 
 @pytest.fixture
@@ -73,10 +73,13 @@ def test_only_one_of_many_threads_claims_a_user(box):
 
 
 def test_an_expired_lease_is_taken_over_and_the_event_redelivered(box):
+    box.clock = clock = FakeClock()
     box.record(events(message_event("u", "x")))
-    assert box.take("u", "dead", 0.01) is not None  # started, then the worker died
-    import time
-    time.sleep(0.05)
+    assert box.take("u", "dead", 30) is not None  # started, then the worker died
+    clock.advance(29.9)
+    assert box.ready_users() == []  # the lease still holds
+    assert box.take("u", "alive", 30) is None
+    clock.advance(0.2)
     assert box.ready_users() == ["u"]
     again = box.take("u", "alive", 30)
     assert again is not None and again.redelivered and again.attempts == 2

@@ -25,7 +25,7 @@ from flask_ampalibe import schema
 from flask_ampalibe.cli import cli
 from flask_ampalibe.engine import make_engine
 from flask_ampalibe.storage import Store, metadata
-from flask_ampalibe.testing import WebhookClient, message_event, page_body
+from flask_ampalibe.testing import WebhookClient, message_event
 from conftest import SECRET, TOKEN, VERIFY
 from test_cli import AMP_KEYS, console_script
 
@@ -57,7 +57,13 @@ def make_app(tmp_path: Path, url: str, graph: Any) -> Flask:
         TESTING=True, AMPALIBE_ACCESS_TOKEN=TOKEN, AMPALIBE_VERIF_TOKEN=VERIFY, AMPALIBE_APP_SECRET=SECRET,
         AMPALIBE_GRAPH_URL=graph.url, AMPALIBE_EXECUTOR="inline", AMPALIBE_DATABASE_URL=url,
     )
-    flask_ampalibe.Ampalibe(app, router=flask_ampalibe.Router())
+    router = flask_ampalibe.Router()
+
+    @router.command("/")
+    def main(sender_id, cmd, **extends):
+        app.extensions["ampalibe"].chat.send_message(sender_id, f"ok {cmd}")
+
+    flask_ampalibe.Ampalibe(app, router=router)
     return app
 
 
@@ -85,7 +91,8 @@ def test_a_database_from_0_1_0_is_recognised_at_start_and_its_data_kept(legacy_u
     state = app.extensions["ampalibe"]
     hook = WebhookClient(app.test_client(), SECRET)
     try:
-        assert hook.post(page_body(message_event("u_new", "hi", mid="m_new_1"))).status_code == 200
+        assert hook.post(message_event("u_new", "hi", mid="m_new_1")).status_code == 200
+        assert graph.sent_texts("u_new") == ["ok hi"]
         assert schema.status(engine) == schema.SchemaStatus("current", schema.head(), schema.head())
         legacy_data_kept(state)
         assert state.inbox.replay(None) == ["u_legacy"]  # the legacy event is still a usable event
@@ -196,7 +203,7 @@ def test_a_database_behind_is_refused_with_the_command_that_fixes_it(database_ur
     assert "ampalibe db upgrade" in message
     hook = WebhookClient(app.test_client(), SECRET)
     with caplog.at_level(logging.ERROR, logger="flask_ampalibe"):
-        answer = hook.post(page_body(message_event("u1", "hi", mid="m_behind")))
+        answer = hook.post(message_event("u1", "hi", mid="m_behind"))
     assert answer.status_code == 503  # Facebook retries later; nothing recorded, nothing lost
     assert any("ampalibe db upgrade" in r.getMessage() and r.exc_info is None for r in caplog.records)
 
@@ -209,7 +216,8 @@ def test_a_database_behind_is_refused_with_the_command_that_fixes_it(database_ur
     try:
         fresh.extensions["ampalibe"].start()
         assert WebhookClient(fresh.test_client(), SECRET).post(
-            page_body(message_event("u1", "hi", mid="m_behind"))).status_code == 200
+            message_event("u1", "hi", mid="m_behind")).status_code == 200
+        assert graph.sent_texts("u1") == ["ok hi"]  # Facebook's retry of the refused post: handled
     finally:
         fresh.extensions["ampalibe"].shutdown(timeout=5)
         state.executor.shutdown(timeout=5)

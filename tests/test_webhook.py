@@ -18,7 +18,7 @@ from flask_ampalibe.testing import (
     WebhookClient, delivery_event, echo_event, handover_event, message_event, optin_event, page_body,
     reaction_event, read_event, referral_event,
 )
-from conftest import SECRET, VERIFY
+from conftest import SECRET, VERIFY, FakeClock
 
 
 @pytest.fixture
@@ -263,14 +263,14 @@ def test_handlers_see_redelivered_flag_after_a_lost_lease(tmp_path, graph):
         flags.append(redelivered)
 
     flask_ampalibe.Ampalibe(app, router=router)
-    WebhookClient(app.test_client(), SECRET).send_text("u", "hi")
     state = app.extensions["ampalibe"]
+    state.inbox.clock = clock = FakeClock()
+    WebhookClient(app.test_client(), SECRET).send_text("u", "hi")
     # a worker claims the user and starts the event, then dies without finishing
     assert state.inbox.claim("u", "dead-worker", 0.2)
     assert state.inbox.next_event("u", "dead-worker", 0.2) is not None
     assert state.executor.drain("u") == 0  # the lease is still held
-    import time
-    time.sleep(0.3)
+    clock.advance(0.3)
     assert state.executor.drain("u") == 1
     assert flags == [True]
 
@@ -327,12 +327,14 @@ def test_health_endpoint_needs_its_token(tmp_path, graph):
     router = flask_ampalibe.Router()
     router.command("/")(lambda sender_id, **kw: None)
     flask_ampalibe.Ampalibe(app, router=router)
+    app.extensions["ampalibe"].inbox.clock = clock = FakeClock()
     client = app.test_client()
     WebhookClient(client, SECRET).send_text("u", "x")
+    clock.advance(7.5)
     assert client.get("/_ampalibe/health").status_code == 401
     assert client.get("/_ampalibe/health", headers={"Authorization": "Bearer nope"}).status_code == 401
     stats = client.get("/_ampalibe/health", headers={"Authorization": "Bearer ops"}).get_json()
-    assert stats["pending"] == 1 and stats["received"] == 1 and stats["oldest_pending_age"] >= 0
+    assert stats["pending"] == 1 and stats["received"] == 1 and stats["oldest_pending_age"] == 7.5
 
 
 # -- hostile bodies (issue 12) ---------------------------------------------------------------------

@@ -31,13 +31,30 @@ class _Group(AppGroup):
         except Exception as exc:
             if errors.wants_traceback(ctx):
                 raise
-            raise click.ClickException(errors.describe(exc)) from None
+            raise click.ClickException(errors.describe(exc, ctx)) from None
 
 
-cli = errors.traceback_option(_Group(
+def _set_app(ctx: click.Context, param: Any, value: str | None) -> None:
+    if value:
+        info = ctx.ensure_object(ScriptInfo)
+        info.app_import_path = value
+        info.create_app = None  # the named app, not the core.py of the current folder
+
+
+#: ``ampalibe --app module:app COMMAND``: the app the commands operate (``run`` serves it), as
+#: ``flask --app`` does; without it, the ``core.py`` of the current folder.
+app_option = click.option(
+    "--app", "-A", metavar="IMPORT", expose_value=False, is_eager=True, callback=_set_app,
+    help="The Flask app to use (module, module:app, module:create_app()), like flask --app. "
+         "Default: the core.py of the current folder.",
+)
+
+cli = app_option(errors.traceback_option(_Group(
     "ampalibe",
     help="Create, run and operate Facebook Messenger bots built with flask_ampalibe.",
-))
+    # -h is help everywhere (ampalibe run -h too); --host has no short form.
+    context_settings={"help_option_names": ["-h", "--help"]},
+)))
 
 # Ampalibe 1.1.9 takes the port before the command: ``ampalibe -p 5000 run``.
 cli.params.append(project.leading_port_option())

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-__all__ = ["describe", "wants_traceback", "TRACEBACK_ENV", "traceback_option"]
+__all__ = ["describe", "wants_traceback", "remember_database", "TRACEBACK_ENV", "traceback_option"]
 
 TRACEBACK_ENV = "AMPALIBE_TRACEBACK"
 _HINT = f"(ampalibe --traceback, or {TRACEBACK_ENV}=1, shows the whole traceback)"
@@ -42,9 +42,21 @@ def _where(exc: BaseException) -> str:
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
-def describe(exc: BaseException) -> str:
+def remember_database(url: str) -> None:
+    """Note the database a command uses, for the message of a database error."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.find_root().meta["ampalibe.database_url"] = url
+
+
+def describe(exc: BaseException, ctx: click.Context | None = None) -> str:
     """One line saying what went wrong and where to look."""
+    from ..dberrors import describe as describe_db, is_unavailable
     from ..errors import AmpalibeError
+
+    url = ctx.find_root().meta.get("ampalibe.database_url") if ctx is not None else None
+    if url and is_unavailable(exc):
+        return describe_db(url, exc)
 
     if isinstance(exc, SyntaxError):
         where = f"{exc.filename}:{exc.lineno}" if exc.filename else "?"

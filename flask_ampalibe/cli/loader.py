@@ -22,7 +22,8 @@ from flask import Flask
 
 from ..config import _flag
 
-__all__ = ["ProjectError", "ProjectSettings", "find_project", "load_app", "read_settings"]
+__all__ = ["ProjectError", "ProjectSettings", "find_project", "load_app", "load_import_path", "read_settings",
+           "env_settings"]
 
 CORE = "core.py"
 CONF = "conf.py"
@@ -43,6 +44,9 @@ class ProjectSettings:
     port: int = 4555
     workers: int = 2
     url: str | None = None
+    #: Where the webhook is served (``AMPALIBE_URL_PREFIX`` / ``Configuration.URL_PREFIX``), e.g.
+    #: ``/messenger``; ``""`` for the root.
+    url_prefix: str = ""
     access_token: str | None = None
     verif_token: str | None = None
     app_secret: str | None = None
@@ -113,6 +117,33 @@ def load_env(path: Path, environ: "os._Environ[str] | dict[str, str] | None" = N
             target[key] = value
 
 
+def load_import_path(import_path: str, folder: str | os.PathLike[str] | None = None) -> Flask:
+    """The Flask app named like ``flask --app`` names it (``module``, ``module:app``,
+    ``module:create_app()``), with ``folder`` (default: the current one) first on ``sys.path``."""
+    from flask.cli import ScriptInfo
+
+    path = str(Path(folder or ".").resolve())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    return ScriptInfo(app_import_path=import_path, set_debug_flag=False).load_app()
+
+
+def env_settings(folder: str | os.PathLike[str] | None = None) -> ProjectSettings:
+    """The settings of a folder without ``core.py``/``Configuration`` (``--app``): from the
+    environment and ``.env``."""
+    from ..gunicorn_conf import project_environ
+
+    env = project_environ(str(Path(folder or ".").resolve()))
+    return ProjectSettings(
+        host=env.get("AMP_HOST") or "0.0.0.0",
+        port=_int(env.get("AMP_PORT"), 4555, "AMP_PORT"),
+        workers=_workers(env.get("AMP_WORKERS")),
+        url=env.get("AMP_URL"),
+        url_prefix=_prefix(env.get("AMPALIBE_URL_PREFIX")),
+        verif_token=env.get("AMPALIBE_VERIF_TOKEN") or env.get("AMP_VERIF_TOKEN"),
+    )
+
+
 def read_settings(folder: str | os.PathLike[str] | None = None) -> ProjectSettings:
     """Read the settings of a project without importing its bot.
 
@@ -130,12 +161,7 @@ def read_settings(folder: str | os.PathLike[str] | None = None) -> ProjectSettin
     env = project_environ(str(path))
     conf = _configuration(path)
     if conf is None:
-        return ProjectSettings(
-            host=env.get("AMP_HOST") or "0.0.0.0",
-            port=_int(env.get("AMP_PORT"), 4555, "AMP_PORT"),
-            workers=_int(env.get("AMP_WORKERS"), 2, "AMP_WORKERS"),
-            url=env.get("AMP_URL"),
-        )
+        return env_settings(path)
     # A setting conf.py has no attribute for comes from the environment (Ampalibe 1.1.9's
     # conf.py has none for the app secret).
     def absent(name: str) -> bool:
@@ -144,8 +170,9 @@ def read_settings(folder: str | os.PathLike[str] | None = None) -> ProjectSettin
     return ProjectSettings(
         host=str(getattr(conf, "APP_HOST", None) or "0.0.0.0"),
         port=_int(getattr(conf, "APP_PORT", None), 4555, "AMP_PORT"),
-        workers=_int(getattr(conf, "WORKERS", None) or env.get("AMP_WORKERS"), 2, "AMP_WORKERS"),
+        workers=_workers(getattr(conf, "WORKERS", None) or env.get("AMP_WORKERS")),
         url=getattr(conf, "APP_URL", None) or None,
+        url_prefix=_prefix(getattr(conf, "URL_PREFIX", None) or env.get("AMPALIBE_URL_PREFIX")),
         access_token=getattr(conf, "ACCESS_TOKEN", None) or None,
         verif_token=getattr(conf, "VERIF_TOKEN", None) or None,
         app_secret=getattr(conf, "APP_SECRET", None) or (_env_setting(env, "APP_SECRET") if absent("APP_SECRET")
@@ -197,5 +224,18 @@ def _int(value: Any, default: int, name: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ProjectError(f"{name} must be a whole number, not {value!r}; fix it in .env.") from None
+
+
+def _workers(value: Any) -> int:
+    workers = _int(value, 2, "AMP_WORKERS")
+    if workers < 1:
+        raise ProjectError(f"AMP_WORKERS must be at least 1, not {workers}: a server without workers answers nobody.")
+    return workers
+
+
+def _prefix(value: Any) -> str:
+    """``/messenger`` from ``messenger``, ``/messenger/`` or ``/messenger``; ``""`` for none."""
+    prefix = str(value or "").strip().strip("/")
+    return f"/{prefix}" if prefix else ""
 
 

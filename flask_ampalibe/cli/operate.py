@@ -22,6 +22,7 @@ from flask.cli import ScriptInfo
 from sqlalchemy.engine import make_url
 
 from . import loader
+from .errors import remember_database
 from .loader import ProjectError
 
 __all__ = ["register", "worker", "inbox", "db", "load_state"]
@@ -48,6 +49,7 @@ def load_state() -> Any:
             f"The app {app.name!r} does not use flask_ampalibe: call ampalibe.init(Configuration()) "
             "in core.py, or Ampalibe(app) in your app module."
         )
+    remember_database(state.database_url)
     return state
 
 
@@ -269,10 +271,10 @@ def replay(event_id: int | None, replay_all: bool) -> None:
     state = load_state()
     users = state.inbox.replay(None if replay_all else event_id)
     if not users:
-        raise click.ClickException(
-            "No failed events to replay." if replay_all
-            else f"No failed event has id {event_id}; `inbox failed` lists them."
-        )
+        if replay_all:  # nothing to do is not an error (scripts and cron run --all blindly)
+            click.echo("No failed events to replay.")
+            return
+        raise click.ClickException(f"No failed event has id {event_id}; `inbox failed` lists them.")
     click.echo(f"Back in the queue (users: {', '.join(users)}). The running bot, or `ampalibe worker`, "
                f"handles them within {state.settings['POLL_SECONDS']:g} s.")
 
@@ -296,12 +298,14 @@ def db() -> None:
 
 
 @db.command()
-def create() -> None:
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing when all is well (`ampalibe run` uses it).")
+def create(quiet: bool) -> None:
     """Create the bot's tables in an empty database (also done on first use) and check the
     schema revision of an existing one."""
     state = load_state()
     state.store.create_all()
-    click.echo(f"Tables ready in {_where(state)}.")
+    if not quiet:
+        click.echo(f"Tables ready in {_where(state)}.")
 
 
 @db.command()

@@ -108,6 +108,9 @@ def create(name: Path) -> None:
 
     Refuses if NAME already exists; use `init` inside an existing folder.
     """
+    if not str(name).strip() or name == Path("."):
+        raise click.UsageError("NAME is the folder to create for the bot, e.g. `ampalibe create mybot` "
+                               "(`ampalibe init` writes the project into the current folder).")
     if name.exists():
         raise click.ClickException(
             f"{name} already exists; choose another name, or run `ampalibe init` inside it."
@@ -154,8 +157,9 @@ def _ignores_env(gitignore: Path) -> bool:
 
 def _rewrite_one(rel: str, force: bool) -> None:
     target = Path(rel)
-    if target.exists() and not force:
-        click.confirm(f"{rel} exists. Overwrite it?", abort=True)
+    if target.exists() and not force and not click.confirm(f"{rel} exists. Overwrite it?"):
+        click.echo(f"Kept your {rel} as it is.")  # what was asked for: not an error
+        return
     target.write_bytes(skeleton()[rel])
     click.echo(f"wrote {rel}")
 
@@ -212,7 +216,7 @@ def version() -> None:
 @click.command()
 @click.option("--dev", is_flag=True,
               help="Flask's development server with reloader and debugger instead of gunicorn.")
-@click.option("--host", "-h", metavar="ADDRESS",
+@click.option("--host", metavar="ADDRESS",
               help="Address to listen on. Default: AMP_HOST (0.0.0.0); 127.0.0.1 with --dev.")
 @click.option("--port", "-p", type=click.IntRange(0, 65535), help="Port to listen on. Default: AMP_PORT (4555).")
 @click.option("--workers", "-w", type=click.IntRange(min=1),
@@ -226,8 +230,13 @@ def run(dev: bool, host: str | None, port: int | None, workers: int | None) -> N
     """
     from werkzeug.serving import is_running_from_reloader
 
-    folder = loader.find_project()
-    settings = loader.read_settings(folder)
+    app_path = _app_import_path()
+    if app_path:  # flask --app X ampalibe run, ampalibe --app X run: that app, settings from the environment
+        folder = Path.cwd()
+        settings = loader.env_settings(folder)
+    else:
+        folder = loader.find_project()
+        settings = loader.read_settings(folder)
     _require(settings, dev)
     host = host or ("127.0.0.1" if dev else settings.host)
     if port is None:
@@ -237,14 +246,56 @@ def run(dev: bool, host: str | None, port: int | None, workers: int | None) -> N
     # make them agree with what this process serves and prints.
     os.environ["AMP_HOST"] = host
     os.environ["AMP_PORT"] = str(port)
+    if not dev:
+        # Import the bot and check its database once, in a child process, before gunicorn starts:
+        # an error is one line here, not one traceback per worker after "Listening at".
+        _preflight(folder, app_path)
     if not is_running_from_reloader():
         _announce(settings, host, port)
     from . import serve  # gunicorn is imported only when serving (it does not import on Windows)
 
     if dev:
-        serve.serve_dev(folder, host, port)
+        serve.serve_dev(folder, host, port, app_path)
     else:
-        serve.serve_gunicorn(folder, host, port, workers or settings.workers)
+        serve.serve_gunicorn(folder, host, port, workers or settings.workers, app_path)
+
+
+def _app_import_path() -> str | None:
+    from flask.cli import ScriptInfo
+
+    info = click.get_current_context().find_object(ScriptInfo)
+    return getattr(info, "app_import_path", None) or None
+
+
+def _preflight(folder: Path, app_path: str | None) -> None:
+    """Load the bot and make its database ready (``ampalibe db create``) in a child process, so
+    this process (gunicorn's master) imports no bot code.
+
+    :raises ProjectError: with the child's one-line error.
+    """
+    import subprocess
+    import sys
+
+    from .errors import TRACEBACK_ENV, wants_traceback
+
+    command = [sys.executable, "-m", "flask_ampalibe.cli"]
+    if app_path:
+        command += ["--app", app_path]
+    env = dict(os.environ)
+    full = wants_traceback(click.get_current_context())
+    if full:
+        env[TRACEBACK_ENV] = "1"
+    done = subprocess.run([*command, "db", "create", "--quiet"], cwd=folder, env=env, capture_output=True,
+                          text=True)
+    if done.returncode == 0:
+        return
+    output = (done.stderr.strip() or done.stdout.strip())
+    if full:
+        click.echo(output, err=True)
+        raise ProjectError("the bot could not start (the traceback is above).")
+    lines = output.splitlines() or ["the bot could not be loaded"]
+    message = lines[-1]
+    raise ProjectError(message[len("Error: "):] if message.startswith("Error: ") else message)
 
 
 _LEADING_PORT = "flask_ampalibe.leading_port"
@@ -290,13 +341,14 @@ def _require(settings: ProjectSettings, dev: bool) -> None:
 
 
 def _announce(settings: ProjectSettings, host: str, port: int) -> None:
-    local = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    path = f"{settings.url_prefix}/"
+    local = f"http://{'[' + host + ']' if ':' in host else host}:{port}{path}"
     if settings.url:
-        click.echo(f"Callback URL to give Facebook: {settings.url.rstrip('/')}/  (serving {local})")
+        click.echo(f"Callback URL to give Facebook: {settings.url.rstrip('/')}{path}  (serving {local})")
     else:
         click.echo(
             f"Callback URL to give Facebook: {local}  -- Facebook needs a public HTTPS address: "
             "set AMP_URL to the one that reaches this server."
         )
-    if settings.checked:
-        click.echo("Verify token: the value of AMP_VERIF_TOKEN in .env.")
+    if settings.verif_token:
+        click.echo(f"Verify token to give Facebook: {settings.verif_token}  (AMP_VERIF_TOKEN)")

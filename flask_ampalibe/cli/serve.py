@@ -22,17 +22,23 @@ __all__ = ["gunicorn_server", "serve_gunicorn", "serve_dev"]
 WSGIApp = Callable[..., Iterable[bytes]]
 
 
-def serve_gunicorn(folder: Path, host: str, port: int, workers: int) -> None:
-    """Serve the project in ``folder`` under gunicorn until it is stopped (SIGTERM, Ctrl-C).
+def serve_gunicorn(folder: Path, host: str, port: int, workers: int, app_path: str | None = None) -> None:
+    """Serve the project in ``folder`` (or the app ``app_path`` names, as ``flask --app`` does)
+    under gunicorn until it is stopped (SIGTERM, Ctrl-C).
 
     Exits the process with gunicorn's status (0 after a graceful stop).
     """
     from ..gunicorn_conf import bind_address
 
-    gunicorn_server(folder, {"bind": [bind_address(host, port)], "workers": workers}).run()
+    gunicorn_server(folder, {"bind": [bind_address(host, port)], "workers": workers}, app_path).run()
 
 
-def gunicorn_server(folder: Path, overrides: dict[str, Any]) -> Any:
+def load(folder: Path, app_path: str | None = None) -> Any:
+    """The app to serve: ``app_path``'s (``--app``) or the project's."""
+    return loader.load_app(folder) if app_path is None else loader.load_import_path(app_path, folder)
+
+
+def gunicorn_server(folder: Path, overrides: dict[str, Any], app_path: str | None = None) -> Any:
     """A gunicorn application (not started) serving the project in ``folder``.
 
     Settings, later ones winning: the project's ``gunicorn.conf.py`` if it has one, else
@@ -68,7 +74,7 @@ def gunicorn_server(folder: Path, overrides: dict[str, Any]) -> Any:
 
         def load(self) -> Any:
             try:
-                return loader.load_app(folder)
+                return load(folder, app_path)
             except ProjectError as exc:
                 raise AppImportError(f"Error: {exc.format_message()}") from exc
             except Exception as exc:
@@ -113,7 +119,7 @@ def _is_configuration_error(exc: BaseException) -> bool:
     return kind is not None and isinstance(exc, kind)
 
 
-def serve_dev(folder: Path, host: str, port: int) -> None:
+def serve_dev(folder: Path, host: str, port: int, app_path: str | None = None) -> None:
     """Serve the project with Werkzeug's reloader and debugger.
 
     The first process only watches files (every ``.py`` of the project, ``langs.json``,
@@ -125,7 +131,7 @@ def serve_dev(folder: Path, host: str, port: int) -> None:
     # Debug mode before the app exists: the library relaxes its production checks (an
     # unsigned webhook only warns) for an app created in debug mode.
     os.environ["FLASK_DEBUG"] = "1"
-    app: WSGIApp = _dev_app(folder) if is_running_from_reloader() else _not_loaded
+    app: WSGIApp = _dev_app(folder, app_path) if is_running_from_reloader() else _not_loaded
     run_simple(
         host, port, app,
         use_reloader=True, use_debugger=True, threaded=True,
@@ -133,11 +139,11 @@ def serve_dev(folder: Path, host: str, port: int) -> None:
     )
 
 
-def _dev_app(folder: Path) -> WSGIApp:
+def _dev_app(folder: Path, app_path: str | None = None) -> WSGIApp:
     """The project's app; if it fails to load, a stand-in that raises the error on every request
     (the debugger shows it) while the reloader waits for the fix."""
     try:
-        app = loader.load_app(folder)
+        app = load(folder, app_path)
     except ProjectError:
         raise
     except Exception as exc:
