@@ -111,8 +111,9 @@ class Inbox:
     :param store: the app's store (its engine and tables).
     :param max_attempts: how many times an event may be started without finishing (the worker
         handling it died, or was stopped past its graceful timeout) before it is marked failed.
-    :param clock: the time in epoch seconds (``time.time``), which leases are measured on; tests
-        pass their own to let a lease expire without waiting.
+    :param clock: the time in epoch seconds (``time.time``), which leases, reception and finish times
+        and ages are measured on; tests pass their own to let a lease expire without waiting and to
+        know an age exactly.
     """
 
     def __init__(self, store: Store, max_attempts: int = 5, clock: Callable[[], float] = time.time) -> None:
@@ -139,7 +140,7 @@ class Inbox:
         :returns: the users that have events to handle now (to wake the executor for).
         """
         self.store.ensure()
-        now = time.time()
+        now = self.clock()
         rows = [_row(ev, now) for ev in events]
         if not rows:
             return []
@@ -236,7 +237,7 @@ class Inbox:
         with self.engine.connect() as conn:
             if finished is not None:
                 with conn.begin():
-                    self._finish(conn, finished, error, time.time())
+                    self._finish(conn, finished, error, self.clock())
             with conn.begin():
                 now = self.clock()
                 # Renewing the lease checks that it is still ours and, on server databases, locks
@@ -298,7 +299,7 @@ class Inbox:
     def finish(self, claimed: Claimed, error: BaseException | None = None) -> None:
         """Mark an event handled, or failed with ``error``'s traceback."""
         with self.engine.begin() as conn:
-            self._finish(conn, claimed, error, time.time())
+            self._finish(conn, claimed, error, self.clock())
 
     def _finish(self, conn: Any, claimed: Claimed, error: BaseException | None, now: float) -> None:
         values: dict[str, Any] = {"event_id": claimed.id, "outcome": DONE, "now": now, "err": None}
@@ -339,7 +340,7 @@ class Inbox:
         still queued (the Celery executor's broker), is not among them.
         """
         self.store.ensure()
-        now = time.time()
+        now = self.clock()
         with read_only(self.engine) as conn:
             rows = conn.execute(
                 select(inbox.c.user_id).distinct()
@@ -362,7 +363,7 @@ class Inbox:
             ).scalar()
         out = {s: int(counts.get(s, 0)) for s in STATUSES}
         out["received"] = sum(out.values())
-        out["oldest_pending_age"] = round(time.time() - oldest, 3) if oldest else 0.0
+        out["oldest_pending_age"] = round(self.clock() - oldest, 3) if oldest else 0.0
         return out
 
     def failed(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -411,7 +412,7 @@ class Inbox:
         """Delete handled events finished, and rejected items received, more than
         ``older_than_seconds`` ago (failed events stay until replayed)."""
         self.store.ensure()
-        limit = time.time() - older_than_seconds
+        limit = self.clock() - older_than_seconds
         with self.engine.begin() as conn:
             return conn.execute(
                 inbox.delete().where(and_(inbox.c.status.in_((DONE, REJECTED)), inbox.c.finished_at < limit))
