@@ -258,18 +258,29 @@ def test_scheduler_threads_of_two_workers_run_a_slot_once(tmp_path, router):
     # Both clocks read 0.5 s before a minute starts, so the threads meet at the next slot at once.
     base = time.time()
     offset = (60 - base % 60) - 0.5
-    for s in schedulers:
+    ticks = [0, 0]  # finished ticks per thread: the test waits for them, not for a fixed sleep
+    for i, s in enumerate(schedulers):
         s.clock = lambda: time.time() + offset
+
+        def counted(now=None, *, background=False, tick=s.tick, i=i):
+            try:
+                return tick(now, background=background)
+            finally:
+                ticks[i] += 1
+
+        s.tick = counted  # type: ignore[method-assign]
         assert s.start() is True
         assert s.start() is True  # idempotent
     try:
+        # Two ticks each (at start, then as the next minute starts): every claim has been decided,
+        # and no third tick comes before the minute after.
         deadline = time.monotonic() + 10
-        while len(ran) < 2 and time.monotonic() < deadline:
+        while min(ticks) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.5)
+        assert min(ticks) >= 2, ticks
     finally:
         for s in schedulers:
-            s.stop(timeout=5)
+            s.stop(timeout=5)  # waits for the jobs the threads started
     # At start each thread ticks at once: the current minute (still within grace) runs; then the
     # next minute runs when it starts.  Each slot ran once, in one of the two workers.
     current = datetime.fromtimestamp((base + offset) // 60 * 60, UTC)
