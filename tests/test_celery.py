@@ -36,6 +36,7 @@ from brokers import redis_server  # noqa: F401  (fixture)
 from conftest import PROJECT_MODULES, SECRET, VERIFY
 from dbservers import free_port
 from test_delivery import Gunicorn, _Http, all_handled, make_project, markers, project_env, wait_until
+from test_scheduler_gunicorn import TICKS
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="Celery workers and gunicorn run on POSIX here")
 
@@ -449,13 +450,16 @@ def every_minute(when):
 def test_scheduled_job_runs_once_per_slot_across_celery_and_web_workers(cluster):
     bot = cluster()
     with open(bot.project / "core.py", "a", encoding="utf-8") as core:
-        core.write(JOB)
+        core.write(TICKS + JOB)
     workers = [bot.worker(threads=1), bot.worker(threads=1)]
     # No web server yet: the Celery workers run the scheduler themselves.
     job = settle(bot, lambda: [m for m in markers(bot.project) if m["phase"] == "job"], 40, "the job to run")
     assert job[0]["pid"] in {w.pid for w in workers}
-    bot.gunicorn()  # two more processes tick the same minute as they start: they must lose the claim
-    time.sleep(2)
+    web = bot.gunicorn()  # more processes tick the same minute as they start: they must lose the claim
+    booted = set(web.booted())
+    assert booted
+    settle(bot, lambda: booted <= {m["pid"] for m in markers(bot.project) if m["phase"] == "tick"}, 40,
+           "the web workers' first scheduler ticks")
     runs = Counter(m["cmd"] for m in markers(bot.project) if m["phase"] == "job")
     assert runs and set(runs.values()) == {1}, runs
 
