@@ -377,8 +377,7 @@ def test_sigkilled_celery_worker_event_runs_again_redelivered_on_another(cluster
 def test_redis_restart_mid_load_loses_nothing_and_the_webhook_keeps_answering(cluster, broker):
     bot = cluster()
     web = bot.gunicorn()
-    bot.worker(threads=4)
-    bot.worker(threads=4)
+    workers = [bot.worker(threads=4), bot.worker(threads=4)]
     users, per_user = [f"r{n:02d}" for n in range(20)], 10
     statuses: list[int] = []
     restarted = threading.Event()
@@ -411,6 +410,57 @@ def test_redis_restart_mid_load_loses_nothing_and_the_webhook_keeps_answering(cl
     assert "could not send the Celery task" in web.output()
     finished = Counter((m["cmd"], m["redelivered"]) for m in markers(bot.project) if m["phase"] == "finished")
     assert all(count == 1 for (cmd, redelivered), count in finished.items() if not redelivered)
+    # Celery 5.7's worker sometimes stops for good when Redis goes away under running tasks
+    # ("Unrecoverable error"); ampalibe worker --celery then starts it again in the same process.
+    assert all(worker.alive() for worker in workers)
+
+
+#: Appended to the test bot's core.py: a Celery consumer step (Celery's public bootsteps API) that
+#: fails the consumer's next start once the file ``crash-once`` exists in the project (and removes
+#: it), as Celery itself sometimes fails when the broker connection comes back.
+CRASH_ONCE_STEP = """
+from celery import bootsteps
+
+
+class CrashOnce(bootsteps.StartStopStep):
+    def start(self, consumer):
+        flag = os.path.join(HERE, "crash-once")
+        if os.path.exists(flag):
+            os.remove(flag)
+            raise RuntimeError("a consumer step failed on purpose")
+
+
+ampalibe.celery_app().steps["consumer"].add(CrashOnce)
+"""
+
+
+def test_celery_worker_that_stops_on_an_error_is_started_again_and_sigterm_still_stops_it(cluster, broker):
+    bot = cluster()
+    with open(bot.project / "core.py", "a", encoding="utf-8") as core:
+        core.write(CRASH_ONCE_STEP)
+    web = bot.gunicorn()
+    worker = bot.worker(threads=2)
+    hook = web.hook()
+    base = int(time.time() * 1000)
+    assert hook.post(message_event("u", "before", timestamp=base)).status_code == 200
+    inbox = inbox_of(bot)
+    settle(bot, all_handled(inbox, 1), 60, "the first event to be handled")
+
+    (bot.project / "crash-once").touch()
+    broker.stop_now()  # the consumer starts again when the broker is back: and fails
+    time.sleep(1)
+    broker.start_again()
+    settle(bot, lambda: "starting it again in 1 s" in worker.output(), 60, "the worker to say it starts again")
+    assert "Unrecoverable error: RuntimeError('a consumer step failed on purpose')" in worker.output()
+    settle(bot, lambda: worker.alive() and worker.output().count(" ready.") == 2, 60, "Celery to be ready again")
+
+    assert hook.post(message_event("u", "after", timestamp=base + 1)).status_code == 200
+    settle(bot, all_handled(inbox, 2), 60, "the event sent after the restart to be handled")
+    assert inbox.store.get_temp("u", "seen") == ["before", "after"]
+    assert {m["pid"] for m in markers(bot.project)} == {worker.pid}  # the same process, started again
+
+    assert worker.stop(signal.SIGTERM, timeout=30) == 0  # a requested stop is not restarted
+    assert worker.output().count("starting it again") == 1
 
 
 def test_postgresql_down_webhook_answers_503_then_recovers(cluster, postgresql_server):

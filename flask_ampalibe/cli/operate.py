@@ -184,11 +184,17 @@ def _celery_worker(state: Any, concurrency: int, pool: str, graceful_timeout: fl
         for name in ("celery.app.trace", "celery.worker.strategy"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
+    stop_requested = threading.Event()  # SIGTERM, SIGINT, SIGQUIT: Celery is told to stop
+    workers: list[Any] = []
+
+    signals.worker_shutting_down.connect(lambda **kwargs: stop_requested.set(), weak=False)
     signals.worker_shutting_down.connect(on_shutting_down, weak=False)
     signals.after_setup_logger.connect(quieter, weak=False)
+    signals.worker_init.connect(lambda sender=None, **kwargs: workers.append(sender), weak=False)
     click.echo(f"ampalibe worker --celery (pid {os.getpid()}): tasks from {broker} (queue {QUEUE}), events in "
                f"{_where(state)}, {pool} pool of {concurrency}. Stop with Ctrl-C or SIGTERM.")
     sys.stdout.flush()
+    started = time.monotonic()
     executor.celery.worker_main([
         "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--queues={QUEUE}",
         f"--hostname=ampalibe-{os.getpid()}@%h", "--loglevel=INFO",
@@ -196,6 +202,41 @@ def _celery_worker(state: Any, concurrency: int, pool: str, graceful_timeout: fl
         # broker round trips; mingle also delays the start by a second.
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ])
+    exitcode = workers[-1].exitcode if workers else None
+    if stop_requested.is_set() or not exitcode:
+        sys.exit(exitcode or 0)
+    _start_again(exitcode, time.monotonic() - started)
+
+
+#: How many times in a row ``ampalibe worker --celery`` started Celery's worker again (kept
+#: across the re-execution in the environment).
+RESTARTS_VARIABLE = "AMPALIBE_CELERY_WORKER_RESTARTS"
+#: A worker that ran this long before it stopped on an error starts again after 1 s.
+RESTART_RESET_SECONDS = 60.0
+RESTART_MAX_DELAY = 60.0
+
+
+def _start_again(exitcode: int, ran: float) -> None:
+    """Start this command again, in this process, after Celery's worker stopped on an error.
+
+    Celery's worker stops for good on an error it does not expect ("Unrecoverable error" in
+    its log), for instance on some broker connection losses while tasks run (Celery 5.7 and
+    a Redis restart).  Nothing is lost (the events are in SQL), but nobody would handle them
+    here any more.  So the command runs again, same pid and arguments, after a delay that
+    doubles with each restart in a row (1 s, 2 s, ... up to a minute).  Handlers cut short
+    run again with ``redelivered=True``.
+    """
+    restarts = 0 if ran >= RESTART_RESET_SECONDS else int(os.environ.get(RESTARTS_VARIABLE) or 0)
+    delay = min(RESTART_MAX_DELAY, 2.0 ** restarts)
+    print(f"ampalibe worker: Celery's worker stopped on an error (exit code {exitcode}, after {ran:.0f} s, see "
+          f"above); starting it again in {delay:g} s. Stop with Ctrl-C or SIGTERM.", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    for sig in STOP_SIGNALS:  # Celery's handlers are still installed: stop for real while waiting
+        signal.signal(sig, signal.SIG_DFL)
+    time.sleep(delay)
+    os.environ[RESTARTS_VARIABLE] = str(restarts + 1)
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    os.execv(sys.executable, [sys.executable, *argv[1:]])
 
 
 # -- inbox ------------------------------------------------------------------------------------
