@@ -53,7 +53,7 @@ __all__ = [
     "RoutingError", "action", "after_receive", "before_receive",
     "bp", "celery_app", "command", "crontab", "current_state", "event", "generate_signature", "init", "offload",
     "on_error", "schedule",
-    "set_default_router", "translate", "verify_signature", "webserver",
+    "default_router", "set_default_router", "translate", "verify_signature", "webserver",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -84,15 +84,11 @@ def before_receive(func: F | None = None) -> Any:
     Usable bare (``@ampalibe.before_receive``) or called (``@ampalibe.before_receive()``, as in
     later Ampalibe releases).
     """
-    if func is None:
-        return default_router().before_receive
     return default_router().before_receive(func)
 
 
 def after_receive(func: F | None = None) -> Any:
     """Run ``func`` after each event's handler, with ``result`` and ``error`` (bare or called)."""
-    if func is None:
-        return default_router().after_receive
     return default_router().after_receive(func)
 
 
@@ -100,8 +96,8 @@ def after_receive(func: F | None = None) -> Any:
 crontab = schedule
 
 
-def on_error(func: F) -> F:
-    """Run ``func(error=…, sender_id=…, message=…)`` when a handler raises."""
+def on_error(func: F | None = None) -> Any:
+    """Run ``func(error=…, sender_id=…, message=…)`` when a handler raises (bare or called)."""
     return default_router().on_error(func)
 
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from .errors import RoutingError
 from .events import Event
 from .payload import PayloadCodec
+
+if TYPE_CHECKING:
+    from .scheduler import Job
 
 __all__ = ["Router", "Cmd", "Match", "call_handler", "event_cmd", "EVENT_KINDS"]
 
@@ -67,10 +70,13 @@ class Match:
 
 
 class Router:
-    """Holds commands, actions, event handlers and middleware.
+    """Holds one bot's commands, actions, event handlers, middleware and scheduled jobs.
 
+    Each :class:`~flask_ampalibe.Ampalibe` owns one (unless given one to share); the
+    module-level decorators (``@ampalibe.command``) register on the default app's.
     Decorators return the function unchanged, so handlers stay ordinary functions (also inside
-    a class body).  Registering the same command or action twice raises :class:`RoutingError`.
+    a class body).  Registering the same command, action or job name twice raises
+    :class:`RoutingError`.
     """
 
     def __init__(self) -> None:
@@ -80,6 +86,8 @@ class Router:
         self.before: list[Callable[..., Any]] = []
         self.after: list[Callable[..., Any]] = []
         self.error_handlers: list[Callable[..., Any]] = []
+        #: Scheduled jobs by name (:class:`flask_ampalibe.scheduler.Job`; ``@schedule`` adds them).
+        self.jobs: dict[str, Job] = {}
 
     # -- registration ---------------------------------------------------------------------
     def command(self, name: str) -> Callable[[F], F]:
@@ -100,20 +108,34 @@ class Router:
             return func
         return deco
 
-    def before_receive(self, func: F) -> F:
-        """Run ``func(sender_id=…, message=…, event=…)`` before each event; returning ``False`` stops it."""
-        self.before.append(func)
-        return func
+    def before_receive(self, func: F | None = None) -> Any:
+        """Run ``func(sender_id=…, message=…, event=…)`` before each event; returning ``False`` stops it.
 
-    def after_receive(self, func: F) -> F:
-        """Run ``func(sender_id=…, result=…, error=…, …)`` after each event's handler."""
-        self.after.append(func)
-        return func
+        Usable bare (``@router.before_receive``) or called (``@router.before_receive()``, as in
+        later Ampalibe releases); either way the function comes back unchanged.
+        """
+        return _append(self.before, func)
 
-    def on_error(self, func: F) -> F:
-        """Run ``func(error=…, sender_id=…, message=…, event=…)`` when a handler raises."""
-        self.error_handlers.append(func)
-        return func
+    def after_receive(self, func: F | None = None) -> Any:
+        """Run ``func(sender_id=…, result=…, error=…, …)`` after each event's handler (bare or called)."""
+        return _append(self.after, func)
+
+    def on_error(self, func: F | None = None) -> Any:
+        """Run ``func(error=…, sender_id=…, message=…, event=…)`` when a handler raises (bare or called)."""
+        return _append(self.error_handlers, func)
+
+    def add_job(self, job: Job) -> None:
+        """Add a scheduled job (a :class:`flask_ampalibe.scheduler.Job`; ``@schedule`` builds it).
+
+        :raises RoutingError: another function already has the job's name.
+        """
+        old = self.jobs.get(job.name)
+        if old is not None and old.func is not job.func and _qualname(old.func) != _qualname(job.func):
+            raise RoutingError(
+                f"@schedule(name={job.name!r}) is already used by {_qualname(old.func)}; "
+                f"{_qualname(job.func)} needs another name."
+            )
+        self.jobs[job.name] = job  # the same function again (module re-imported) replaces it
 
     def _register(self, table: dict[str, Callable[..., Any]], what: str, name: str) -> Callable[[F], F]:
         if not isinstance(name, str) or not name.strip() or name.split()[0] != name:
@@ -256,6 +278,14 @@ def call_handler(func: Callable[..., Any], **kwargs: Any) -> Any:
     if takes_all:
         return func(**kwargs)
     return func(**{k: v for k, v in kwargs.items() if k in names})
+
+
+def _append(hooks: list[Callable[..., Any]], func: F | None) -> Any:
+    """Add ``func`` to ``hooks`` and return it; without ``func``, a decorator that does."""
+    if func is None:
+        return lambda f: _append(hooks, f)
+    hooks.append(func)
+    return func
 
 
 def _qualname(func: Callable[..., Any]) -> str:

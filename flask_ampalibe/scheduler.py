@@ -38,13 +38,12 @@ import math
 import os
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import aio
-from .errors import AmpalibeError, RoutingError
+from .errors import AmpalibeError
 from .router import Router, _qualname, call_handler
 from .inbox import lease_owner
 from .storage import insert_ignore, jobs as jobs_table
@@ -254,14 +253,12 @@ class Job:
         return self.cron.next_after(start)
 
 
-_registry: "weakref.WeakKeyDictionary[Router, dict[str, Job]]" = weakref.WeakKeyDictionary()
-_registry_lock = threading.Lock()
+_lock = threading.Lock()
 
 
 def jobs(router: Router | None = None) -> list[Job]:
     """The jobs registered on ``router`` (default: the module-level router)."""
-    with _registry_lock:
-        return list(_registry.get(router or _default_router(), {}).values())
+    return list((router or _default_router()).jobs.values())
 
 
 def schedule(cron: str, name: str | None = None, *, tz: "str | tzinfo | None" = None,
@@ -278,7 +275,8 @@ def schedule(cron: str, name: str | None = None, *, tz: "str | tzinfo | None" = 
     :param tz: time zone of the cron times (an IANA name such as ``"Europe/Paris"``, or a
         ``tzinfo``); default UTC, so every host agrees whatever its local time.
     :param grace: seconds a missed run time may still run late (default 300).
-    :param router: where to register (default: the module-level router ``@ampalibe.command`` uses).
+    :param router: where to register (default: the module-level router ``@ampalibe.command`` uses;
+        ``@bot.schedule(...)`` of an :class:`~flask_ampalibe.Ampalibe` passes its own).
     :param func: Ampalibe 1.1.9's (aiocron's) way without a decorator:
         ``ampalibe.crontab("0 9 * * *", func=morning_news)`` registers ``func`` and returns it.
     :param start: ``False`` registers the job paused: it runs once ``func.start()`` is called
@@ -299,15 +297,8 @@ def schedule(cron: str, name: str | None = None, *, tz: "str | tzinfo | None" = 
         target = router or _default_router()
         job_name = name or _qualname(func)
         job = Job(job_name, parsed, func, zone, float(grace), tuple(args), enabled=bool(start))
-        with _registry_lock:
-            table = _registry.setdefault(target, {})
-            old = table.get(job_name)
-            if old is not None and old.func is not func and _qualname(old.func) != _qualname(func):
-                raise RoutingError(
-                    f"@schedule(name={job_name!r}) is already used by {_qualname(old.func)}; "
-                    f"{_qualname(func)} needs another name."
-                )
-            table[job_name] = job
+        with _lock:
+            target.add_job(job)
         if not start:
             def start_job() -> None:
                 job.enabled = True
@@ -512,7 +503,7 @@ def scheduler_for(app: "Flask | AmpalibeState") -> Scheduler:
     state = app.extensions["ampalibe"] if hasattr(app, "extensions") else app
     scheduler = getattr(state, "scheduler", None)
     if scheduler is None:
-        with _registry_lock:
+        with _lock:
             scheduler = getattr(state, "scheduler", None)
             if scheduler is None:
                 scheduler = state.scheduler = Scheduler(state)
