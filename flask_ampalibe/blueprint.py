@@ -39,8 +39,10 @@ bp = _WebhookBlueprint("ampalibe", __name__)
 def _setup(setup_state: object) -> None:
     app = setup_state.app  # type: ignore[attr-defined]
     if "ampalibe" not in app.extensions:
-        from .extension import Ampalibe
-        Ampalibe().init_app(app, register_blueprint=False)
+        from .extension import Ampalibe, default_router
+
+        # No extension object to register on: the handlers are the module-level decorators'.
+        Ampalibe(router=default_router()).init_app(app, register_blueprint=False)
         app.extensions["ampalibe"].set_up_by_blueprint = True
 
 

@@ -151,8 +151,16 @@ class Ampalibe:
     """The Flask extension.
 
     :param app: the app to set up now (or call :meth:`init_app` later, once per app).
-    :param router: where this extension's handlers are registered; by default the module-level
-        router that ``@ampalibe.command`` uses.
+    :param router: where this extension's handlers, middleware and jobs are registered; by
+        default a new :class:`Router` of its own, so two apps of one process never share
+        handlers by accident.  Pass one to share it deliberately (e.g.
+        ``Ampalibe(app, router=flask_ampalibe.default_router())`` for the handlers of the
+        module-level ``@ampalibe.command``).
+
+    Every app set up by this object (:meth:`init_app` may be called for several) uses its router.
+    The decorators (:meth:`command`, :meth:`action`, :meth:`event`, :meth:`before_receive`,
+    :meth:`after_receive`, :meth:`on_error`, :meth:`schedule`) are those of the module level,
+    registering on this router and returning the function unchanged.
 
     Example::
 
@@ -166,14 +174,14 @@ class Ampalibe:
     """
 
     def __init__(self, app: Flask | None = None, router: Router | None = None) -> None:
-        self._router = router
+        self._router = router if router is not None else Router()
         if app is not None:
             self.init_app(app)
 
     @property
     def router(self) -> Router:
         """The router handlers are registered on."""
-        return self._router if self._router is not None else _default_router
+        return self._router
 
     def init_app(self, app: Flask, register_blueprint: bool = True) -> None:
         """Read ``AMPALIBE_*`` config, set up the store, client and executor, register the Blueprint.
@@ -224,6 +232,37 @@ class Ampalibe:
     def event(self, kind: str) -> Callable[[F], F]:
         """See :meth:`Router.event`."""
         return self.router.event(kind)
+
+    def before_receive(self, func: F | None = None) -> Any:
+        """Middleware run before each event's handler; returning ``False`` stops the event.
+        Bare (``@bot.before_receive``) or called (``@bot.before_receive()``); see :meth:`Router.before_receive`."""
+        return self.router.before_receive(func)
+
+    def after_receive(self, func: F | None = None) -> Any:
+        """Middleware run after each event's handler, with ``result`` and ``error`` (bare or called)."""
+        return self.router.after_receive(func)
+
+    def on_error(self, func: F | None = None) -> Any:
+        """Run ``func(error=…, sender_id=…, message=…)`` when a handler raises (bare or called)."""
+        return self.router.on_error(func)
+
+    def schedule(self, cron: str, name: str | None = None, **options: Any) -> Any:
+        """Run the decorated function on ``cron`` for the apps of this extension only; the
+        options are those of :func:`flask_ampalibe.schedule` (``tz``, ``grace``, ``start``,
+        ``args``, ``func``), the job is kept on :attr:`router`.
+
+        Example::
+
+            @bot.schedule("0 9 * * *", tz="Europe/Paris")
+            def morning(when):
+                ...
+        """
+        from .scheduler import schedule
+
+        return schedule(cron, name, router=self.router, **options)
+
+    #: Later Ampalibe releases name the scheduler ``crontab``.
+    crontab = schedule
 
     # -- the current app's objects ---------------------------------------------------------------
     @property
@@ -327,5 +366,7 @@ def init(conf: Any = None) -> Bot:
                 app.config[PREFIX + key] = os.environ["AMP_" + key]
         app.config.update(from_configuration(conf, base))
         app.config.setdefault(PREFIX + "DATABASE_URL", f"sqlite:///{os.path.join(base, 'ampalibe.db')}")
-        Ampalibe(app)
+        # The default app answers with the module-level decorators' handlers, registered before
+        # or after this call (they all land on this one Router).
+        Ampalibe(app, router=_default_router)
         return app.extensions["ampalibe"].bot

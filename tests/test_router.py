@@ -270,7 +270,7 @@ def test_middleware_decorators_work_bare_and_called(tmp_path, graph):
         app = Flask("mw", instance_path=str(tmp_path / "i"))
         app.config.update(TESTING=True, AMPALIBE_ACCESS_TOKEN="t", AMPALIBE_VERIF_TOKEN="v",
                           AMPALIBE_APP_SECRET=SECRET, AMPALIBE_GRAPH_URL=graph.url, AMPALIBE_EXECUTOR="inline")
-        flask_ampalibe.Ampalibe(app)
+        flask_ampalibe.Ampalibe(app, router=flask_ampalibe.default_router())  # shares it deliberately
         WebhookClient(app.test_client(), SECRET).send_text("u", "hi")
         assert order == ["bare", "called", ("after", "done")]
     finally:
