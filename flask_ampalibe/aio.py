@@ -140,7 +140,7 @@ class ElasticPool:
             finally:
                 with self._cv:
                     self._busy -= 1
-                func = args = None  # type: ignore[assignment]
+                del func, args  # an idle thread keeps nothing of its last work alive
 
 
 # -- the loops -----------------------------------------------------------------------------------------

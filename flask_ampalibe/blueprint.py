@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hmac
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, send_from_directory
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
+from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import NotFound
 
 from .signature import HEADER
+
+if TYPE_CHECKING:
+    from .extension import AmpalibeState
 
 __all__ = ["bp"]
 
@@ -36,8 +40,9 @@ bp = _WebhookBlueprint("ampalibe", __name__)
 
 
 @bp.record_once
-def _setup(setup_state: object) -> None:
-    app = setup_state.app  # type: ignore[attr-defined]
+def _setup(setup_state: BlueprintSetupState) -> None:
+    app = setup_state.app
+    assert isinstance(app, Flask)  # Flask's own blueprints are registered on Flask apps
     if "ampalibe" not in app.extensions:
         from .extension import Ampalibe, default_router
 
@@ -46,7 +51,7 @@ def _setup(setup_state: object) -> None:
         app.extensions["ampalibe"].set_up_by_blueprint = True
 
 
-def _state():  # type: ignore[no-untyped-def]
+def _state() -> AmpalibeState:
     return current_app.extensions["ampalibe"]
 
 

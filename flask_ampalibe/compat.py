@@ -16,6 +16,7 @@ import inspect
 import logging
 import os
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
 from flask import Flask
@@ -82,7 +83,7 @@ def environ_token() -> str | None:
 
 # -- FastAPI-style paths ------------------------------------------------------------------------
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
-_CONVERTERS = {int: "int", float: "float", str: "string"}
+_CONVERTERS: dict[object, str] = {int: "int", float: "float", str: "string"}
 
 
 def fastapi_rule(rule: str, func: Callable[..., Any]) -> str:
@@ -94,10 +95,11 @@ def fastapi_rule(rule: str, func: Callable[..., Any]) -> str:
     """
     if "{" not in rule:
         return rule
+    hints: Mapping[str, inspect.Parameter]
     try:
         hints = inspect.signature(func).parameters
     except (TypeError, ValueError):
-        hints = {}  # type: ignore[assignment]
+        hints = {}
 
     def convert(match: re.Match[str]) -> str:
         name, kind = match.group(1), match.group(2)
@@ -107,7 +109,7 @@ def fastapi_rule(rule: str, func: Callable[..., Any]) -> str:
         annotation = param.annotation if param is not None else None
         if isinstance(annotation, str):  # ``from __future__ import annotations`` in the bot
             annotation = {"int": int, "float": float, "str": str}.get(annotation)
-        converter = _CONVERTERS.get(annotation, "string")  # type: ignore[arg-type]
+        converter = _CONVERTERS.get(annotation, "string")
         return f"<{converter}:{name}>"
 
     return _PARAM.sub(convert, rule)

@@ -89,9 +89,10 @@ def _create(url: str) -> Engine:
             f"install the supported one with: pip install 'flask_ampalibe[{extra}]' and use a {driver}:// URL"
         ) from None
     if backend == "sqlite":
-        memory = parsed.database in (None, "", ":memory:")
-        plain_file = not memory and not parsed.database.startswith("file:")  # URI filenames: no queue file
-        _sqlite_setup(engine, memory, os.path.abspath(parsed.database) + "-writelock" if plain_file else None)
+        database = parsed.database or ""
+        memory = database in ("", ":memory:")
+        plain_file = not memory and not database.startswith("file:")  # URI filenames: no queue file
+        _sqlite_setup(engine, memory, os.path.abspath(database) + "-writelock" if plain_file else None)
     return engine
 
 
@@ -125,11 +126,11 @@ class _WriteLocks:
 
     def lock_file(self) -> bool:
         """Wait for the other processes' writers (call with :attr:`write` held)."""
-        if not self._file_ok:
+        if not self._file_ok or self.path is None:
             return False
         try:
             if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # type: ignore[arg-type]
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.lockf(self._fd, fcntl.LOCK_EX)
             return True
         except OSError as exc:  # read-only folder, no lock support: SQLite's busy handler only
@@ -138,6 +139,8 @@ class _WriteLocks:
             return False
 
     def unlock_file(self) -> None:
+        if self._fd is None:  # lock_file did not lock
+            return
         try:
             fcntl.lockf(self._fd, fcntl.LOCK_UN)
         except OSError:  # pragma: no cover - released with the process anyway
@@ -179,9 +182,9 @@ class _SQLiteConnection(sqlite3.Connection):
 
     def _release(self) -> None:
         held, self._held = self._held, None
-        if self._file_locked:
+        if self._file_locked and self.locks is not None:  # only set with locks
             self._file_locked = False
-            self.locks.unlock_file()  # type: ignore[union-attr]
+            self.locks.unlock_file()
         if held is not None:
             held.release()
 
@@ -243,6 +246,7 @@ def _sqlite_setup(engine: Engine, memory: bool, lock_path: str | None) -> None:
     def _on_begin(conn: Connection) -> None:
         # Reads (see read_only) take no write lock, so they never queue behind the writers.
         dbapi_conn = conn.connection.dbapi_connection
+        assert dbapi_conn is not None  # a connection that begins is open
         if conn.get_execution_options().get(_READ_ONLY):
             dbapi_conn.execute("BEGIN")
         elif isinstance(dbapi_conn, _SQLiteConnection):

@@ -161,7 +161,7 @@ def _event(item: Any, page_id: str, standby: bool) -> Event:
     problem = _check(item, kind if kind != "echo" else "message", body)
     sender_id, sender_problem = _sender(item)
     problem = problem or sender_problem
-    timestamp = item.get("timestamp")
+    timestamp: Any = item.get("timestamp")  # an int once _millis finds no problem with it
     if problem is None:
         problem = _millis(timestamp, "timestamp")
     if problem is None:

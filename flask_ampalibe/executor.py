@@ -31,7 +31,7 @@ import time
 import uuid
 import weakref
 from concurrent.futures import Future
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from . import aio
 from .aio import ElasticPool
@@ -272,8 +272,8 @@ class ThreadExecutor(Executor):
     """
 
     #: The governor's clocks (tests replace them): wall time, and this process's CPU time.
-    clock: Callable[[], float] = staticmethod(time.monotonic)  # type: ignore[assignment]
-    cpu_clock: Callable[[], float] = staticmethod(time.process_time)  # type: ignore[assignment]
+    clock: Callable[[], float] = staticmethod(time.monotonic)
+    cpu_clock: Callable[[], float] = staticmethod(time.process_time)
 
     def __init__(self, inbox: Inbox, handle: Handle, max_concurrency: int | None = None, threads: int | None = None,
                  govern: bool = True, **kwargs: float) -> None:
@@ -549,7 +549,8 @@ def make_executor(kind: str, inbox: Inbox, handle: Handle, threads: int, lease_s
                   poll_seconds: float, retention_seconds: float, broker_url: str | None = None,
                   requeue_seconds: float = 30.0) -> Executor:
     """The executor named by ``AMPALIBE_EXECUTOR``; ``threads`` is ``AMPALIBE_MAX_CONCURRENCY``."""
-    kwargs = dict(lease_seconds=lease_seconds, poll_seconds=poll_seconds, retention_seconds=retention_seconds)
+    kwargs: dict[str, Any] = dict(lease_seconds=lease_seconds, poll_seconds=poll_seconds,
+                                  retention_seconds=retention_seconds)
     if kind == "celery":
         from .celery_executor import CeleryExecutor  # Celery is an optional extra
 

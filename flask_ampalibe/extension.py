@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from flask import Flask, current_app, has_app_context
 from sqlalchemy.exc import SQLAlchemyError
@@ -34,6 +34,9 @@ from .payload import PayloadCodec
 from .router import Router
 from .storage import Store
 from .webhook import Webhook
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
 
 __all__ = ["Ampalibe", "AmpalibeState", "Bot", "init", "default_app", "default_router", "set_default_router",
            "current_state", "reset_default"]
@@ -67,6 +70,9 @@ class Bot:
 
 class AmpalibeState:
     """Everything one app's bot needs: settings, store, inbox, Messenger client, executor, webhook core."""
+
+    #: The scheduler of the ``@schedule`` jobs, made on first use by :func:`~flask_ampalibe.scheduler.scheduler_for`.
+    scheduler: Scheduler | None = None
 
     def __init__(self, app: Flask, router: Router) -> None:
         from .messenger import Messenger  # the client pulls in requests; import when an app is set up
@@ -102,13 +108,12 @@ class AmpalibeState:
             poll_seconds=self.settings["POLL_SECONDS"], retention_seconds=self.settings["RETENTION_DAYS"] * 86400,
             broker_url=self.settings["CELERY_BROKER_URL"], requeue_seconds=self.settings["CELERY_REQUEUE_SECONDS"],
         )
-        # The webhook core gets what it uses; ``notify`` looks the executor up at each call (the
-        # testing kit's ``held()`` swaps it for a while).
+        # The webhook core gets what it uses; ``notify`` looks the executor up at each call.
         self.webhook = Webhook(self.inbox.record, self._notify, secret=self.settings["APP_SECRET"],
                                wants=router.wants, outage=self.outage)
         self.bot = Bot(self)
 
-    def _notify(self, users: list[str]) -> None:
+    def _notify(self, users: Iterable[str]) -> None:
         self.executor.notify(users)
 
     def start(self) -> None:

@@ -357,11 +357,12 @@ class Inbox:
         """Counts by status and the age in seconds of the oldest unfinished event."""
         self.store.ensure()
         with read_only(self.engine) as conn:
-            counts = dict(conn.execute(select(inbox.c.status, func.count()).group_by(inbox.c.status)).all())
+            counts: dict[str, int] = dict(
+                conn.execute(select(inbox.c.status, func.count()).group_by(inbox.c.status)).all())
             oldest = conn.execute(
                 select(func.min(inbox.c.received_at)).where(inbox.c.status.in_((PENDING, RUNNING)))
             ).scalar()
-        out = {s: int(counts.get(s, 0)) for s in STATUSES}
+        out: dict[str, Any] = {s: int(counts.get(s, 0)) for s in STATUSES}
         out["received"] = sum(out.values())
         out["oldest_pending_age"] = round(self.clock() - oldest, 3) if oldest else 0.0
         return out

@@ -18,7 +18,7 @@ import functools
 import logging
 import os
 import threading
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, cast
 
 from .config import database_url_from, project_dir
 from .engine import make_engine
@@ -211,4 +211,4 @@ class Model:
                 self._local.depth = depth
                 if not depth:
                     self._release()
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)

@@ -71,7 +71,7 @@ class ScheduleError(AmpalibeError, ValueError):
 _MONTHS = {name: i for i, name in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1)}
 _DAYS = {name: i for i, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
-_FIELDS = (
+_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
     ("minute", 0, 59, {}),
     ("hour", 0, 23, {}),
     ("day of month", 1, 31, {}),
@@ -311,7 +311,7 @@ def schedule(cron: str, name: str | None = None, *, tz: "str | tzinfo | None" = 
         _connect_autostart()
         return func
     if func is not None:
-        return deco(func)  # type: ignore[type-var]
+        return deco(func)
     return deco
 
 

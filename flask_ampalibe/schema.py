@@ -255,6 +255,7 @@ def new_revision(message: str, autogenerate: bool = False) -> str:
     :returns: the path of the new file.
     """
     from alembic import command
+    from alembic.script import Script
 
     from .engine import make_engine
 
@@ -269,6 +270,7 @@ def new_revision(message: str, autogenerate: bool = False) -> str:
                                           head="head")
         finally:
             engine.dispose()
+    assert isinstance(script, Script)  # a single head gives a single new script
     path = script.path
     target = os.path.join(os.path.dirname(path), f"{rev_id}_{slug}.py")
     os.replace(path, target)

@@ -30,7 +30,7 @@ SCHEMA_VERSION = 1
 metadata = MetaData()
 # Epoch seconds: MySQL's FLOAT is single precision (a 128 s step at today's epoch), so ask for a
 # double everywhere.
-_Seconds = Double()
+_Seconds: Double[float] = Double()
 _LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
 
@@ -109,14 +109,18 @@ meta = Table(
 
 def _dialect_insert(dialect_name: str, table: Table) -> Any:
     if dialect_name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect_name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect_name in ("mysql", "mariadb"):
-        from sqlalchemy.dialects.mysql import insert
-    else:
-        return None
-    return insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert(table)
+    if dialect_name in ("mysql", "mariadb"):
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        return mysql_insert(table)
+    return None
 
 
 # Statement *constructs* are built once and executed with parameters: building one costs several

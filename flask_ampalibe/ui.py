@@ -286,7 +286,7 @@ class _Builder(Mapping):
         return (_rebuild, (type(self), self.to_dict()))
 
 
-def _rebuild(cls: type, fields: dict[str, Any]) -> Any:
+def _rebuild(cls: type[_Builder], fields: dict[str, Any]) -> Any:
     obj = cls.__new__(cls)
     object.__setattr__(obj, "_fields", {k: _frozen(v) for k, v in fields.items()})
     return obj

@@ -61,7 +61,8 @@ def read_limited(stream: IO[bytes], limit: int, length: int | None = None) -> by
     """
     if length is not None and length > limit:
         return None
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         chunk = stream.read(min(_CHUNK, limit + 1 - size))
         if not chunk:

@@ -86,7 +86,7 @@ class Plan:
 
     def diff(self) -> str:
         """The file changes as a unified diff (paths relative to the folder)."""
-        chunks = []
+        chunks: list[str] = []
         for path, (old, new) in self.files.items():
             name = path.relative_to(self.folder).as_posix()
             chunks.extend(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),

@@ -58,7 +58,7 @@ def gunicorn_server(folder: Path, overrides: dict[str, Any], app_path: str | Non
             "Use `ampalibe run --dev` to try the bot on this machine."
         ) from exc
 
-    class GunicornServer(BaseApplication):  # type: ignore[misc]
+    class GunicornServer(BaseApplication):
         def load_config(self) -> None:
             for key, value in _config_file(folder).items():
                 if key in self.cfg.settings:

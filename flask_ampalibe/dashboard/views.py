@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, g, redirect, render_template, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from werkzeug.wrappers import Response as BaseResponse
 
 from . import queries
 from .charts import line_chart
@@ -195,7 +196,7 @@ def _event_id() -> int | None:
 
 
 @bp.post("/failed/replay")
-def replay() -> Response:
+def replay() -> BaseResponse:
     """Put one failed event (``event_id``) or all of them (``event_id=all``) back in the queue."""
     state = _state()
     event_id = _event_id()
@@ -209,7 +210,7 @@ def replay() -> Response:
 
 
 @bp.post("/failed/discard")
-def discard() -> Response:
+def discard() -> BaseResponse:
     """Delete one failed event (``event_id``) or all of them (``event_id=all``)."""
     event_id = _event_id()
     count = _state().inbox.discard(event_id)
@@ -218,7 +219,7 @@ def discard() -> Response:
 
 
 @bp.post("/users/forget")
-def forget() -> Response:
+def forget() -> BaseResponse:
     """Delete a user's state, temporary data, pages and events."""
     psid = request.form.get("psid", "").strip()
     if not psid:

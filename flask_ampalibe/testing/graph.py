@@ -142,6 +142,7 @@ class FakeGraph:
         """Base URL to use as ``GRAPH_URL``."""
         assert self._server is not None, "FakeGraph is not started"
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)  # bound to "127.0.0.1" by start()
         return f"http://{host}:{port}"
 
     # -- test controls ---------------------------------------------------------------
@@ -287,8 +288,12 @@ class FakeGraph:
         )
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")
+            if not isinstance(name, str):  # no field name (None), or an RFC 2231 one (a tuple): not a form field
+                continue
             filename = part.get_filename()
-            payload = part.get_payload(decode=True) or b""
+            payload = part.get_payload(decode=True)
+            if not isinstance(payload, bytes):  # None for a nested multipart part
+                payload = b""
             if filename is not None:
                 record.files[name] = (filename, part.get_content_type(), payload)
             else:

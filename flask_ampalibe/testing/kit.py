@@ -25,7 +25,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from . import assertions
 from .webhook import WebhookClient, attachment_event, message_event, page_body, postback_event, quick_reply_event
@@ -71,12 +71,12 @@ def bot_config(graph: "FakeGraph", database_url: str, *, secret: str = SECRET) -
 
 
 class _Held:
-    """Stands in for the executor inside :meth:`BotTester.held`: remembers who has events."""
+    """Stands in for the webhook's ``notify`` inside :meth:`BotTester.held`: remembers who has events."""
 
     def __init__(self) -> None:
         self.users: list[str] = []
 
-    def notify(self, users: Sequence[str]) -> None:
+    def notify(self, users: Iterable[str]) -> None:
         self.users.extend(u for u in users if u not in self.users)
 
 
@@ -174,12 +174,12 @@ class BotTester:
                 bot.post(message_event(bot.user, "first", timestamp=1000))
         """
         state = self.state
-        executor, held = state.executor, _Held()
-        state.executor = held  # the webhook route only calls .notify(users)
+        executor, webhook, held = state.executor, state.webhook, _Held()
+        notify, webhook.notify = webhook.notify, held.notify  # what the webhook route calls
         try:
             yield
         finally:
-            state.executor = executor
+            webhook.notify = notify
         since = len(self.graph.requests)
         failed_before = self._last_failed_id()
         for user_id in held.users:
@@ -365,7 +365,7 @@ class BotTesters:
                                for p in inspect.signature(factory).parameters.values())
             app = factory(self.config()) if takes_config else factory()
             if "ampalibe" in app.extensions:
-                self._undo.append(lambda app=app: app.extensions["ampalibe"].executor.shutdown(timeout=5))
+                self._undo.append(lambda: app.extensions["ampalibe"].executor.shutdown(timeout=5))
         self._retarget(app)
         return BotTester(app, self.graph, user)
 

@@ -20,7 +20,7 @@ branch_labels = None
 depends_on = None
 
 # The column types as they were at this revision (a migration never imports today's tables).
-SECONDS = sa.Double()
+SECONDS: sa.Double[float] = sa.Double()
 LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
