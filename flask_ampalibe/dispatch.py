@@ -124,10 +124,12 @@ class Dispatcher:
         for handler in router.events.get(kind, ()):
             if await call(handler, **base) is False:
                 return None
+        # The library's own buttons ("next page") come back as messages: their internal command
+        # runs instead of the bot's handlers (see flask_ampalibe.internal).
         text, _ = command_input(event)
-        handle_internal = getattr(state.chat, "handle_internal", None)
-        if handle_internal is not None and text.startswith("__amp_") and await io(handle_internal, event.sender_id,
-                                                                                  text):
+        internal = state.internal.find(text)
+        if internal is not None:
+            await io(internal, event.sender_id, text)
             return None
         # The inbox read the user's state when it handed the event out (same transaction).  Read
         # it again if code of the bot ran since (middleware, event handlers): it may have changed it.

@@ -12,6 +12,7 @@ extension object keeps no reference to any app.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 from flask import Flask, current_app, has_app_context
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import pagination
 from . import payload as payload_module
 from .config import DEFAULTS, PREFIX, PROJECT_ENV, from_configuration, payload_secret, project_dir, settings
 from .dberrors import is_unavailable, outage_for
@@ -29,6 +31,7 @@ from .engine import make_engine
 from .errors import ConfigurationError
 from .executor import Executor, make_executor
 from .inbox import Inbox
+from .internal import InternalCommands
 from .model import Model
 from .payload import PayloadCodec
 from .router import Router
@@ -101,6 +104,9 @@ class AmpalibeState:
             # every handler in flight may be sending: one kept-alive connection each
             pool_maxsize=self.settings["MAX_CONCURRENCY"],
         )
+        #: The library's own commands, run before routing (flask_ampalibe.internal).
+        self.internal = InternalCommands()
+        self.internal.register(pagination.PAGE_COMMAND, functools.partial(pagination.next_page, self.chat))
         self.query = Model(store=self.store)
         self.executor: Executor = make_executor(
             self.settings["EXECUTOR"], self.inbox, Dispatcher(self),

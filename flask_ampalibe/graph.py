@@ -90,9 +90,25 @@ def graph_error(response: requests.Response) -> GraphErrorInfo | None:
 class GraphClient:
     """A client of the Graph API: session, authentication, JSON encoding and retries.
 
-    The base of :class:`~flask_ampalibe.messenger.Messenger`, whose docstring describes the
-    parameters (all of them but ``pages`` are this class's).  ``sleep`` and ``clock`` are
-    attributes (``time.sleep`` and ``time.monotonic``) that tests may replace.
+    The base of :class:`~flask_ampalibe.messenger.Messenger`, which passes these keyword
+    arguments through.
+
+    :param access_token: the Page access token (an empty one makes every call raise
+        :class:`~flask_ampalibe.errors.ConfigurationError`).
+    :param graph_url: base URL of the Graph API (tests point it at a fake).
+    :param graph_version: the Graph version, e.g. ``"v24.0"``.
+    :param app_secret: when set, every request carries ``appsecret_proof``.
+    :param timeout: seconds to wait for Graph (connect and read) on every request.
+    :param payload_encoder: turns a :class:`~flask_ampalibe.Payload` (any object that is not
+        JSON) into its string; ``None`` uses ``str(obj)``.
+    :param max_retries: retries of a transient error after the first attempt.
+    :param retry_budget: seconds after which no new retry starts.
+    :param session: a :class:`requests.Session` to use (one is created otherwise).
+    :param pool_maxsize: connections to Graph kept alive for reuse by concurrent calls (the
+        app passes ``AMPALIBE_MAX_CONCURRENCY``); ignored with ``session``.
+
+    ``sleep`` and ``clock`` are attributes (``time.sleep`` and ``time.monotonic``) that tests
+    may replace; the backoff policy itself stays the same.
     """
 
     #: Whether credentials and settings are still to be taken from the configured bot (see

@@ -9,7 +9,8 @@ Messenger's limits before sending, and returns the :class:`requests.Response` (s
         print(res.text)  # Graph's error, also logged with its code, subcode and fbtrace_id
 
 The transport (authentication, JSON encoding, retries of transient errors, never a double send)
-is :class:`~flask_ampalibe.graph.GraphClient`; text splitting is :mod:`flask_ampalibe.text`.
+is :class:`~flask_ampalibe.graph.GraphClient`, the base class; ``next=`` pagination is
+:mod:`flask_ampalibe.pagination`; text splitting is :mod:`flask_ampalibe.text`.
 """
 from __future__ import annotations
 
@@ -18,18 +19,19 @@ import logging
 import mimetypes
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable, Protocol
+from typing import Any
 
 import requests
 
-from . import ui
+from . import pagination, ui
 from .compat import accept_119_keywords, configured_chat, environ_token
 from .errors import ConfigurationError, GraphConnectionError, GraphError, GraphTimeout, LimitError
 from .graph import TRANSIENT_CODES, GraphClient, GraphErrorInfo, graph_error
+from .pagination import PAGE_COMMAND, PAGE_PREFIX, PageStore
 from .text import split_text
 from .ui import (
     BUTTON_TEXT_MAX, ELEMENT_BUTTONS_MAX, MENU_TITLE_MAX, NOTIFICATION_TITLE_MAX, PRODUCTS_MAX,
-    QUICK_REPLIES_MAX, QUICK_REPLY_TITLE_MAX, TEMPLATE_ELEMENTS_MAX, TEXT_LIMIT, Action, Filetype,
+    QUICK_REPLIES_MAX, TEMPLATE_ELEMENTS_MAX, TEXT_LIMIT, Action, Filetype,
 )
 
 __all__ = [
@@ -49,29 +51,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The quick-reply payload of a "next page" button: ``"__amp_page <token>"``.
-PAGE_PREFIX = "__amp_page "
-
-_DEFAULT_NEXT_LABEL = {"template": "Next page", "quick_reply": "More"}
-
 # Keyword arguments every send method knows; others go into the Send API body as they are, as
 # Ampalibe 1.1.9 passes them (``metadata=...``), unless they look like a misspelling of these.
 _SEND_KWARGS = frozenset({
     "messaging_type", "tag", "notification_type", "persona_id", "personas_id",
     "one_time_notif_token", "notification_messages_token",
 })
-
-
-class PageStore(Protocol):
-    """Where the remaining pages of a paginated send wait for the user's "next" tap.
-
-    :class:`flask_ampalibe.storage.Store` implements it in the database, so the tap can land
-    on any worker or host.
-    """
-
-    def save_page(self, user_id: str, data: dict) -> str: ...
-
-    def take_page(self, token: str, user_id: str) -> dict | None: ...
 
 
 # -- the client -------------------------------------------------------------------------------
@@ -84,22 +69,16 @@ class Messenger(GraphClient):
         Ampalibe 1.1.9's ``core.py`` writes it), the client takes the token and settings of the
         configured bot (``ampalibe.init`` or ``Ampalibe(app)``) at its first call, else
         ``AMP_ACCESS_TOKEN`` from the environment.
-    :param graph_url: base URL of the Graph API (tests point it at a fake).
-    :param graph_version: the Graph version, e.g. ``"v24.0"``.
-    :param app_secret: when set, every request carries ``appsecret_proof``.
-    :param timeout: seconds to wait for Graph (connect and read) on every request.
-    :param pages: a :class:`PageStore` for ``next=`` pagination (the app's Store); ``None``
-        makes ``next=`` raise an error that says so.
-    :param payload_encoder: turns a :class:`~flask_ampalibe.Payload` (any object that is not
-        JSON) into its string; ``None`` uses ``str(obj)``.
-    :param max_retries: retries of a transient error after the first attempt.
-    :param retry_budget: seconds after which no new retry starts.
-    :param session: a :class:`requests.Session` to use (one is created otherwise).
+    :param pages: a :class:`~flask_ampalibe.pagination.PageStore` for ``next=`` pagination (the
+        app's Store); ``None`` makes ``next=`` raise an error that says so.
+    :param graph_version: the Graph version, e.g. ``"v24.0"`` (default: ``"v24.0"``, or the
+        configured bot's for a ``Messenger()`` without a token).
     :param api_version: Ampalibe 1.1.9's name of ``graph_version``.
     :param log_level: accepted for Ampalibe 1.1.9 (``'error'``, ``'info'``, ``'quiet'``); logging
         goes through :mod:`logging` (logger ``flask_ampalibe.messenger``) whatever its value.
-    :param pool_maxsize: connections to Graph kept alive for reuse by concurrent calls (the
-        app passes ``AMPALIBE_MAX_CONCURRENCY``); ignored with ``session``.
+    :param options: the transport's keyword arguments, as :class:`~flask_ampalibe.graph.GraphClient`
+        documents them: ``graph_url`` (tests point it at a fake), ``app_secret``, ``timeout``,
+        ``payload_encoder``, ``max_retries``, ``retry_budget``, ``session``, ``pool_maxsize``.
 
     From ``async def`` code use :attr:`aio`: the same methods, awaitable, each call run in a
     thread (``await bot.chat.aio.send_text(sender_id, "Hi")``).
@@ -108,31 +87,15 @@ class Messenger(GraphClient):
     may replace; the backoff policy itself stays the same.
     """
 
-    def __init__(
-        self,
-        access_token: str | None = None,
-        *,
-        graph_url: str = "https://graph.facebook.com",
-        graph_version: str | None = None,
-        app_secret: str | None = None,
-        timeout: float = 10.0,
-        pages: PageStore | None = None,
-        payload_encoder: Callable[[Any], str] | None = None,
-        max_retries: int = 4,
-        retry_budget: float = 30.0,
-        session: requests.Session | None = None,
-        api_version: str | None = None,
-        log_level: str = "error",
-        pool_maxsize: int = 64,
-    ) -> None:
+    def __init__(self, access_token: str | None = None, *, pages: PageStore | None = None,
+                 graph_version: str | None = None, api_version: str | None = None, log_level: str = "error",
+                 **options: Any) -> None:
         if log_level not in ("error", "info", "quiet"):
             raise ValueError(f"Messenger(log_level=...) must be 'error', 'info' or 'quiet', not {log_level!r}.")
         version = graph_version or api_version
-        super().__init__(
-            access_token or "", graph_url=graph_url, graph_version=version or "v24.0", app_secret=app_secret,
-            timeout=timeout, payload_encoder=payload_encoder, max_retries=max_retries, retry_budget=retry_budget,
-            session=session, pool_maxsize=pool_maxsize,
-        )
+        if version is not None:
+            options["graph_version"] = version
+        super().__init__(access_token or "", **options)
         self.pages = pages
         self.log_level = log_level
         self._unbound = access_token is None
@@ -297,7 +260,7 @@ class Messenger(GraphClient):
             ui.check_quick_reply(item)
         text = text if isinstance(text, str) else str(text)
         ui.check_length(text, TEXT_LIMIT - 1, "The text of send_quick_reply", "Send the long text with send_text first.")
-        label = self._next_label(next, "quick_reply")
+        label = pagination.next_label(next, "quick_reply")
         self._envelope(dest_id, kwargs, "send_quick_reply")
         if len(items) > QUICK_REPLIES_MAX:
             if label is None:
@@ -306,18 +269,7 @@ class Messenger(GraphClient):
                     "Pass next=True (or next='More') to show them page by page, or send fewer."
                 )
             self._need_pages("send_quick_reply")
-        return self._quick_reply_page(dest_id, items, text, label, kwargs)
-
-    def _quick_reply_page(self, dest_id: Any, items: list[Any], text: str, label: str | None,
-                          kwargs: Mapping[str, Any]) -> requests.Response:
-        shown = items
-        if label is not None and len(items) > QUICK_REPLIES_MAX:
-            keep = QUICK_REPLIES_MAX - 1
-            token = self._save_page(dest_id, {
-                "kind": "quick_reply", "items": items[keep:], "text": text, "next": label, "kwargs": kwargs,
-            })
-            shown = items[:keep] + [self._next_button(label, token)]
-        return self._send(dest_id, {"text": text, "quick_replies": shown}, kwargs, "send_quick_reply")
+        return pagination.quick_reply_page(self, dest_id, items, text, label, kwargs)
 
     def send_template(self, dest_id: str, elements: Iterable[Any], quick_rep: Iterable[Any] | None = None,
                       next: bool | str = False, **kwargs: Any) -> requests.Response:
@@ -353,7 +305,7 @@ class Messenger(GraphClient):
             ui.check_element(item)
         for extra in extras:
             ui.check_quick_reply(extra)
-        label = self._next_label(next, "template")
+        label = pagination.next_label(next, "template")
         self._envelope(dest_id, kwargs, method)
         paged = len(items) > TEMPLATE_ELEMENTS_MAX
         if paged and label is None:
@@ -369,35 +321,7 @@ class Messenger(GraphClient):
             )
         if paged:
             self._need_pages(method)
-        return self._template_page(dest_id, items, extras, label, kwargs, method)
-
-    def _template_page(self, dest_id: Any, items: list[Any], extras: list[Any], label: str | None,
-                       kwargs: Mapping[str, Any], method: str) -> requests.Response:
-        shown, quick_replies = items, list(extras)
-        if label is not None and len(items) > TEMPLATE_ELEMENTS_MAX:
-            token = self._save_page(dest_id, {
-                "kind": "template", "elements": items[TEMPLATE_ELEMENTS_MAX:], "quick_rep": extras,
-                "next": label, "kwargs": kwargs,
-            })
-            shown = items[:TEMPLATE_ELEMENTS_MAX]
-            quick_replies.append(self._next_button(label, token))
-        message: dict[str, Any] = {
-            "attachment": {"type": "template", "payload": {"template_type": "generic", "elements": shown}},
-        }
-        if quick_replies:
-            message["quick_replies"] = quick_replies
-        return self._send(dest_id, message, kwargs, method)
-
-    # -- pagination plumbing -------------------------------------------------------------------
-    @staticmethod
-    def _next_label(next: bool | str | None, kind: str) -> str | None:
-        if next is None or next is False:
-            return None
-        label = _DEFAULT_NEXT_LABEL[kind] if next is True else str(next)
-        ui.check_length(label, QUICK_REPLY_TITLE_MAX, f"The next-page label {label!r}", "Use a shorter next= label.")
-        if not label.strip():
-            raise ValueError("next= must be True or a non-empty label such as 'Next page'.")
-        return label
+        return pagination.template_page(self, dest_id, items, extras, label, kwargs, method)
 
     def _need_pages(self, method: str) -> None:
         if self._unbound:
@@ -408,45 +332,18 @@ class Messenger(GraphClient):
                 "create it with Messenger(..., pages=store) (the app's chat has one), or send fewer items."
             )
 
-    @staticmethod
-    def _next_button(label: str, token: str) -> dict[str, str]:
-        return {"content_type": "text", "title": label, "payload": PAGE_PREFIX + token}
-
-    def _save_page(self, dest_id: Any, data: dict[str, Any]) -> str:
-        kwargs = {k: v for k, v in data.pop("kwargs").items() if k in ("persona_id", "personas_id", "notification_type")}
-        # The next page answers the user's tap, so it is a plain RESPONSE (no tag or one-time token).
-        data["kwargs"] = kwargs
-        assert self.pages is not None
-        return self.pages.save_page(str(dest_id), self._jsonable(data))
-
     def handle_internal(self, sender_id: str, text: str) -> bool:
-        """Handle the library's own quick replies (the "next page" taps).
+        """Handle a tap on a "next page" quick reply this client sent (:func:`flask_ampalibe.pagination.next_page`).
 
-        :returns: ``True`` when ``text`` was one of them (consumed, even if stale), ``False``
+        Apps do not need it: the dispatcher runs the app's internal commands itself
+        (:mod:`flask_ampalibe.internal`).
+
+        :returns: ``True`` when ``text`` was such a tap (consumed, even if stale), ``False``
             when it is for the bot's handlers.
         """
-        if not isinstance(text, str) or not (text.startswith(PAGE_PREFIX) or text == PAGE_PREFIX.strip()):
+        if not isinstance(text, str) or text.partition(" ")[0] != PAGE_COMMAND:
             return False
-        token = text[len(PAGE_PREFIX):].strip()
-        if self.pages is None or not token:
-            logger.warning("a next-page tap arrived but this Messenger has no page store (pages=None)")
-            return True
-        data = self.pages.take_page(token, str(sender_id))
-        if not isinstance(data, dict):
-            logger.info("stale or repeated next-page tap from user %s: nothing sent", sender_id)
-            return True
-        kwargs = data.get("kwargs") or {}
-        label = data.get("next") or None
-        if data.get("kind") == "template":
-            self._template_page(sender_id, list(data.get("elements") or ()), list(data.get("quick_rep") or ()),
-                                label, kwargs, "send_template")
-        elif data.get("kind") == "quick_reply":
-            self._quick_reply_page(sender_id, list(data.get("items") or ()), data.get("text") or "", label, kwargs)
-        elif data.get("kind") == "product":
-            self._product_page(sender_id, list(data.get("elements") or ()), list(data.get("quick_rep") or ()),
-                               label, kwargs)
-        else:
-            logger.warning("unknown page kind %r ignored", data.get("kind"))
+        pagination.next_page(self, sender_id, text)
         return True
 
     # -- attachments -----------------------------------------------------------------------------
@@ -610,7 +507,7 @@ class Messenger(GraphClient):
         extras = list(quick_rep or ())
         for extra in extras:
             ui.check_quick_reply(extra)
-        label = self._next_label(next, "template")
+        label = pagination.next_label(next, "template")
         self._envelope(dest_id, kwargs, "send_product_template")
         if len(elements) > PRODUCTS_MAX:
             if label is None:
@@ -620,22 +517,7 @@ class Messenger(GraphClient):
         if len(extras) > QUICK_REPLIES_MAX - (1 if len(elements) > PRODUCTS_MAX else 0):
             raise LimitError(f"send_product_template got {len(extras)} quick replies; Messenger shows at most "
                              f"{QUICK_REPLIES_MAX}, one of them taken by the next-page button. Send fewer.")
-        return self._product_page(dest_id, elements, extras, label, kwargs)
-
-    def _product_page(self, dest_id: Any, elements: list[Any], extras: list[Any], label: str | None,
-                      kwargs: Mapping[str, Any]) -> requests.Response:
-        shown, quick_replies = elements, list(extras)
-        if label is not None and len(elements) > PRODUCTS_MAX:
-            token = self._save_page(dest_id, {"kind": "product", "elements": elements[PRODUCTS_MAX:],
-                                              "quick_rep": extras, "next": label, "kwargs": kwargs})
-            shown = elements[:PRODUCTS_MAX]
-            quick_replies.append(self._next_button(label, token))
-        message: dict[str, Any] = {
-            "attachment": {"type": "template", "payload": {"template_type": "product", "elements": shown}},
-        }
-        if quick_replies:
-            message["quick_replies"] = quick_replies
-        return self._send(dest_id, message, kwargs, "send_product_template")
+        return pagination.product_page(self, dest_id, elements, extras, label, kwargs)
 
     # -- notifications -----------------------------------------------------------------------------
     def send_onetime_notification_request(self, dest_id: str, title: str | None, payload: Any,
