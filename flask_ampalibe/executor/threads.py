@@ -1,238 +1,27 @@
-"""Executors: where and when recorded events are handled.
-
-All share the same steps: claim a user's lease and take their oldest event
-(:meth:`Executor.begin`), handle it, record the outcome and take the next one
-(:meth:`Executor.advance`) until none is left.  :meth:`Executor.drain` runs those steps for one
-user in the calling thread: it is *the* "drain one user" function an executor built on another
-mechanism (Celery, …) calls.  The executors differ in *where and when* the steps run:
-
-- :class:`InlineExecutor` — inside the request, before the 200 (tests, debugging);
-- :class:`ThreadExecutor` — in the web worker after the 200 (the default): elastic threads and,
-  for ``async def`` bots, the process's event loop, up to ``max_concurrency`` events at once;
-- :class:`PollingExecutor` — records only; a separate ``ampalibe worker`` process
-  (a :class:`ThreadExecutor` driven by polling) handles the events.
-
-The interface is small on purpose — :meth:`~Executor.notify` (users), :meth:`~Executor.start`,
-:meth:`~Executor.shutdown` — so that a distributed executor can take its place.  The Celery executor
-(:class:`flask_ampalibe.celery_executor.CeleryExecutor`, ``AMPALIBE_EXECUTOR=celery``) sends a Celery
-task per user, whose workers run :meth:`Executor.drain`.
-
-Executors survive ``fork()`` (gunicorn's ``preload_app``, multiprocessing): the child gets its
-own lease owner name, fresh locks, no inherited threads, and does not reuse the parent's
-database connections.
+"""The default executor: events handled in the web worker after the 200, in elastic threads or,
+for ``async def`` bots, on the process's event loop (:class:`ThreadExecutor`).
 """
 from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 import time
-import uuid
-import weakref
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
-from . import aio
-from .aio import ElasticPool
-from .config import DEFAULT_MAX_CONCURRENCY
-from .dberrors import is_unavailable, outage_for
-from .engine import background_writes
-from .inbox import Claimed, Inbox, lease_owner
-from .schema import SchemaError
+from .. import aio
+from ..aio import ElasticPool
+from ..config import DEFAULT_MAX_CONCURRENCY
+from ..dberrors import is_unavailable, outage_for
+from ..engine import background_writes
+from ..inbox import Claimed, Inbox
+from ..schema import SchemaError
+from .base import MAX_BACKOFF, PURGE_EVERY, Executor, Handle
 
-__all__ = ["Executor", "InlineExecutor", "ThreadExecutor", "PollingExecutor", "make_executor",
-           "DEFAULT_MAX_CONCURRENCY"]
+__all__ = ["ThreadExecutor"]
 
 logger = logging.getLogger(__name__)
-
-Handle = Callable[[Claimed], "BaseException | None"]
-
-#: Seconds between two purges of handled events older than the retention.
-PURGE_EVERY = 600.0
-#: The longest pause between two tries while the database is unreachable (the pauses double).
-MAX_BACKOFF = 60.0
-
-_executors: "weakref.WeakSet[Executor]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # Runs in the child right after fork(), when it has a single thread: nothing can hold the
-    # locks being replaced.
-    for executor in list(_executors):
-        executor._after_fork()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class Executor:
-    """Base class: runs :meth:`drain` for users that have events.
-
-    :param inbox: where events are recorded.
-    :param handle: runs one event; returns the handler's exception, if it raised.
-    :param lease_seconds: how long a claimed user stays reserved without renewal.
-    :param poll_seconds: how often abandoned work is looked for (thread and worker executors).
-    :param retention_seconds: how long handled events are kept.
-    """
-
-    def __init__(self, inbox: Inbox, handle: Handle, lease_seconds: float = 30.0, poll_seconds: float = 2.0,
-                 retention_seconds: float = 7 * 86400.0) -> None:
-        self.inbox = inbox
-        self.handle = handle
-        self.lease_seconds = lease_seconds
-        self.poll_seconds = poll_seconds
-        self.retention_seconds = retention_seconds
-        self.stopping = threading.Event()
-        self._owner = ""
-        self._owner_pid = 0
-        self._owner_lock = threading.Lock()
-        _executors.add(self)
-
-    @property
-    def owner(self) -> str:
-        """The name this process's leases are held under (a new one in each process)."""
-        pid = os.getpid()
-        if self._owner_pid != pid:
-            with self._owner_lock:
-                if self._owner_pid != pid:
-                    # A tag of its own: two executors of one process must not renew each other's leases.
-                    self._owner = lease_owner(uuid.uuid4().hex[:12])
-                    self._owner_pid = pid
-        return self._owner
-
-    def _after_fork(self) -> None:
-        """Forget what belongs to the parent process (called in a forked child)."""
-        self._owner_lock = threading.Lock()
-        self._owner_pid = 0  # the child's leases get a name of their own
-        stopped, self.stopping = self.stopping.is_set(), threading.Event()
-        if stopped:
-            self.stopping.set()
-        try:
-            # The parent's pooled connections must not be used by two processes.
-            self.inbox.engine.dispose(close=False)
-        except Exception:  # pragma: no cover - never fatal for the child
-            logger.exception("could not reset the database pool after fork")
-
-    def notify(self, users: Iterable[str]) -> None:
-        """Events were recorded for ``users``: get them handled."""
-        raise NotImplementedError
-
-    def start(self) -> None:
-        """Start background threads, if this executor has any (idempotent)."""
-
-    def shutdown(self, timeout: float = 30.0) -> bool:
-        """Stop taking work; wait up to ``timeout`` seconds for running handlers.
-
-        :returns: whether no handler is still running.
-        """
-        self.stopping.set()
-        return True
-
-    def drain(self, user_id: str) -> int:
-        """Handle ``user_id``'s unfinished events, one at a time, oldest first, if no one else is.
-
-        The shared "drain one user" function: blocking, in the calling thread (``async def``
-        bot code runs on the process's event loop meanwhile).  On shutdown it finishes the
-        running event and starts no other.
-
-        :returns: how many events were handled.
-        """
-        claimed = self.begin(user_id)
-        handled = 0
-        while claimed is not None:
-            try:
-                error = self._handle(claimed)
-            except BaseException:  # KeyboardInterrupt, SystemExit: the lease must not outlive us
-                self.inbox.release(user_id, self.owner)
-                raise
-            handled += 1
-            claimed = self.advance(user_id, claimed, error)
-        return handled
-
-    def begin(self, user_id: str) -> Claimed | None:
-        """Claim ``user_id``'s lease and take their oldest unfinished event.
-
-        :returns: the event to handle now (its lease held by :attr:`owner`), or ``None``:
-            nothing to do, another worker holds the user, or shutdown began.
-        """
-        if self.stopping.is_set():
-            return None
-        owner = self.owner
-        # ``take`` gives the lease back itself when the user has no event left.
-        claimed = self.inbox.take(user_id, owner, self.lease_seconds)
-        if claimed is None:
-            return None
-        if self.stopping.is_set():  # shutdown began: leave it to the next worker
-            self.putback(user_id, claimed)
-            return None
-        return claimed
-
-    def advance(self, user_id: str, finished: Claimed, error: BaseException | None) -> Claimed | None:
-        """Record ``finished``'s outcome and take the user's next event (one transaction).
-
-        :returns: the next event, or ``None`` with the lease given back (nothing left, the lease
-            was lost to another worker, or shutdown began).
-        """
-        owner = self.owner
-        try:
-            if not self.stopping.is_set():
-                # ``next_event`` gives the lease back itself when it returns None.
-                return self.inbox.next_event(user_id, owner, self.lease_seconds, finished=finished, error=error)
-            self.inbox.finish(finished, error)  # shutdown: finish this one, start no other
-        except BaseException:
-            self._release_quietly(user_id, owner)
-            raise
-        self.inbox.release(user_id, owner)
-        return None
-
-    def putback(self, user_id: str, claimed: Claimed) -> None:
-        """Give back an event taken by :meth:`begin` or :meth:`advance` but not started, and the lease."""
-        try:
-            self.inbox.putback(claimed)
-        finally:
-            self._release_quietly(user_id, self.owner)
-
-    def _release_quietly(self, user_id: str, owner: str) -> None:
-        try:
-            self.inbox.release(user_id, owner)
-        except Exception as exc:  # the lease expires anyway
-            if is_unavailable(exc):  # an outage: reported once (dberrors.Outage)
-                outage_for(self.inbox.engine).failed(exc)
-                return
-            logger.exception("could not give back the lease of user %s; it expires in %.0f s", user_id,
-                             self.lease_seconds)
-
-    def _handle(self, claimed: Claimed) -> BaseException | None:
-        try:
-            outcome = self.handle(claimed)
-            return outcome if isinstance(outcome, BaseException) else None  # anything else is success
-        except Exception as exc:  # the handler's errors are caught by ``handle``; this is a hook's or ours
-            logger.exception("event %s of user %s could not be handled", claimed.event.key, claimed.event.sender_id)
-            return exc
-
-    def sweep(self) -> int:
-        """Pick up events nobody is handling (missed wake-ups, expired leases); returns users woken."""
-        users = self.inbox.ready_users()
-        if users:
-            self.notify(users)
-        return len(users)
-
-
-class InlineExecutor(Executor):
-    """Handles events inside the request, before the response (for tests and debugging)."""
-
-    def notify(self, users: Iterable[str]) -> None:
-        for user_id in users:
-            self.drain(user_id)
-
-
-class PollingExecutor(Executor):
-    """Only records: a separate ``ampalibe worker`` process handles the events."""
-
-    def notify(self, users: Iterable[str]) -> None:
-        pass
 
 
 #: Threads that run the inbox's statements between the events of ``async def`` bots.
@@ -543,20 +332,3 @@ class ThreadExecutor(Executor):
             logger.warning("%s bot handler(s) still running after %.1f s; their events will be handled again "
                            "once their lease expires", running, timeout)
         return not running
-
-
-def make_executor(kind: str, inbox: Inbox, handle: Handle, threads: int, lease_seconds: float,
-                  poll_seconds: float, retention_seconds: float, broker_url: str | None = None,
-                  requeue_seconds: float = 30.0) -> Executor:
-    """The executor named by ``AMPALIBE_EXECUTOR``; ``threads`` is ``AMPALIBE_MAX_CONCURRENCY``."""
-    kwargs: dict[str, Any] = dict(lease_seconds=lease_seconds, poll_seconds=poll_seconds,
-                                  retention_seconds=retention_seconds)
-    if kind == "celery":
-        from .celery_executor import CeleryExecutor  # Celery is an optional extra
-
-        return CeleryExecutor(inbox, handle, broker_url=str(broker_url), requeue_seconds=requeue_seconds, **kwargs)
-    if kind == "inline":
-        return InlineExecutor(inbox, handle, **kwargs)
-    if kind == "worker":
-        return PollingExecutor(inbox, handle, **kwargs)
-    return ThreadExecutor(inbox, handle, max_concurrency=threads, **kwargs)
