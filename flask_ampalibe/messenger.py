@@ -8,13 +8,14 @@ Messenger's limits before sending, and returns the :class:`requests.Response` (s
     if res.status_code != 200:
         print(res.text)  # Graph's error, also logged with its code, subcode and fbtrace_id
 
-The transport (authentication, JSON encoding, retries of transient errors, never a double send)
-is :class:`~flask_ampalibe.graph.GraphClient`, the base class; ``next=`` pagination is
-:mod:`flask_ampalibe.pagination`; text splitting is :mod:`flask_ampalibe.text`.
+The methods about the Page rather than a message (``get_started``, ``persistent_menu``, user
+profiles, personas) come from :class:`~flask_ampalibe.page.PageClient`, and the transport
+(authentication, JSON encoding, retries of transient errors, never a double send) from its base,
+:class:`~flask_ampalibe.graph.GraphClient`.  The Send API envelope is :mod:`flask_ampalibe.envelope`,
+``next=`` pagination :mod:`flask_ampalibe.pagination`, text splitting :mod:`flask_ampalibe.text`.
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import mimetypes
 import os
@@ -25,43 +26,23 @@ import requests
 
 from . import pagination, ui
 from .compat import accept_119_keywords, configured_chat, environ_token
+from .envelope import SEND_KWARGS, envelope, extra_fields
 from .errors import ConfigurationError, GraphConnectionError, GraphError, GraphTimeout, LimitError
-from .graph import TRANSIENT_CODES, GraphClient, GraphErrorInfo, graph_error
+from .graph import TRANSIENT_CODES, GraphErrorInfo, graph_error
+from .page import PageClient
 from .pagination import PAGE_COMMAND, PAGE_PREFIX, PageStore
 from .text import split_text
-from .ui import (
-    BUTTON_TEXT_MAX, ELEMENT_BUTTONS_MAX, MENU_TITLE_MAX, NOTIFICATION_TITLE_MAX, PRODUCTS_MAX,
-    QUICK_REPLIES_MAX, TEMPLATE_ELEMENTS_MAX, TEXT_LIMIT, Action, Filetype,
-)
+from .ui import (BUTTON_TEXT_MAX, ELEMENT_BUTTONS_MAX, NOTIFICATION_TITLE_MAX, QUICK_REPLIES_MAX, TEXT_LIMIT, Action,
+                 Filetype)
 
-__all__ = [
-    "Messenger",
-    "GraphError",
-    "GraphTimeout",
-    "GraphConnectionError",
-    "GraphErrorInfo",
-    "graph_error",
-    "split_text",
-    "Action",
-    "Filetype",
-    "PageStore",
-    "PAGE_PREFIX",
-    "TRANSIENT_CODES",
-]
+__all__ = ["Messenger", "GraphError", "GraphTimeout", "GraphConnectionError", "GraphErrorInfo", "graph_error",
+           "split_text", "Action", "Filetype", "PageStore", "PAGE_PREFIX", "TRANSIENT_CODES"]
 
 logger = logging.getLogger(__name__)
 
-# Keyword arguments every send method knows; others go into the Send API body as they are, as
-# Ampalibe 1.1.9 passes them (``metadata=...``), unless they look like a misspelling of these.
-_SEND_KWARGS = frozenset({
-    "messaging_type", "tag", "notification_type", "persona_id", "personas_id",
-    "one_time_notif_token", "notification_messages_token",
-})
-
-
 # -- the client -------------------------------------------------------------------------------
 @accept_119_keywords  # chat.send_text(sender_id=..., text=...), as Ampalibe 1.1.9 names them
-class Messenger(GraphClient):
+class Messenger(PageClient):
     """A client of the Messenger Send API and Messenger Profile API.
 
     :param access_token: the Page access token (an empty one makes every call raise
@@ -134,42 +115,14 @@ class Messenger(GraphClient):
         return self._auth["access_token"]
 
     @property
-    def page_id(self) -> str | None:
-        """The id of the Page the access token belongs to (asks Graph: ``GET /me?fields=id``)."""
-        response = self._request("GET", "/me", label="page_id", params={"fields": "id"}, idempotent=True)
-        found = _json_or(response, {}).get("id")
-        return str(found) if found is not None else None
-
-    @property
     def aio(self) -> Any:
         """This client for ``async def`` code: every method awaitable, run in a thread."""
         from .aio import AsyncProxy
         return AsyncProxy(self)
 
-    # -- the Send API envelope -------------------------------------------------------------------
-    def _envelope(self, dest_id: Any, kwargs: Mapping[str, Any], method: str) -> dict[str, Any]:
-        extra = _extra_fields(kwargs, _SEND_KWARGS, method, ("recipient", "message"))
-        body: dict[str, Any] = {}
-        if kwargs.get("one_time_notif_token"):
-            body["recipient"] = {"one_time_notif_token": kwargs["one_time_notif_token"]}
-        elif kwargs.get("notification_messages_token"):
-            body["recipient"] = {"notification_messages_token": kwargs["notification_messages_token"]}
-        else:
-            body["recipient"] = {"id": str(dest_id)}
-            body["messaging_type"] = "MESSAGE_TAG" if kwargs.get("tag") else "RESPONSE"
-        if kwargs.get("messaging_type"):
-            body["messaging_type"] = kwargs["messaging_type"]
-        for key in ("tag", "notification_type"):
-            if kwargs.get(key):
-                body[key] = kwargs[key]
-        persona = kwargs.get("persona_id") or kwargs.get("personas_id")
-        if persona:
-            body["persona_id"] = str(persona)
-        body.update(extra)
-        return body
-
+    # -- the Send API ------------------------------------------------------------------------------
     def _send(self, dest_id: Any, message: Any, kwargs: Mapping[str, Any], method: str) -> requests.Response:
-        body = self._envelope(dest_id, kwargs, method)
+        body = envelope(dest_id, kwargs, method)
         body["message"] = message
         return self._request("POST", "/me/messages", label=method, json_body=body)
 
@@ -191,7 +144,7 @@ class Messenger(GraphClient):
             chat.send_text(sender_id, "Hello world")
         """
         text = text if isinstance(text, str) else str(text)
-        self._envelope(dest_id, kwargs, "send_text")  # check the keywords before sending anything
+        envelope(dest_id, kwargs, "send_text")  # check the keywords before sending anything
         response: requests.Response | None = None
         for piece in split_text(text):
             response = self._send(dest_id, {"text": piece}, kwargs, "send_text")
@@ -225,7 +178,7 @@ class Messenger(GraphClient):
         allowed = [a.value for a in Action]
         if action not in allowed:
             raise ValueError(f"send_action: action must be one of {allowed}, not {action!r}.")
-        extra = _extra_fields(kwargs, {"persona_id", "personas_id"} | _SEND_KWARGS, "send_action",
+        extra = extra_fields(kwargs, {"persona_id", "personas_id"} | SEND_KWARGS, "send_action",
                               ("recipient", "message", "sender_action"))
         body: dict[str, Any] = {"recipient": {"id": str(dest_id)}, "sender_action": action}
         persona = kwargs.get("persona_id") or kwargs.get("personas_id")
@@ -261,14 +214,8 @@ class Messenger(GraphClient):
         text = text if isinstance(text, str) else str(text)
         ui.check_length(text, TEXT_LIMIT - 1, "The text of send_quick_reply", "Send the long text with send_text first.")
         label = pagination.next_label(next, "quick_reply")
-        self._envelope(dest_id, kwargs, "send_quick_reply")
-        if len(items) > QUICK_REPLIES_MAX:
-            if label is None:
-                raise LimitError(
-                    f"send_quick_reply got {len(items)} quick replies; Messenger shows at most {QUICK_REPLIES_MAX}. "
-                    "Pass next=True (or next='More') to show them page by page, or send fewer."
-                )
-            self._need_pages("send_quick_reply")
+        envelope(dest_id, kwargs, "send_quick_reply")
+        pagination.paged(self, "send_quick_reply", "quick_reply", len(items), label)
         return pagination.quick_reply_page(self, dest_id, items, text, label, kwargs)
 
     def send_template(self, dest_id: str, elements: Iterable[Any], quick_rep: Iterable[Any] | None = None,
@@ -306,31 +253,15 @@ class Messenger(GraphClient):
         for extra in extras:
             ui.check_quick_reply(extra)
         label = pagination.next_label(next, "template")
-        self._envelope(dest_id, kwargs, method)
-        paged = len(items) > TEMPLATE_ELEMENTS_MAX
-        if paged and label is None:
-            raise LimitError(
-                f"{method} got {len(items)} elements; a generic template holds at most {TEMPLATE_ELEMENTS_MAX}. "
-                "Pass next=True (or next='Next page') to show them page by page, or send fewer."
-            )
+        envelope(dest_id, kwargs, method)
+        paged = pagination.paged(self, method, "template", len(items), label)
         room = QUICK_REPLIES_MAX - (1 if paged else 0)
         if len(extras) > room:
             raise LimitError(
                 f"{method} got {len(extras)} quick replies; Messenger shows at most {QUICK_REPLIES_MAX}"
                 + (" and one is taken by the next-page button" if paged else "") + ". Send fewer quick replies."
             )
-        if paged:
-            self._need_pages(method)
         return pagination.template_page(self, dest_id, items, extras, label, kwargs, method)
-
-    def _need_pages(self, method: str) -> None:
-        if self._unbound:
-            self._bind()
-        if self.pages is None:
-            raise ValueError(
-                f"{method}(next=...) keeps the next pages in the database, but this Messenger has no page store: "
-                "create it with Messenger(..., pages=store) (the app's chat has one), or send fewer items."
-            )
 
     def handle_internal(self, sender_id: str, text: str) -> bool:
         """Handle a tap on a "next page" quick reply this client sent (:func:`flask_ampalibe.pagination.next_page`).
@@ -359,7 +290,7 @@ class Messenger(GraphClient):
 
             chat.send_file_url(sender_id, "https://i.imgur.com/6b45bi.jpg", filetype="image")
         """
-        filetype = _filetype(filetype)
+        filetype = ui.check_filetype(filetype)
         message = {"attachment": {"type": filetype, "payload": {"url": url, "is_reusable": bool(reusable)}}}
         return self._send(dest_id, message, kwargs, "send_file_url")
 
@@ -377,7 +308,7 @@ class Messenger(GraphClient):
             chat.send_file(sender_id, "mydocument.pdf")
             chat.send_file(sender_id, "intro.mp4", filetype="video")
         """
-        filetype = _filetype(filetype)
+        filetype = ui.check_filetype(filetype)
         if hasattr(file, "read"):
             content = file.read()
             name = filename or os.path.basename(str(getattr(file, "name", "") or "")) or "file"
@@ -390,7 +321,7 @@ class Messenger(GraphClient):
         if len(content) > ui.ATTACHMENT_MAX_BYTES:
             raise LimitError(f"send_file: {name!r} is {len(content)} bytes; Messenger accepts attachments up to 25 MB. "
                              "Send a link to it instead (send_text or a web_url button).")
-        body = self._envelope(dest_id, kwargs, "send_file")
+        body = envelope(dest_id, kwargs, "send_file")
         body["message"] = {"attachment": {"type": filetype, "payload": {"is_reusable": bool(reusable)}}}
         fields = {key: (value if isinstance(value, str) else self._dumps(value).decode("utf-8"))
                   for key, value in body.items()}
@@ -407,7 +338,7 @@ class Messenger(GraphClient):
             res = chat.send_file(sender_id, "assets/private/doc.pdf", reusable=True)
             chat.send_attachment(other_id, res.json()["attachment_id"])
         """
-        filetype = _filetype(filetype)
+        filetype = ui.check_filetype(filetype)
         message = {"attachment": {"type": filetype, "payload": {"attachment_id": str(attachment_id)}}}
         return self._send(dest_id, message, kwargs, "send_attachment")
 
@@ -508,13 +439,9 @@ class Messenger(GraphClient):
         for extra in extras:
             ui.check_quick_reply(extra)
         label = pagination.next_label(next, "template")
-        self._envelope(dest_id, kwargs, "send_product_template")
-        if len(elements) > PRODUCTS_MAX:
-            if label is None:
-                raise LimitError(f"send_product_template got {len(elements)} products; a product template holds at "
-                                 f"most {PRODUCTS_MAX}. Pass next=True to show them page by page, or send fewer.")
-            self._need_pages("send_product_template")
-        if len(extras) > QUICK_REPLIES_MAX - (1 if len(elements) > PRODUCTS_MAX else 0):
+        envelope(dest_id, kwargs, "send_product_template")
+        paged = pagination.paged(self, "send_product_template", "product", len(elements), label)
+        if len(extras) > QUICK_REPLIES_MAX - (1 if paged else 0):
             raise LimitError(f"send_product_template got {len(extras)} quick replies; Messenger shows at most "
                              f"{QUICK_REPLIES_MAX}, one of them taken by the next-page button. Send fewer.")
         return pagination.product_page(self, dest_id, elements, extras, label, kwargs)
@@ -573,113 +500,6 @@ class Messenger(GraphClient):
         return self._send(None, content, {**kwargs, "notification_messages_token": token},
                           "send_recurring_notification")
 
-    # -- Messenger Profile ---------------------------------------------------------------------
-    def get_started(self, payload: Any = "/") -> requests.Response:
-        """Set the Get Started button of the Page; tapping it sends ``payload``.
-
-        Example::
-
-            chat.get_started()
-        """
-        ui.check_payload(payload, "The get_started payload")
-        return self._request("POST", "/me/messenger_profile", label="get_started",
-                             json_body={"get_started": {"payload": payload}}, idempotent=True)
-
-    def persistent_menu(self, dest_id: str | None, persistent_menu: Iterable[Any], action: str = "PUT", *,
-                        locale: str = "default", composer_input_disabled: bool = False,
-                        per_user: bool | None = None) -> requests.Response:
-        """Set (``action='PUT'``) or remove (``'DELETE'``) the persistent menu.
-
-        As in Ampalibe 1.1.9, with a user's id it is that user's own menu (``custom_user_settings``),
-        and removing it removes only theirs.  With ``dest_id=None`` (or ``per_user=False``) it is
-        the Page's menu, everyone's (Messenger Profile API).  Items are :class:`~flask_ampalibe.ui.Button` objects or
-        dicts with titles of at most 30 characters; a list of complete locale entries (dicts
-        with ``call_to_actions``) is sent as it is.  Messenger shows the menu only once
-        :meth:`get_started` is set.
-
-        Example::
-
-            persistent_menu = [
-                {"type": "postback", "title": "Menu", "payload": "/menu"},
-                {"type": "postback", "title": "Logout", "payload": "/logout"},
-            ]
-            chat.persistent_menu(sender_id, persistent_menu)
-        """
-        action = str(action).upper()
-        if per_user is None:
-            per_user = bool(dest_id)
-        path = "/me/custom_user_settings" if per_user else "/me/messenger_profile"
-        if per_user and not dest_id:
-            raise ValueError("persistent_menu(per_user=True) needs the user's id as dest_id.")
-        if action == "DELETE":
-            if per_user:
-                return self._request("DELETE", path, label="persistent_menu", idempotent=True,
-                                     params={"psid": str(dest_id), "params": '["persistent_menu"]'})
-            return self._request("DELETE", path, label="persistent_menu", idempotent=True,
-                                 json_body={"fields": ["persistent_menu"]})
-        if action not in ("PUT", "POST"):
-            raise ValueError(f"persistent_menu: action must be 'PUT' or 'DELETE', not {action!r}.")
-        items = list(persistent_menu)
-        if items and all(isinstance(i, Mapping) and "call_to_actions" in i for i in items):
-            menus = items
-            for menu in menus:
-                _check_menu_items(menu["call_to_actions"])
-        else:
-            _check_menu_items(items)
-            menus = [{"locale": locale, "composer_input_disabled": bool(composer_input_disabled),
-                      "call_to_actions": items}]
-        body: dict[str, Any] = {"persistent_menu": menus}
-        if per_user:
-            body = {"psid": str(dest_id), **body}
-        return self._request("POST", path, label="persistent_menu", json_body=body, idempotent=True)
-
-    # -- users and personas -------------------------------------------------------------------------
-    def get_user_profile(self, dest_id: str, fields: str = "first_name,last_name,profile_pic") -> dict[str, Any]:
-        """The user's public profile fields, or ``{}`` when Graph gives none (error logged).
-
-        Example::
-
-            chat.get_user_profile(sender_id)["first_name"]
-        """
-        response = self._request("GET", f"/{dest_id}", label="get_user_profile", params={"fields": fields},
-                                 idempotent=True)
-        return _json_or(response, {})
-
-    def create_personas(self, name: str, profile_picture_url: str) -> str | None:
-        """Create a persona; return its id (``None`` when Graph refused, error logged).
-
-        Send as the persona with ``persona_id=`` on any send method::
-
-            persona_id = chat.create_personas("Rivo", "https://example.com/rivo.png")
-            chat.send_text(sender_id, "Hello", persona_id=persona_id)
-        """
-        response = self._request("POST", "/me/personas", label="create_personas",
-                                 json_body={"name": name, "profile_picture_url": profile_picture_url})
-        return _json_or(response, {}).get("id")
-
-    def get_personas(self, personas_id: str) -> dict[str, Any]:
-        """A persona as a dict (``{}`` when Graph refused, error logged)."""
-        response = self._request("GET", f"/{personas_id}", label="get_personas", idempotent=True)
-        return _json_or(response, {})
-
-    def list_personas(self) -> list[dict[str, Any]]:
-        """Every persona of the Page (all result pages followed)."""
-        found: list[dict[str, Any]] = []
-        params: dict[str, Any] = {}
-        for _ in range(100):  # a bound, in case Graph kept answering the same cursor
-            body = _json_or(self._request("GET", "/me/personas", label="list_personas", params=params,
-                                          idempotent=True), {})
-            found.extend(body.get("data") or ())
-            after = ((body.get("paging") or {}).get("cursors") or {}).get("after")
-            if not (body.get("paging") or {}).get("next") or not after:
-                break
-            params = {"after": after}
-        return found
-
-    def delete_personas(self, personas_id: str) -> requests.Response:
-        """Delete a persona."""
-        return self._request("DELETE", f"/{personas_id}", label="delete_personas", idempotent=True)
-
     # -- anything else -------------------------------------------------------------------------------
     def send_custom(self, custom_json: Mapping[str, Any], endpoint: str = "/messages") -> requests.Response:
         """POST ``custom_json`` to ``/me{endpoint}`` for a Graph API the client does not cover.
@@ -691,47 +511,3 @@ class Messenger(GraphClient):
         """
         endpoint = "/" + endpoint.lstrip("/")
         return self._request("POST", "/me" + endpoint, label=f"send_custom {endpoint}", json_body=custom_json)
-
-
-# -- helpers ---------------------------------------------------------------------------------------
-def _filetype(filetype: Any) -> str:
-    value = str(filetype)
-    allowed = [f.value for f in Filetype]
-    if value not in allowed:
-        raise ValueError(f"filetype must be one of {allowed}, not {value!r}.")
-    return value
-
-
-def _extra_fields(kwargs: Mapping[str, Any], known: "set[str] | frozenset[str]", method: str,
-                  built: tuple[str, ...]) -> dict[str, Any]:
-    """The keyword arguments that go into the request body as they are (Ampalibe 1.1.9 passes
-    every unknown one through); a near-miss of a known one or a field the method builds raises."""
-    extra = {k: v for k, v in kwargs.items() if k not in known}
-    for key in extra:
-        if key in built:
-            raise TypeError(f"{method}() builds {key!r} itself; use send_custom() to send a body of your own.")
-        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
-        if close:
-            raise TypeError(f"{method}() got an unexpected keyword argument {key!r}; did you mean {close[0]!r}? "
-                            "(Other Send API fields pass through as they are; see also send_custom().)")
-    return extra
-
-
-def _check_menu_items(items: Iterable[Any]) -> None:
-    for item in items:
-        if not isinstance(item, Mapping):
-            raise TypeError(f"A persistent menu item must be a Button or a dict, not {type(item).__name__}.")
-        title = item.get("title")
-        ui.check_length(title, MENU_TITLE_MAX, f"The persistent menu title {title!r}", "Shorten it.")
-        ui.check_button(item, "persistent menu item")
-
-
-def _json_or(response: requests.Response, default: Any) -> Any:
-    if not response.ok:
-        return default
-    try:
-        body = response.json()
-    except ValueError:
-        return default
-    return body if isinstance(body, type(default)) else default
-

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import ui
+from .errors import LimitError
 from .ui import PRODUCTS_MAX, QUICK_REPLIES_MAX, QUICK_REPLY_TITLE_MAX, TEMPLATE_ELEMENTS_MAX
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
     from .messenger import Messenger
 
-__all__ = ["PAGE_COMMAND", "PAGE_PREFIX", "PageStore", "next_label", "next_page", "template_page",
+__all__ = ["PAGE_COMMAND", "PAGE_PREFIX", "PageStore", "next_label", "paged", "next_page", "template_page",
            "quick_reply_page", "product_page"]
 
 # The records keep the logger name they had when pagination lived in messenger.py.
@@ -39,6 +40,13 @@ PAGE_COMMAND = "__amp_page"
 PAGE_PREFIX = PAGE_COMMAND + " "
 
 _DEFAULT_NEXT_LABEL = {"template": "Next page", "quick_reply": "More"}
+# How many items of each kind one message shows, and how a send of more without next= is refused.
+_PER_MESSAGE = {"quick_reply": QUICK_REPLIES_MAX, "template": TEMPLATE_ELEMENTS_MAX, "product": PRODUCTS_MAX}
+_REFUSAL = {
+    "quick_reply": ("quick replies", "Messenger shows", " (or next='More')"),
+    "template": ("elements", "a generic template holds", " (or next='Next page')"),
+    "product": ("products", "a product template holds", ""),
+}
 # Send keywords a later page keeps: it answers the user's tap, so it is a plain RESPONSE (no tag
 # or one-time token), by the same persona.
 _KEPT_KWARGS = ("persona_id", "personas_id", "notification_type")
@@ -68,6 +76,30 @@ def next_label(next: bool | str | None, kind: str) -> str | None:
     if not label.strip():
         raise ValueError("next= must be True or a non-empty label such as 'Next page'.")
     return label
+
+
+def paged(chat: "Messenger", method: str, kind: str, count: int, label: str | None) -> bool:
+    """Whether ``count`` items of ``kind`` (``"quick_reply"``, ``"template"``, ``"product"``) need
+    more than one message; they may only with ``next=`` and a page store.
+
+    :raises LimitError: they need several messages and ``next=`` is not set.
+    :raises ValueError: ``chat`` has no page store to keep the next pages in.
+    """
+    per_message = _PER_MESSAGE[kind]
+    if count <= per_message:
+        return False
+    if label is None:
+        what, holder, hint = _REFUSAL[kind]
+        raise LimitError(f"{method} got {count} {what}; {holder} at most {per_message}. "
+                         f"Pass next=True{hint} to show them page by page, or send fewer.")
+    if chat._unbound:  # a Messenger() without a token takes the configured bot's store
+        chat._bind()
+    if chat.pages is None:
+        raise ValueError(
+            f"{method}(next=...) keeps the next pages in the database, but this Messenger has no page store: "
+            "create it with Messenger(..., pages=store) (the app's chat has one), or send fewer items."
+        )
+    return True
 
 
 # -- one page of each kind (the first one, or the one a tap asks for) ------------------------------
@@ -155,6 +187,6 @@ def _button(label: str, token: str) -> dict[str, str]:
 
 def _save(chat: "Messenger", dest_id: Any, data: dict[str, Any]) -> str:
     data["kwargs"] = {k: v for k, v in data["kwargs"].items() if k in _KEPT_KWARGS}
-    assert chat.pages is not None  # checked before the first page is built (Messenger._need_pages)
+    assert chat.pages is not None  # checked before the first page is built (paged())
     # Payload objects are encoded now, with the sending app's codec: the store keeps plain JSON.
     return chat.pages.save_page(str(dest_id), chat._jsonable(data))

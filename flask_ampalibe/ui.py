@@ -169,6 +169,15 @@ def check_payload(value: Any, what: str) -> None:
                  "Keep an id in the payload and store the rest (query.set_temp) or use a shorter Payload.")
 
 
+def check_filetype(filetype: Any) -> str:
+    """``filetype`` as one of :class:`Filetype`'s values (``'image'``, …); anything else raises ``ValueError``."""
+    value = str(filetype)
+    allowed = [f.value for f in Filetype]
+    if value not in allowed:
+        raise ValueError(f"filetype must be one of {allowed}, not {value!r}.")
+    return value
+
+
 def check_quick_reply(item: Any, where: str = "quick reply") -> None:
     """Validate one quick reply (a :class:`QuickReply` or a dict)."""
     if not isinstance(item, Mapping):
