@@ -108,7 +108,8 @@ def head() -> str:
 def _version_table() -> Table:
     """Alembic's version table under our name (Alembic creates it the same way)."""
     return Table(VERSION_TABLE, MetaData(), Column("version_num", String(32), nullable=False),
-                 PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"))
+                 PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
+                 mysql_charset="utf8mb4", mysql_collate="utf8mb4_unicode_ci")
 
 
 def _context(conn: Connection) -> Any:

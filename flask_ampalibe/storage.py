@@ -42,6 +42,9 @@ def _Key(length: int) -> String:
 
 
 _Id = BigInteger().with_variant(Integer(), "sqlite")
+#: MySQL/MariaDB: utf8mb4 tables whatever the server's default character set (a latin1 default
+#: could not store emoji or non-Latin text); key columns stay utf8mb4_bin.
+_UTF8MB4: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"}
 
 users = Table(
     "amp_user", metadata,
@@ -51,6 +54,7 @@ users = Table(
     Column("action_args", Text, nullable=True),
     Column("last_use", _Seconds, nullable=True),
     Column("lang", String(16), nullable=True),
+    **_UTF8MB4,
 )
 
 temps = Table(
@@ -58,6 +62,7 @@ temps = Table(
     Column("user_id", _Key(64), primary_key=True),
     Column("key", _Key(191), primary_key=True),
     Column("value", _LongText, nullable=False),
+    **_UTF8MB4,
 )
 
 pages = Table(
@@ -66,6 +71,7 @@ pages = Table(
     Column("user_id", _Key(64), nullable=False),
     Column("data", _LongText, nullable=False),
     Column("created_at", _Seconds, nullable=False),
+    **_UTF8MB4,
 )
 
 inbox = Table(
@@ -83,6 +89,7 @@ inbox = Table(
     Column("finished_at", _Seconds, nullable=True),
     Index("ix_amp_inbox_user_status", "user_id", "status", "timestamp"),
     Index("ix_amp_inbox_status", "status", "received_at"),
+    **_UTF8MB4,
 )
 
 leases = Table(
@@ -91,6 +98,7 @@ leases = Table(
     Column("owner", String(96), nullable=True),
     Column("expires_at", _Seconds, nullable=False, default=0.0),
     Index("ix_amp_lease_owner", "owner"),
+    **_UTF8MB4,
 )
 
 jobs = Table(
@@ -99,12 +107,14 @@ jobs = Table(
     Column("slot", BigInteger, nullable=False),
     Column("owner", String(96), nullable=True),
     Column("ran_at", _Seconds, nullable=True),
+    **_UTF8MB4,
 )
 
 meta = Table(
     "amp_meta", metadata,
     Column("name", String(64), primary_key=True),
     Column("value", String(191), nullable=False),
+    **_UTF8MB4,
 )
 
 def _dialect_insert(dialect_name: str, table: Table) -> Any:

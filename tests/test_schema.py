@@ -85,30 +85,52 @@ def legacy_data_kept(state: Any) -> None:
 # -- a database from before migrations --------------------------------------------------------
 
 def test_a_database_from_0_1_0_is_recognised_at_start_and_its_data_kept(legacy_url, tmp_path, graph):
+    """At start it is stamped at revision 0001, data untouched; 0001 is behind this release (0002
+    makes MySQL/MariaDB tables utf8mb4), so the bot names `ampalibe db upgrade` and the webhook
+    answers 503 until it has run; then everything, old and new, is there."""
     engine = make_engine(legacy_url)
     assert schema.status(engine).state == "legacy"
     app = make_app(tmp_path, legacy_url, graph)
     state = app.extensions["ampalibe"]
-    hook = WebhookClient(app.test_client(), SECRET)
+    with pytest.raises(schema.SchemaError, match=r"schema revision 0001; .*ampalibe db upgrade"):
+        state.start()
+    assert schema.status(engine) == schema.SchemaStatus("behind", schema.LEGACY_REVISION, schema.head())
+    assert WebhookClient(app.test_client(), SECRET).post(message_event("u_new", "hi", mid="m_new_1")).status_code == 503
+    bot_tables_untouched(engine)
+    with app.app_context():
+        result = CliRunner().invoke(cli, ["db", "upgrade"])
+    assert result.exit_code == 0 and f"from schema revision 0001 to {schema.head()}" in result.output, result.output
+    fresh = make_app(tmp_path / "again", legacy_url, graph)
+    again = fresh.extensions["ampalibe"]
     try:
-        assert hook.post(message_event("u_new", "hi", mid="m_new_1")).status_code == 200
+        again.start()
+        assert WebhookClient(fresh.test_client(), SECRET).post(
+            message_event("u_new", "hi", mid="m_new_1")).status_code == 200
         assert graph.sent_texts("u_new") == ["ok hi"]
         assert schema.status(engine) == schema.SchemaStatus("current", schema.head(), schema.head())
-        legacy_data_kept(state)
-        assert state.inbox.replay(None) == ["u_legacy"]  # the legacy event is still a usable event
+        legacy_data_kept(again)
+        assert again.inbox.replay(None) == ["u_legacy"]  # the legacy event is still a usable event
         bot_tables_untouched(engine)
     finally:
+        again.shutdown(timeout=5)
         state.executor.shutdown(timeout=5)
 
 
 def test_a_database_with_only_some_tables_is_completed(tmp_path):
     """A 1.1.9 database adapted by `ampalibe migrate` (only amp_user), or a first start that was
-    interrupted: the missing tables of revision 0001 are created, the existing rows stay."""
+    interrupted: the missing tables of revision 0001 are created, the existing rows stay (then,
+    0001 being behind, `db upgrade` brings it to the head)."""
     engine = make_engine(f"sqlite:///{tmp_path / 'partial.db'}")
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE amp_user (id INTEGER NOT NULL PRIMARY KEY, user_id VARCHAR(64) NOT NULL "
                              "UNIQUE, action TEXT, action_args TEXT, last_use DOUBLE, lang VARCHAR(16))")
         conn.exec_driver_sql("INSERT INTO amp_user (user_id, action, lang) VALUES ('u119', '/ask', 'fr')")
+    store = Store(engine)
+    with pytest.raises(schema.SchemaError, match="ampalibe db upgrade"):
+        store.create_all()
+    assert set(metadata.tables) <= set(sa.inspect(engine).get_table_names())
+    assert schema.status(engine).revision == schema.LEGACY_REVISION
+    schema.upgrade(engine)
     store = Store(engine)
     store.create_all()
     assert schema.status(engine).state == "current"
@@ -126,8 +148,8 @@ def test_ampalibe_db_upgrade_on_a_database_from_0_1_0(legacy_url, tmp_path, grap
     command = console_script("ampalibe", "flask_ampalibe.cli")
     status = subprocess.run([*command, "db", "status"], cwd=project, env=env, capture_output=True, text=True,
                             timeout=120)
-    assert status.returncode == 0, status.stderr
-    assert "from before schema revisions" in status.stdout
+    assert status.returncode == 1, status.stderr  # behind: 0001 at best
+    assert "from before schema revisions" in status.stdout and "run `ampalibe db upgrade`" in status.stdout
     done = subprocess.run([*command, "db", "upgrade"], cwd=project, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
@@ -152,16 +174,16 @@ def test_ampalibe_db_upgrade_on_a_database_from_0_1_0(legacy_url, tmp_path, grap
 
 # -- behind, ahead ----------------------------------------------------------------------------
 
-REVISION_0002 = '''"""A column for the test.
+NEXT_REVISION = '''"""A column for the test.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: {revision}
+Revises: {down_revision}
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "{revision}"
+down_revision = "{down_revision}"
 branch_labels = None
 depends_on = None
 
@@ -177,21 +199,31 @@ def downgrade():
 '''
 
 
-def use_next_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The package's migrations plus a revision 0002, as the next release would ship them."""
+def following(revision: str) -> str:
+    return f"{int(revision) + 1:04d}"
+
+
+def use_next_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The package's migrations plus one more revision, as the next release would ship them.
+
+    :returns: that revision (the current head's number plus one).
+    """
+    current = schema.head()
     folder = tmp_path / "migrations"
     shutil.copytree(PACKAGE_MIGRATIONS, folder, ignore=shutil.ignore_patterns("__pycache__"))
-    (folder / "versions" / "0002_test_column.py").write_text(REVISION_0002)
+    (folder / "versions" / f"{following(current)}_test_column.py").write_text(
+        NEXT_REVISION.format(revision=following(current), down_revision=current))
     monkeypatch.setattr(schema, "SCRIPT_LOCATION", str(folder))
-    return folder
+    return following(current)
 
 
 def test_a_database_behind_is_refused_with_the_command_that_fixes_it(database_url, tmp_path, graph,
                                                                     monkeypatch, caplog):
-    """The database is at 0001 and the release (its migrations folder) has 0002."""
+    """The database is at the current head and the release (its migrations folder) has one more."""
     engine = make_engine(database_url)
-    Store(engine).create_all()  # at 0001, as the current release leaves it
-    use_next_release(tmp_path, monkeypatch)
+    Store(engine).create_all()  # at the head, as the current release leaves it
+    current = schema.head()
+    newer = use_next_release(tmp_path, monkeypatch)
 
     app = make_app(tmp_path, database_url, graph)
     state = app.extensions["ampalibe"]
@@ -199,7 +231,7 @@ def test_a_database_behind_is_refused_with_the_command_that_fixes_it(database_ur
         state.start()  # what gunicorn's post_worker_init does
     message = str(refused.value)
     assert "\n" not in message
-    assert "schema revision 0001" in message and "needs 0002" in message
+    assert f"schema revision {current}" in message and f"needs {newer}" in message
     assert "ampalibe db upgrade" in message
     hook = WebhookClient(app.test_client(), SECRET)
     with caplog.at_level(logging.ERROR, logger="flask_ampalibe"):
@@ -210,7 +242,7 @@ def test_a_database_behind_is_refused_with_the_command_that_fixes_it(database_ur
     with app.app_context():  # the app the command operates (as under `flask --app`)
         result = CliRunner().invoke(cli, ["db", "upgrade"])
     assert result.exit_code == 0, result.output
-    assert "from schema revision 0001 to 0002" in result.output
+    assert f"from schema revision {current} to {newer}" in result.output
     assert "note" in {c["name"] for c in sa.inspect(make_engine(database_url)).get_columns("amp_meta")}
     fresh = make_app(tmp_path / "again", database_url, graph)
     try:
@@ -279,10 +311,11 @@ def test_the_migrations_build_the_tables_of_storage(database_url):
 
 
 def test_a_new_revision_is_one_command(tmp_path, monkeypatch):
-    use_next_release(tmp_path, monkeypatch)
+    newer = use_next_release(tmp_path, monkeypatch)
+    written = following(newer)
     path = Path(schema.new_revision("Add a thing to amp_job"))
-    assert path.name == "0003_add_a_thing_to_amp_job.py"
+    assert path.name == f"{written}_add_a_thing_to_amp_job.py"
     text = path.read_text()
-    assert 'revision = "0003"' in text or "revision = '0003'" in text
-    assert "down_revision = '0002'" in text or 'down_revision = "0002"' in text
-    assert schema.head() == "0003"
+    assert f'revision = "{written}"' in text or f"revision = '{written}'" in text
+    assert f"down_revision = '{newer}'" in text or f'down_revision = "{newer}"' in text
+    assert schema.head() == written

@@ -11,7 +11,8 @@ What it does, each step idempotent (running it twice changes nothing the second 
 - copies 1.1.9's temporary data (the TinyDB file ``assets/private/_db.json``, one document per
   user) into the bot's SQL store (``amp_temp``), then renames the file ``_db.json.migrated``;
 - adapts 1.1.9's ``amp_user`` table in place (its rows stay as they are): adds the
-  ``action_args`` column and turns ``last_use`` into epoch seconds.
+  ``action_args`` column and turns ``last_use`` into epoch seconds; then creates the other tables
+  and upgrades them to this release's schema revision (as ``ampalibe db upgrade``).
 
 ``--dry-run`` prints the file changes as a diff and what would be copied, and changes nothing.
 """
@@ -122,6 +123,7 @@ def plan(folder: str | os.PathLike[str]) -> Plan:
 
 def apply(migration: Plan) -> None:
     """Carry ``migration`` out: write the files, adapt ``amp_user``, copy the temporary data."""
+    from .. import schema
     from ..engine import make_engine
     from ..storage import Store
 
@@ -132,6 +134,7 @@ def apply(migration: Plan) -> None:
     engine = make_engine(migration.database_url)
     try:
         _adapt_users(engine)
+        schema.upgrade(engine)  # the other tables, at this release's revision
         # One transaction: a migration that fails half-way leaves no half of the data behind.
         Store(engine).set_temps((user_id, key, value) for user_id, values in migration.temps.items()
                                 for key, value in values.items())

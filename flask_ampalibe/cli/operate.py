@@ -373,15 +373,18 @@ def upgrade() -> None:
 @db.command()
 def status() -> None:
     """The schema revision of the database and the one this release needs (changes nothing)."""
+    from ..schema import LEGACY_REVISION
     from ..schema import status as read_status
 
     state = load_state()
     found = read_status(state.store.engine)
     where = _where(state)
+    legacy_behind = found.state == "legacy" and found.head != LEGACY_REVISION
     said = {
         "empty": f"{where} has no flask_ampalibe tables yet (they are created on first use, or by `db upgrade`).",
-        "legacy": f"{where} has tables from before schema revisions; they are recognised and stamped "
-                  f"at the first start (or by `db upgrade`).",
+        "legacy": f"{where} has tables from before schema revisions (revision {LEGACY_REVISION}); "
+                  + (f"this release needs {found.head}: run `ampalibe db upgrade`." if legacy_behind
+                     else "they are recognised and stamped at the first start (or by `db upgrade`)."),
         "current": f"{where} is at schema revision {found.revision}, the newest.",
         "behind": f"{where} is at schema revision {found.revision}; this release needs {found.head}: "
                   "run `ampalibe db upgrade`.",
@@ -389,7 +392,7 @@ def status() -> None:
                  f"(newest: {found.head}): a newer flask_ampalibe wrote it.",
     }[found.state]
     click.echo(said)
-    if found.state in ("behind", "ahead"):
+    if found.state in ("behind", "ahead") or legacy_behind:
         sys.exit(1)
 
 

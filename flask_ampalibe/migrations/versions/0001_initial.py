@@ -10,6 +10,8 @@ Create Date: 2026-12-01
 """
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
@@ -23,6 +25,11 @@ depends_on = None
 SECONDS: sa.Double[float] = sa.Double()
 LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+#: Tables in utf8mb4 on MySQL/MariaDB whatever the server's default (revision 0002 converts the
+#: tables created before this).
+UTF8MB4: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"}
 
 
 def key(length: int) -> sa.String:
@@ -42,12 +49,14 @@ def tables(metadata: sa.MetaData) -> None:
         sa.Column("action_args", sa.Text, nullable=True),
         sa.Column("last_use", SECONDS, nullable=True),
         sa.Column("lang", sa.String(16), nullable=True),
+        **UTF8MB4,
     )
     sa.Table(
         "amp_temp", metadata,
         sa.Column("user_id", key(64), primary_key=True),
         sa.Column("key", key(191), primary_key=True),
         sa.Column("value", LONG_TEXT, nullable=False),
+        **UTF8MB4,
     )
     sa.Table(
         "amp_page", metadata,
@@ -55,6 +64,7 @@ def tables(metadata: sa.MetaData) -> None:
         sa.Column("user_id", key(64), nullable=False),
         sa.Column("data", LONG_TEXT, nullable=False),
         sa.Column("created_at", SECONDS, nullable=False),
+        **UTF8MB4,
     )
     sa.Table(
         "amp_inbox", metadata,
@@ -71,6 +81,7 @@ def tables(metadata: sa.MetaData) -> None:
         sa.Column("finished_at", SECONDS, nullable=True),
         sa.Index("ix_amp_inbox_user_status", "user_id", "status", "timestamp"),
         sa.Index("ix_amp_inbox_status", "status", "received_at"),
+        **UTF8MB4,
     )
     sa.Table(
         "amp_lease", metadata,
@@ -78,6 +89,7 @@ def tables(metadata: sa.MetaData) -> None:
         sa.Column("owner", sa.String(96), nullable=True),
         sa.Column("expires_at", SECONDS, nullable=False),
         sa.Index("ix_amp_lease_owner", "owner"),
+        **UTF8MB4,
     )
     sa.Table(
         "amp_job", metadata,
@@ -85,11 +97,13 @@ def tables(metadata: sa.MetaData) -> None:
         sa.Column("slot", sa.BigInteger, nullable=False),
         sa.Column("owner", sa.String(96), nullable=True),
         sa.Column("ran_at", SECONDS, nullable=True),
+        **UTF8MB4,
     )
     sa.Table(
         "amp_meta", metadata,
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("value", sa.String(191), nullable=False),
+        **UTF8MB4,
     )
 
 
