@@ -28,21 +28,22 @@ from .constant import (
 from .errors import (
     AmpalibeError, ConfigurationError, GraphError, GraphTimeout, LimitError, PayloadError, RoutingError,
 )
-from .extension import Ampalibe, Bot, current_state, default_app, default_router, init, set_default_router
+from .context import current_state, default_router, set_default_router
+from .extension import Ampalibe, default_app, init
 from .i18n import translate
 from .model import Model
 from .payload import Payload
 from .router import Cmd, Router
 from .scheduler import schedule
 from .signature import generate_signature, verify_signature
+from .state import Bot
 from .ui import Button, Element, QuickReply
+from .version import __version__
 
 if TYPE_CHECKING:
     # Served by __getattr__ below: importing it here would pull in requests at every
     # ``import flask_ampalibe`` (and so at every ``flask`` command, through the CLI plugin).
     from .messenger import Messenger
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Action", "Content_type", "Filetype", "Logger", "Messaging_type", "Notification_cta_text",

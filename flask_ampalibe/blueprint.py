@@ -15,10 +15,13 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request, sen
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import NotFound
 
+from .context import default_router
+from .errors import ConfigurationError
 from .signature import HEADER
+from .state import set_up
 
 if TYPE_CHECKING:
-    from .extension import AmpalibeState
+    from .state import AmpalibeState
 
 __all__ = ["bp"]
 
@@ -26,8 +29,6 @@ __all__ = ["bp"]
 class _WebhookBlueprint(Blueprint):
     def register(self, app: Any, options: dict) -> None:
         if options.get("name", self.name) in app.blueprints:
-            from .errors import ConfigurationError
-
             raise ConfigurationError(
                 "flask_ampalibe's webhook is already registered on this app: Ampalibe(app) registers it "
                 "(at AMPALIBE_URL_PREFIX). Use either Ampalibe(app) or app.register_blueprint(ampalibe.bp), "
@@ -44,11 +45,8 @@ def _setup(setup_state: BlueprintSetupState) -> None:
     app = setup_state.app
     assert isinstance(app, Flask)  # Flask's own blueprints are registered on Flask apps
     if "ampalibe" not in app.extensions:
-        from .extension import Ampalibe, default_router
-
         # No extension object to register on: the handlers are the module-level decorators'.
-        Ampalibe(router=default_router()).init_app(app, register_blueprint=False)
-        app.extensions["ampalibe"].set_up_by_blueprint = True
+        set_up(app, default_router()).set_up_by_blueprint = True
 
 
 def _state() -> AmpalibeState:

@@ -44,8 +44,9 @@ import weakref
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .engine import background_writes
+from .context import current_state
 from .errors import ConfigurationError
-from .executor import PURGE_EVERY, Executor, Handle
+from .executor.base import PURGE_EVERY, Executor, Handle
 from .inbox import Inbox
 
 if TYPE_CHECKING:
@@ -352,8 +353,6 @@ def celery_app(app: Any = None) -> "Celery":
 
     :raises ConfigurationError: when the app's executor is not ``celery``.
     """
-    from .extension import current_state
-
     state = current_state() if app is None else app.extensions.get("ampalibe")
     executor = getattr(state, "executor", None)
     if not isinstance(executor, CeleryExecutor):

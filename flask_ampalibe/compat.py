@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from flask import Flask
 
+from .context import current_state
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -68,8 +69,6 @@ def configured_chat() -> "Messenger | None":
 
     :returns: ``None`` when no bot is configured yet.
     """
-    from .extension import current_state  # the extension imports the client: not at import time
-
     try:
         return current_state().chat
     except ConfigurationError:

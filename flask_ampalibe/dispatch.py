@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
 
 from . import aio
 from .aio import is_async
-
 from .inbox import USER_STATE_KINDS, Claimed
-from .payload import _current_codec
-from .router import call_handler, command_input, event_cmd
+from .internal import InternalCommands
+from .payload import PayloadCodec, _current_codec
+from .router import Router, call_handler, command_input, event_cmd
+from .storage import Store
 
 if TYPE_CHECKING:
-    from .extension import AmpalibeState
+    from contextlib import AbstractContextManager
 
 __all__ = ["Dispatcher", "RESERVED"]
 
@@ -32,7 +33,13 @@ _HOOK_RESERVED = RESERVED | {"res", "result", "error"}
 
 
 class Dispatcher:
-    """Handles one event for an app's state.
+    """Handles one event of an app.
+
+    :param router: the bot's handlers, middleware and error hooks.
+    :param store: the users' state (action, language).
+    :param codec: the app's payload codec, made current while the event runs.
+    :param internal: the library's own commands, looked up before routing.
+    :param app_context: returns the context each event runs in (the app's ``app.app_context``).
 
     Two ways to run the same steps:
 
@@ -47,14 +54,19 @@ class Dispatcher:
     ``async def``.
     """
 
-    def __init__(self, state: "AmpalibeState") -> None:
-        self.state = state
+    def __init__(self, router: Router, store: Store, codec: PayloadCodec, internal: InternalCommands,
+                 app_context: Callable[[], AbstractContextManager[Any]]) -> None:
+        self.router = router
+        self.store = store
+        self.codec = codec
+        self.internal = internal
+        self.app_context = app_context
 
     @property
     def wants_loop(self) -> bool:
         """Whether the bot has ``async def`` handlers, middleware or error hooks (read at each call:
         late registrations count)."""
-        router = self.state.router
+        router = self.router
         funcs = [*router.commands.values(), *router.actions.values(), *router.before, *router.after,
                  *router.error_handlers]
         for handlers in router.events.values():
@@ -69,15 +81,14 @@ class Dispatcher:
         return await self._dispatch(claimed, _call_on_loop, _io_offloaded)
 
     async def _dispatch(self, claimed: Claimed, call: _Call, io: _Io) -> BaseException | None:
-        state = self.state
         event = claimed.event
         base = {"sender_id": event.sender_id, "message": event.raw, "event": event,
                 "redelivered": claimed.redelivered}
         started = time.monotonic()
-        with state.app.app_context():
-            token = _current_codec.set(state.codec)
+        with self.app_context():
+            token = _current_codec.set(self.codec)
             try:
-                router = state.router
+                router = self.router
                 result, error = None, None
                 # Middleware also gets what Ampalibe 1.1.9 gave it: cmd, lang, the payload's arguments.
                 hooks = await self._middleware_kwargs(claimed, io) if router.before or router.after else {}
@@ -107,8 +118,7 @@ class Dispatcher:
                 _current_codec.reset(token)
 
     async def _route(self, claimed: Claimed, base: dict[str, Any], call: _Call, io: _Io) -> Any:
-        state, event = self.state, claimed.event
-        router = state.router
+        event, router = claimed.event, self.router
         kind = "standby" if event.standby else event.kind
         # Without an @event('optin') handler, an opt-in goes to the commands, as in Ampalibe 1.1.9.
         if kind not in USER_STATE_KINDS and not router.routes_optin(event):
@@ -127,7 +137,7 @@ class Dispatcher:
         # The library's own buttons ("next page") come back as messages: their internal command
         # runs instead of the bot's handlers (see flask_ampalibe.internal).
         text, _ = command_input(event)
-        internal = state.internal.find(text)
+        internal = self.internal.find(text)
         if internal is not None:
             await io(internal, event.sender_id, text)
             return None
@@ -135,14 +145,14 @@ class Dispatcher:
         # it again if code of the bot ran since (middleware, event handlers): it may have changed it.
         user = claimed.user
         if user is None or router.before or router.events.get(kind):
-            user = await io(state.store.touch_user, event.sender_id)
+            user = await io(self.store.touch_user, event.sender_id)
         action, action_args, lang = user
-        match = router.resolve(event, action, action_args, state.codec)
+        match = router.resolve(event, action, action_args, self.codec)
         if match is None:
             logger.info("no handler for a %s of user %s: register @ampalibe.command('/')", kind, event.sender_id)
             return None
         if match.clear_action:
-            await io(state.store.set_action, event.sender_id, None)
+            await io(self.store.set_action, event.sender_id, None)
         args = {k: v for k, v in match.args.items() if k not in RESERVED}
         # The user's language, None until they chose one (as in 1.1.9: bots offer a choice then).
         return await call(match.handler, cmd=match.cmd, lang=lang or None, **args, **base)
@@ -150,13 +160,13 @@ class Dispatcher:
     async def _middleware_kwargs(self, claimed: Claimed, io: _Io) -> dict[str, Any]:
         """``cmd`` (what the event carries), ``lang`` (``None`` until chosen) and the payload's
         arguments, the keywords Ampalibe 1.1.9 gave ``before_receive``/``after_receive``."""
-        state, event = self.state, claimed.event
-        hooks: dict[str, Any] = {"cmd": event_cmd(event, state.codec), "lang": None}
+        event = claimed.event
+        hooks: dict[str, Any] = {"cmd": event_cmd(event, self.codec), "lang": None}
         if event.kind in ("message", "postback", "optin"):
-            user = claimed.user if claimed.user is not None else await io(state.store.get_user, event.sender_id)
+            user = claimed.user if claimed.user is not None else await io(self.store.get_user, event.sender_id)
             hooks["lang"] = user[2] or None
             text, _ = command_input(event)
-            decoded = state.codec.decode(text) if text else None
+            decoded = self.codec.decode(text) if text else None
             if decoded is not None:
                 hooks.update((k, v) for k, v in decoded[1].items() if k not in _HOOK_RESERVED)
         return hooks

@@ -28,6 +28,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from .context import current_state
+from .errors import ConfigurationError
+
 __all__ = ["translate", "langs_path"]
 
 logger = logging.getLogger(__name__)
@@ -52,9 +55,6 @@ def langs_path() -> tuple[str, str]:
     ``root_path`` (the project folder for ``ampalibe.init``).  Outside any configured app, it is
     ``langs.json`` in the current folder, with ``'en'`` as the default language.
     """
-    from .errors import ConfigurationError
-    from .extension import current_state
-
     try:
         state = current_state()
     except ConfigurationError:

@@ -21,6 +21,7 @@ import threading
 from typing import Any, Callable, TypeVar, cast
 
 from .config import database_url_from, project_dir
+from .context import current_state
 from .engine import make_engine
 from .errors import ConfigurationError
 from .payload import Payload
@@ -56,8 +57,6 @@ class Model:
     def store(self) -> Store:
         """Where this model's data lives (for ``Model()``: the configured bot's store)."""
         if self._store is None:
-            from .extension import current_state  # the extension imports this module
-
             try:
                 self._store = current_state().store
             except ConfigurationError:

@@ -43,15 +43,19 @@ from datetime import datetime, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import aio
+from .context import current_state, default_router
 from .cron import Cron, ScheduleError
-from .router import Router, _qualname, call_handler
+from .dberrors import is_unavailable
 from .inbox import lease_owner
-from .storage import insert_ignore, jobs as jobs_table
+from .router import Router, _qualname, call_handler
+from .storage import Store, insert_ignore, jobs as jobs_table
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from flask import Flask
 
-    from .extension import AmpalibeState
+    from .state import AmpalibeState
 
 __all__ = ["Cron", "Job", "Scheduler", "ScheduleError", "schedule", "jobs", "scheduler_for", "start_scheduler"]
 
@@ -106,7 +110,7 @@ _lock = threading.Lock()
 
 def jobs(router: Router | None = None) -> list[Job]:
     """The jobs registered on ``router`` (default: the module-level router)."""
-    return list((router or _default_router()).jobs.values())
+    return list((router or default_router()).jobs.values())
 
 
 def schedule(cron: str, name: str | None = None, *, tz: "str | tzinfo | None" = None,
@@ -142,7 +146,7 @@ def schedule(cron: str, name: str | None = None, *, tz: "str | tzinfo | None" = 
     zone = _zone(tz)
 
     def deco(func: F) -> F:
-        target = router or _default_router()
+        target = router or default_router()
         job_name = name or _qualname(func)
         job = Job(job_name, parsed, func, zone, float(grace), tuple(args), enabled=bool(start))
         with _lock:
@@ -165,19 +169,12 @@ def schedule(cron: str, name: str | None = None, *, tz: "str | tzinfo | None" = 
 
 def _start_default() -> None:
     """Start the configured bot's scheduler if it is not running (a job was just started)."""
-    from .extension import current_state
-
     try:
         state = current_state()
     except Exception:
         return  # no bot yet: its scheduler starts with it
     if not state.app.testing:
         scheduler_for(state).start()
-
-
-def _default_router() -> Router:
-    from .extension import default_router
-    return default_router()
 
 
 def _zone(tz: "str | tzinfo | None") -> tzinfo:
@@ -199,13 +196,19 @@ def _zone(tz: "str | tzinfo | None") -> tzinfo:
 class Scheduler:
     """Runs an app's jobs: one per process, started lazily, safe after a fork.
 
-    :param state: the app's :class:`~flask_ampalibe.extension.AmpalibeState` (jobs come from
-        its router, slots are claimed in its database).
+    :param router: where the jobs are registered (read at each tick: late registrations count).
+    :param store: the app's database, where slots are claimed.
+    :param app_context: returns the context each job runs in (the app's ``app.app_context``).
     :param clock: returns the time in seconds since the epoch (tests shift it).
+
+    :func:`scheduler_for` makes the one of an app.
     """
 
-    def __init__(self, state: "AmpalibeState", clock: Callable[[], float] = time.time) -> None:
-        self.state = state
+    def __init__(self, router: Router, store: Store, app_context: Callable[[], AbstractContextManager[Any]],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.router = router
+        self.store = store
+        self.app_context = app_context
         self.clock = clock
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -216,7 +219,7 @@ class Scheduler:
     @property
     def jobs(self) -> list[Job]:
         """The jobs of the app's router (read at each tick, so late registrations count)."""
-        return jobs(self.state.router)
+        return jobs(self.router)
 
     @property
     def owner(self) -> str:
@@ -229,7 +232,7 @@ class Scheduler:
         One conditional ``UPDATE`` decides: the row moves forward to ``slot`` only if it is
         behind it, and the database lets a single transaction do that.
         """
-        store = self.state.store
+        store = self.store
         store.ensure()
         with store.engine.begin() as conn:
             insert_ignore(conn, jobs_table, [{"name": name, "slot": -1, "owner": None, "ran_at": None}])
@@ -284,7 +287,7 @@ class Scheduler:
         when = datetime.fromtimestamp(slot * job.cron.step, job.tz)
         logger.info("running scheduled job %s for %s", job.name, when.isoformat())
         try:
-            with self.state.app.app_context():
+            with self.app_context():
                 if job.args:
                     result = job.func(*job.args)
                 else:
@@ -326,8 +329,6 @@ class Scheduler:
             try:
                 self.tick(now, background=True)
             except Exception as exc:
-                from .dberrors import is_unavailable
-
                 if is_unavailable(exc):  # an outage: the executor's backoff reports it; one line here
                     logger.warning("scheduler tick skipped: the database is unreachable; trying again next minute")
                 else:
@@ -354,7 +355,7 @@ def scheduler_for(app: "Flask | AmpalibeState") -> Scheduler:
         with _lock:
             scheduler = getattr(state, "scheduler", None)
             if scheduler is None:
-                scheduler = state.scheduler = Scheduler(state)
+                scheduler = state.scheduler = Scheduler(state.router, state.store, state.app.app_context)
     return scheduler
 
 
@@ -369,7 +370,6 @@ def start_scheduler(app: "Flask | None" = None) -> bool:
     :returns: whether a scheduler thread runs (``False`` when the app has no jobs).
     """
     if app is None:
-        from .extension import current_state
         return scheduler_for(current_state()).start()
     return scheduler_for(app).start()
 

@@ -149,7 +149,7 @@ def _where(engine: Engine) -> str:
 
 
 def _version() -> str:
-    from . import __version__
+    from .version import __version__
 
     return __version__
 

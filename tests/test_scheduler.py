@@ -194,8 +194,7 @@ def test_racing_workers_run_each_slot_exactly_once(tmp_path, database_url, route
         t.join(60)
     assert failures == []
     assert sorted(runs) == slots
-    state = workers[0].state
-    with state.store.engine.connect() as conn:
+    with workers[0].store.engine.connect() as conn:
         row = conn.execute(jobs_table.select()).one()
     assert row.name == "tick" and row.slot == slots[-1].timestamp() // 60 and row.owner
 
@@ -254,7 +253,7 @@ def test_scheduler_threads_of_two_workers_run_a_slot_once(tmp_path, router):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     schedulers = [scheduler_for(make_worker(tmp_path, url, router, f"w{i}")) for i in range(2)]
     for s in schedulers:
-        s.state.store.ensure()
+        s.store.ensure()
     # Both clocks read 0.5 s before a minute starts, so the threads meet at the next slot at once.
     base = time.time()
     offset = (60 - base % 60) - 0.5

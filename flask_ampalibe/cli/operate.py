@@ -38,7 +38,7 @@ def register(group: click.Group) -> None:
 
 
 def load_state() -> Any:
-    """The :class:`~flask_ampalibe.extension.AmpalibeState` of the bot these commands operate.
+    """The :class:`~flask_ampalibe.state.AmpalibeState` of the bot these commands operate.
 
     :raises click.ClickException: when no app is found or it has no flask_ampalibe.
     """
@@ -96,7 +96,6 @@ def worker(threads: int | None, graceful_timeout: float, use_celery: bool, pool:
     seconds to finish, the rest stays recorded for the next worker.  A second signal stops
     at once (what was running is handled again later, with redelivered=True).
     """
-    from ..dispatch import Dispatcher
     from ..executor import ThreadExecutor
     from ..scheduler import scheduler_for
 
@@ -108,7 +107,7 @@ def worker(threads: int | None, graceful_timeout: float, use_celery: bool, pool:
     if not logging.getLogger().handlers:  # the library adds no handlers; this program shows its logs
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     executor = ThreadExecutor(
-        state.inbox, Dispatcher(state), max_concurrency=threads or settings["MAX_CONCURRENCY"],
+        state.inbox, state.dispatcher, max_concurrency=threads or settings["MAX_CONCURRENCY"],
         lease_seconds=settings["LEASE_SECONDS"], poll_seconds=settings["POLL_SECONDS"],
         retention_seconds=settings["RETENTION_DAYS"] * 86400,
     )

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from flask import Flask
 
-    from ..extension import AmpalibeState
+    from ..state import AmpalibeState
     from .graph import FakeGraph
 
 __all__ = ["BotTester", "BotTesters", "bot_config", "SECRET", "USER"]
