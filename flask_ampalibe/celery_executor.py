@@ -41,7 +41,7 @@ import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .engine import background_writes
 from .context import current_state
@@ -101,11 +101,17 @@ class CeleryExecutor(Executor):
     :param requeue_seconds: how long an unfinished event may wait, its user's lease free, before
         the sweeper sends its user a new task (tasks lost with the broker, or never sent).
     :param name: the Celery app's name (shown by ``celery inspect``).
+    :param on_worker_ready: what a Celery worker process runs once ready; default: this
+        executor's :meth:`start` (sweeper, lease renewal).  An app passes its state's ``start``,
+        which also starts the ``@schedule`` jobs, so a Celery worker competes for their run times
+        like a web worker.
     """
 
     def __init__(self, inbox: Inbox, handle: Handle, broker_url: str, requeue_seconds: float = 30.0,
-                 name: str = "flask_ampalibe", **kwargs: float) -> None:
+                 name: str = "flask_ampalibe", on_worker_ready: Callable[[], None] | None = None,
+                 **kwargs: float) -> None:
         super().__init__(inbox, handle, **kwargs)
+        self.on_worker_ready = on_worker_ready or self.start
         self.broker_url = broker_url
         self.requeue_seconds = requeue_seconds
         self.celery = make_celery(self, name)
@@ -319,14 +325,7 @@ def _connect_worker_signals() -> None:
         if executor is None:
             return
         _worker_executors.add(executor)
-        # The upkeep thread (sweeper, lease renewal) and, through the app's state, the
-        # @schedule jobs: a Celery worker competes for their run times like a web worker.
-        state = getattr(executor.handle, "state", None)
-        start = getattr(state, "start", None)
-        if callable(start):
-            start()
-        else:
-            executor.start()
+        executor.on_worker_ready()
 
     def on_shutting_down(**kwargs: Any) -> None:
         # Warm shutdown: running drains stop after the event they are handling.

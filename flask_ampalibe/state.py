@@ -103,6 +103,7 @@ class AmpalibeState:
             threads=self.settings["MAX_CONCURRENCY"], lease_seconds=self.settings["LEASE_SECONDS"],
             poll_seconds=self.settings["POLL_SECONDS"], retention_seconds=self.settings["RETENTION_DAYS"] * 86400,
             broker_url=self.settings["CELERY_BROKER_URL"], requeue_seconds=self.settings["CELERY_REQUEUE_SECONDS"],
+            on_worker_ready=self.start,  # a Celery worker runs the @schedule jobs too
         )
         # The webhook core gets what it uses; ``notify`` looks the executor up at each call.
         self.webhook = Webhook(self.inbox.record, self._notify, secret=self.settings["APP_SECRET"],

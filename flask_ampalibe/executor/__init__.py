@@ -23,7 +23,7 @@ database connections.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ..config import DEFAULT_MAX_CONCURRENCY
 from ..inbox import Inbox
@@ -36,14 +36,16 @@ __all__ = ["Executor", "InlineExecutor", "ThreadExecutor", "PollingExecutor", "m
 
 def make_executor(kind: str, inbox: Inbox, handle: Handle, threads: int, lease_seconds: float,
                   poll_seconds: float, retention_seconds: float, broker_url: str | None = None,
-                  requeue_seconds: float = 30.0) -> Executor:
-    """The executor named by ``AMPALIBE_EXECUTOR``; ``threads`` is ``AMPALIBE_MAX_CONCURRENCY``."""
+                  requeue_seconds: float = 30.0, on_worker_ready: Callable[[], None] | None = None) -> Executor:
+    """The executor named by ``AMPALIBE_EXECUTOR``; ``threads`` is ``AMPALIBE_MAX_CONCURRENCY``;
+    ``broker_url``, ``requeue_seconds`` and ``on_worker_ready`` are the Celery executor's."""
     kwargs: dict[str, Any] = dict(lease_seconds=lease_seconds, poll_seconds=poll_seconds,
                                   retention_seconds=retention_seconds)
     if kind == "celery":
         from ..celery_executor import CeleryExecutor  # Celery is an optional extra
 
-        return CeleryExecutor(inbox, handle, broker_url=str(broker_url), requeue_seconds=requeue_seconds, **kwargs)
+        return CeleryExecutor(inbox, handle, broker_url=str(broker_url), requeue_seconds=requeue_seconds,
+                              on_worker_ready=on_worker_ready, **kwargs)
     if kind == "inline":
         return InlineExecutor(inbox, handle, **kwargs)
     if kind == "worker":
