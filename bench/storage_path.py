@@ -39,7 +39,8 @@ import sqlalchemy as sa
 from flask_ampalibe.events import parse_body
 from flask_ampalibe.inbox import Inbox
 from flask_ampalibe.engine import make_engine
-from flask_ampalibe.storage import Store, metadata
+from flask_ampalibe.storage import Store
+from flask_ampalibe.tables import metadata
 from flask_ampalibe.testing import message_event, page_body
 
 url, users, per_user, count_only = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"

@@ -31,7 +31,8 @@ from sqlalchemy.exc import DataError
 
 from .engine import read_only
 from .events import Event, rejected_key
-from .storage import Store, inbox, insert_ignore, leases
+from .storage import Store, insert_ignore
+from .tables import inbox, leases
 
 __all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED", "REJECTED", "STATUSES", "USER_STATE_KINDS",
            "lease_owner"]

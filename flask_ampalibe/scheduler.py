@@ -48,7 +48,8 @@ from .cron import Cron, ScheduleError
 from .dberrors import is_unavailable
 from .inbox import lease_owner
 from .router import Router, _qualname, call_handler
-from .storage import Store, insert_ignore, jobs as jobs_table
+from .storage import Store, insert_ignore
+from .tables import jobs as jobs_table
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager

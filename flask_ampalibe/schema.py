@@ -13,7 +13,7 @@
   revisions.
 
 Adding a revision (for flask_ampalibe's developers): change the tables in
-:mod:`flask_ampalibe.storage`, then ``python -m flask_ampalibe.migrations revision "what changes"
+:mod:`flask_ampalibe.tables`, then ``python -m flask_ampalibe.migrations revision "what changes"
 --autogenerate`` writes ``versions/NNNN_what_changes.py`` (review it; without
 ``--autogenerate`` it is an empty revision to fill in).
 """
@@ -67,7 +67,7 @@ class SchemaStatus:
 
 
 def _tables() -> Any:
-    from .storage import metadata
+    from .tables import metadata
 
     return metadata.tables
 
@@ -199,7 +199,7 @@ def prepare(engine: Engine) -> SchemaStatus:
 
     :raises SchemaError: when the database is behind (run ``ampalibe db upgrade``) or ahead.
     """
-    from .storage import metadata
+    from .tables import metadata
 
     def work(conn: Connection) -> SchemaStatus:
         found = _status(conn)
@@ -251,7 +251,7 @@ def _next_id() -> str:
 
 def new_revision(message: str, autogenerate: bool = False) -> str:
     """Write the next revision file; with ``autogenerate``, filled with what differs between the
-    tables of :mod:`flask_ampalibe.storage` and a database upgraded to the current head.
+    tables of :mod:`flask_ampalibe.tables` and a database upgraded to the current head.
 
     :returns: the path of the new file.
     """
@@ -286,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rev = sub.add_parser("revision", help="write versions/NNNN_<message>.py")
     rev.add_argument("message")
     rev.add_argument("--autogenerate", action="store_true",
-                     help="fill it with the difference between storage.py's tables and the current head")
+                     help="fill it with the difference between tables.py's tables and the current head")
     args = parser.parse_args(argv)
     print(new_revision(args.message, args.autogenerate))
     return 0

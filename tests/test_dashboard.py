@@ -15,7 +15,8 @@ from flask_ampalibe.dashboard.counters import Counters
 from flask_ampalibe.engine import make_engine
 from flask_ampalibe.errors import ConfigurationError
 from flask_ampalibe.inbox import Inbox
-from flask_ampalibe.storage import Store, meta
+from flask_ampalibe.storage import Store
+from flask_ampalibe.tables import meta
 from flask_ampalibe.testing import WebhookClient
 from conftest import SECRET
 
@@ -264,7 +265,7 @@ def test_overview_charts_have_the_last_hours_data(dclient: Any, dhook: WebhookCl
 def test_overview_series_from_row_timestamps(tmp_path: Any) -> None:
     """Backlog and oldest-age series rebuilt from received_at / finished_at, minute by minute."""
     from flask_ampalibe.dashboard.queries import overview
-    from flask_ampalibe.storage import inbox as inbox_table
+    from flask_ampalibe.tables import inbox as inbox_table
 
     store = Store(make_engine(f"sqlite:///{tmp_path / 'o.db'}"))
     store.ensure()
@@ -379,7 +380,7 @@ def test_dashboard_comes_with_the_blueprint_registered_by_hand(app: Flask) -> No
 
 def test_failed_page_lists_items_rejected_at_reception(dash: Flask, dclient: Any) -> None:
     """Items the webhook keeps as ``rejected`` (with their reason) are listed, escaped, without actions."""
-    from flask_ampalibe.storage import inbox as inbox_table
+    from flask_ampalibe.tables import inbox as inbox_table
 
     store: Store = dash.extensions["ampalibe"].store
     store.ensure()

@@ -36,7 +36,8 @@ from flask_ampalibe.events import parse_body
 from flask_ampalibe.executor import InlineExecutor, ThreadExecutor
 from flask_ampalibe.inbox import Claimed, Inbox
 from flask_ampalibe.engine import make_engine
-from flask_ampalibe.storage import Store, inbox as inbox_table
+from flask_ampalibe.storage import Store
+from flask_ampalibe.tables import inbox as inbox_table
 from flask_ampalibe.testing import WebhookClient, message_event, page_body
 from conftest import SECRET, TEMPLATE, TOKEN, VERIFY
 

@@ -22,8 +22,9 @@ from flask_ampalibe.executor import ThreadExecutor
 from flask_ampalibe.inbox import Claimed, Inbox
 from flask_ampalibe.signature import HEADER, generate_signature
 from flask_ampalibe.engine import make_engine
-from flask_ampalibe.storage import Store, leases
-from flask_ampalibe.storage import inbox as inbox_table
+from flask_ampalibe.storage import Store
+from flask_ampalibe.tables import leases
+from flask_ampalibe.tables import inbox as inbox_table
 from flask_ampalibe.testing import WebhookClient, attachment_event, message_event, page_body
 from conftest import SECRET
 from test_delivery import wait_until

@@ -12,7 +12,7 @@ from flask import Flask, current_app
 import flask_ampalibe
 from flask_ampalibe import RoutingError
 from flask_ampalibe.scheduler import Cron, ScheduleError, jobs, schedule, scheduler_for, start_scheduler
-from flask_ampalibe.storage import jobs as jobs_table
+from flask_ampalibe.tables import jobs as jobs_table
 from flask_ampalibe.testing import BotTester
 
 UTC = timezone.utc

@@ -24,7 +24,8 @@ import flask_ampalibe
 from flask_ampalibe import schema
 from flask_ampalibe.cli import cli
 from flask_ampalibe.engine import make_engine
-from flask_ampalibe.storage import Store, metadata
+from flask_ampalibe.storage import Store
+from flask_ampalibe.tables import metadata
 from flask_ampalibe.testing import WebhookClient, message_event
 from conftest import SECRET, TOKEN, VERIFY
 from test_cli import AMP_KEYS, console_script

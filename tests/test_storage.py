@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from flask_ampalibe import engine as engines, schema, storage
+from flask_ampalibe import engine as engines, schema, storage, tables
 from flask_ampalibe.errors import ConfigurationError
 from flask_ampalibe.engine import make_engine
 from flask_ampalibe.storage import Store
@@ -117,8 +117,8 @@ def test_touch_user_creates_the_row_and_returns_the_state(store):
     store.set_action("u1", "/next", {"a": 1})
     assert store.touch_user("u1") == ("/next", {"a": 1}, None)
     with store.engine.connect() as conn:
-        count = conn.execute(sa.select(sa.func.count()).select_from(storage.users)).scalar()
-        last_use = conn.execute(sa.select(storage.users.c.last_use)).scalar()
+        count = conn.execute(sa.select(sa.func.count()).select_from(tables.users)).scalar()
+        last_use = conn.execute(sa.select(tables.users.c.last_use)).scalar()
     assert count == 1
     assert last_use is not None
 
@@ -205,7 +205,7 @@ def test_unicode_is_stored_as_text_not_escapes(store):
     # A value must be readable (and searchable) in the database, not \\ud83d escapes.
     store.set_temp("u1", "k", UNICODE["mixed"])
     with store.engine.connect() as conn:
-        raw = conn.execute(sa.select(storage.temps.c.value)).scalar()
+        raw = conn.execute(sa.select(tables.temps.c.value)).scalar()
     assert json.loads(raw) == UNICODE["mixed"]
     assert "😀" in raw
 
@@ -289,7 +289,7 @@ def test_threads_on_the_same_user_lose_no_update(store):
     assert store.get_temp("shared", "last")["n"] == ROUNDS - 1
     assert store.get_user("shared") == (f"/step{ROUNDS - 1}", {}, f"l{ROUNDS - 1}")
     with store.engine.connect() as conn:
-        users = conn.execute(sa.select(sa.func.count()).select_from(storage.users)).scalar()
+        users = conn.execute(sa.select(sa.func.count()).select_from(tables.users)).scalar()
     assert users == 1
 
 
@@ -306,7 +306,7 @@ def test_threads_first_contact_of_one_user(store):
     run_threads(THREADS, work)
     assert results == [(None, {}, None)] * THREADS
     with store.engine.connect() as conn:
-        rows = conn.execute(sa.select(storage.users.c.user_id)).scalars().all()
+        rows = conn.execute(sa.select(tables.users.c.user_id)).scalars().all()
     assert rows == ["newcomer"]
 
 
@@ -555,7 +555,7 @@ def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path):
     store = Store(make_engine(f"sqlite:///{tmp_path / 'locks.db'}"))
     store.set_temp("u", "k", "before")
     with store.engine.begin() as writer:  # BEGIN IMMEDIATE: the write lock is held until the end
-        writer.execute(storage.temps.update().values(value='"during"'))
+        writer.execute(tables.temps.update().values(value='"during"'))
         with ThreadPoolExecutor(1) as pool:
             reading = pool.submit(store.get_temp, "u", "k")
             assert reading.result(timeout=10) == "before"

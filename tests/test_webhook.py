@@ -12,7 +12,7 @@ from werkzeug.serving import make_server
 
 import flask_ampalibe
 from flask_ampalibe.signature import HEADER, generate_signature
-from flask_ampalibe.storage import inbox as inbox_table
+from flask_ampalibe.tables import inbox as inbox_table
 from flask_ampalibe.webhook import MAX_BODY
 from flask_ampalibe.testing import (
     WebhookClient, delivery_event, echo_event, handover_event, message_event, optin_event, page_body,

@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 
 import flask_ampalibe
 from flask_ampalibe.signature import HEADER, generate_signature
-from flask_ampalibe.storage import inbox as inbox_table
+from flask_ampalibe.tables import inbox as inbox_table
 from flask_ampalibe.testing import PAGE_ID
 from flask_ampalibe.webhook import MAX_BODY
 from conftest import SECRET

@@ -24,7 +24,8 @@ from typing import Any, Callable
 from sqlalchemy import select
 
 from ..engine import read_only
-from ..storage import Store, meta, upsert
+from ..storage import Store, upsert
+from ..tables import meta
 
 __all__ = ["Counters", "KEEP_MINUTES"]
 

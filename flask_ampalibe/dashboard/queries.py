@@ -18,7 +18,8 @@ from sqlalchemy import Integer, and_, case, cast, func, or_, select
 
 from ..engine import read_only
 from ..inbox import DONE, FAILED, PENDING, RUNNING
-from ..storage import Store, inbox, jobs, leases, temps, users
+from ..storage import Store
+from ..tables import inbox, jobs, leases, temps, users
 
 __all__ = ["status_counts", "overview", "pending_users", "failed_events", "rejected_events", "user_detail",
            "recent_users",

@@ -2,7 +2,7 @@
 
 It is run by :mod:`flask_ampalibe.schema`, which passes the connection in
 ``config.attributes["connection"]``.  Only the ``amp_*`` tables of
-:data:`flask_ampalibe.storage.metadata` are ours: autogenerate never looks at a bot's own
+:data:`flask_ampalibe.tables.metadata` are ours: autogenerate never looks at a bot's own
 tables, and the version lives in its own table (:data:`~flask_ampalibe.schema.VERSION_TABLE`),
 so a bot's own Alembic in the same database never meets ours.
 """
@@ -13,7 +13,7 @@ from typing import Any
 from alembic import context
 
 from flask_ampalibe.schema import VERSION_TABLE, include_name
-from flask_ampalibe.storage import metadata
+from flask_ampalibe.tables import metadata
 
 config = context.config
 connection = config.attributes.get("connection")
