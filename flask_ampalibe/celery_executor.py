@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from .engine import background_writes
 from .context import current_state
 from .errors import ConfigurationError
-from .executor.base import PURGE_EVERY, Executor, Handle
+from .executor.base import Executor, Handle
 from .inbox import Inbox
 
 if TYPE_CHECKING:
@@ -239,31 +239,9 @@ class CeleryExecutor(Executor):
             self._sent.pop(user_id, None)
         return len(users) - len(failed)
 
-    def _upkeep(self) -> None:
-        tick = max(0.05, min(self.poll_seconds, self.lease_seconds / 3))
-        next_sweep = next_purge = time.monotonic()
-        while True:
-            now = time.monotonic()
-            try:
-                with self._lock:
-                    users = list(self._active)
-                if users:
-                    # Only the users this process drains now: a lease left behind by a failed
-                    # release must expire.  Not a background write (as in the thread executor):
-                    # queued behind the handlers' writes on SQLite, a renewal could come too late.
-                    self.inbox.renew(self.owner, self.lease_seconds, users)
-                with background_writes():
-                    if now >= next_sweep:
-                        next_sweep = now + self.poll_seconds
-                        self.sweep()
-                    if now >= next_purge:
-                        next_purge = now + PURGE_EVERY
-                        self.inbox.purge(self.retention_seconds)
-            except Exception:
-                logger.exception("inbox upkeep failed; retrying in %.1f s", tick)
-            if self.stopping.wait(tick):
-                return
-
+    def leased_users(self) -> list[str]:
+        with self._lock:
+            return list(self._active)
     def shutdown(self, timeout: float = 30.0) -> bool:
         """Send what is queued (up to ``timeout`` s) and stop the threads.
 

@@ -106,20 +106,8 @@ def paged(chat: "Messenger", method: str, kind: str, count: int, label: str | No
 def template_page(chat: "Messenger", dest_id: Any, items: list[Any], extras: list[Any], label: str | None,
                   kwargs: Mapping[str, Any], method: str) -> "requests.Response":
     """Send the first ten ``items`` as a generic template; save the rest when ``label`` is set."""
-    shown, quick_replies = items, list(extras)
-    if label is not None and len(items) > TEMPLATE_ELEMENTS_MAX:
-        token = _save(chat, dest_id, {
-            "kind": "template", "elements": items[TEMPLATE_ELEMENTS_MAX:], "quick_rep": extras,
-            "next": label, "kwargs": kwargs,
-        })
-        shown = items[:TEMPLATE_ELEMENTS_MAX]
-        quick_replies.append(_button(label, token))
-    message: dict[str, Any] = {
-        "attachment": {"type": "template", "payload": {"template_type": "generic", "elements": shown}},
-    }
-    if quick_replies:
-        message["quick_replies"] = quick_replies
-    return chat._send(dest_id, message, kwargs, method)
+    return _template_page(chat, dest_id, "template", "generic", TEMPLATE_ELEMENTS_MAX, items, extras, label,
+                          kwargs, method)
 
 
 def quick_reply_page(chat: "Messenger", dest_id: Any, items: list[Any], text: str, label: str | None,
@@ -138,18 +126,26 @@ def quick_reply_page(chat: "Messenger", dest_id: Any, items: list[Any], text: st
 def product_page(chat: "Messenger", dest_id: Any, elements: list[Any], extras: list[Any], label: str | None,
                  kwargs: Mapping[str, Any]) -> "requests.Response":
     """Send the first ten products as a product template; save the rest when ``label`` is set."""
+    return _template_page(chat, dest_id, "product", "product", PRODUCTS_MAX, elements, extras, label, kwargs,
+                          "send_product_template")
+
+
+def _template_page(chat: "Messenger", dest_id: Any, kind: str, template_type: str, per_page: int,
+                   elements: list[Any], extras: list[Any], label: str | None, kwargs: Mapping[str, Any],
+                   method: str) -> "requests.Response":
+    """A template of ``per_page`` elements; with ``label``, the rest saved as a page of ``kind``."""
     shown, quick_replies = elements, list(extras)
-    if label is not None and len(elements) > PRODUCTS_MAX:
-        token = _save(chat, dest_id, {"kind": "product", "elements": elements[PRODUCTS_MAX:],
-                                      "quick_rep": extras, "next": label, "kwargs": kwargs})
-        shown = elements[:PRODUCTS_MAX]
+    if label is not None and len(elements) > per_page:
+        token = _save(chat, dest_id, {"kind": kind, "elements": elements[per_page:], "quick_rep": extras,
+                                      "next": label, "kwargs": kwargs})
+        shown = elements[:per_page]
         quick_replies.append(_button(label, token))
     message: dict[str, Any] = {
-        "attachment": {"type": "template", "payload": {"template_type": "product", "elements": shown}},
+        "attachment": {"type": "template", "payload": {"template_type": template_type, "elements": shown}},
     }
     if quick_replies:
         message["quick_replies"] = quick_replies
-    return chat._send(dest_id, message, kwargs, "send_product_template")
+    return chat._send(dest_id, message, kwargs, method)
 
 
 # -- the tap ---------------------------------------------------------------------------------------

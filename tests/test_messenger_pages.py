@@ -44,7 +44,8 @@ def titles(message: dict) -> list[str]:
 
 
 def tap(chat: Messenger, message: dict, label: str, user: str = USER) -> bool:
-    """Tap the quick reply called ``label`` of ``message`` (the dispatcher hands it to handle_internal)."""
+    """Tap the quick reply called ``label`` of ``message`` (a standalone Messenger's handle_internal;
+    in an app, the dispatcher runs the internal command instead)."""
     payload = next(q["payload"] for q in message["quick_replies"] if q["title"] == label)
     return chat.handle_internal(user, payload)
 

@@ -164,7 +164,11 @@ def _celery_worker(state: Any, concurrency: int, pool: str, graceful_timeout: fl
     state.store.create_all()
     broker = executor.celery.connection_for_write().as_uri()  # the password masked
 
+    stop_requested = threading.Event()  # SIGTERM, SIGINT, SIGQUIT: Celery is told to stop
+    workers: list[Any] = []
+
     def on_shutting_down(**kwargs: Any) -> None:
+        stop_requested.set()
         # Celery's warm shutdown waits for running tasks without limit: give them
         # --graceful-timeout seconds, then exit (their events run again, redelivered=True).
         def give_up() -> None:
@@ -183,10 +187,6 @@ def _celery_worker(state: Any, concurrency: int, pool: str, graceful_timeout: fl
         for name in ("celery.app.trace", "celery.worker.strategy"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
-    stop_requested = threading.Event()  # SIGTERM, SIGINT, SIGQUIT: Celery is told to stop
-    workers: list[Any] = []
-
-    signals.worker_shutting_down.connect(lambda **kwargs: stop_requested.set(), weak=False)
     signals.worker_shutting_down.connect(on_shutting_down, weak=False)
     signals.after_setup_logger.connect(quieter, weak=False)
     signals.worker_init.connect(lambda sender=None, **kwargs: workers.append(sender), weak=False)

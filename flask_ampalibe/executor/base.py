@@ -9,12 +9,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 import weakref
 from typing import Callable, Iterable
 
 from ..dberrors import is_unavailable, outage_for
+from ..engine import background_writes
 from ..inbox import Claimed, Inbox, lease_owner
+from ..schema import SchemaError
 
 __all__ = ["Executor", "InlineExecutor", "PollingExecutor", "Handle", "PURGE_EVERY", "MAX_BACKOFF"]
 
@@ -192,6 +195,52 @@ class Executor:
         if users:
             self.notify(users)
         return len(users)
+
+    def leased_users(self) -> list[str]:
+        """The users whose events this process is handling now (their leases are renewed)."""
+        return []
+
+    def _upkeep(self) -> None:
+        """The sweeper thread of executors that handle events in the background: renew the leases
+        of :meth:`leased_users`, :meth:`sweep` every ``poll_seconds``, purge old events, until
+        :attr:`stopping`."""
+        # Renewing well inside the lease keeps it through a slow database or a busy moment; a
+        # lease that lapses while its handler still runs lets another worker run the event too.
+        tick = max(0.05, min(self.poll_seconds, self.lease_seconds / 3))
+        next_sweep = next_purge = time.monotonic()
+        outage = outage_for(self.inbox.engine)
+        backoff = tick
+        while True:
+            now = time.monotonic()
+            pause = tick
+            try:
+                users = self.leased_users()
+                if users:
+                    # Only the users being handled: a lease left behind (its release failed in a
+                    # database outage) must expire, or its user would wait as long as we are busy.
+                    # Not a background write: with hundreds of handler threads queued for SQLite's
+                    # write lock, a renewal behind them would let leases lapse (and events run twice).
+                    self.inbox.renew(self.owner, self.lease_seconds, users)
+                with background_writes():
+                    if now >= next_sweep:
+                        next_sweep = now + self.poll_seconds
+                        self.sweep()
+                    if now >= next_purge:
+                        next_purge = now + PURGE_EVERY
+                        self.inbox.purge(self.retention_seconds)
+                backoff = tick
+                outage.succeeded()
+            except Exception as exc:
+                if is_unavailable(exc) or isinstance(exc, SchemaError):
+                    # The database is down (or not upgraded): one line per try, at growing intervals,
+                    # instead of a traceback every tick.  Events stay recorded; the webhook answers 503.
+                    backoff = pause = min(backoff * 2, MAX_BACKOFF) if outage.down else backoff
+                    next_sweep = now  # sweep as soon as it is back
+                    outage.retry_failed(exc, pause)
+                else:
+                    logger.exception("inbox upkeep failed; retrying in %.1f s", tick)
+            if self.stopping.wait(pause):
+                return
 
 
 class InlineExecutor(Executor):

@@ -14,10 +14,8 @@ from .. import aio
 from ..aio import ElasticPool
 from ..config import DEFAULT_MAX_CONCURRENCY
 from ..dberrors import is_unavailable, outage_for
-from ..engine import background_writes
 from ..inbox import Claimed, Inbox
-from ..schema import SchemaError
-from .base import MAX_BACKOFF, PURGE_EVERY, Executor, Handle
+from .base import Executor, Handle
 
 __all__ = ["ThreadExecutor"]
 
@@ -112,7 +110,7 @@ class ThreadExecutor(Executor):
                 return
             self._pool = ElasticPool(self.max_concurrency, "ampalibe")
             self._steps = ElasticPool(STEP_THREADS, "ampalibe-steps")
-            self._sweeper = threading.Thread(target=self._sweep_loop, name="ampalibe-sweeper", daemon=True)
+            self._sweeper = threading.Thread(target=self._upkeep, name="ampalibe-sweeper", daemon=True)
             self._sweeper.start()
 
     def notify(self, users: Iterable[str]) -> None:
@@ -251,48 +249,9 @@ class ThreadExecutor(Executor):
             if self._in_flight <= 0:
                 self._done.notify_all()
 
-    def _sweep_loop(self) -> None:
-        self._upkeep()
-
-    def _upkeep(self) -> None:
-        # Renewing well inside the lease keeps it through a slow database or a busy moment; a
-        # lease that lapses while its handler still runs lets another worker run the event too.
-        tick = max(0.05, min(self.poll_seconds, self.lease_seconds / 3))
-        next_sweep = next_purge = time.monotonic()
-        outage = outage_for(self.inbox.engine)
-        backoff = tick
-        while True:
-            now = time.monotonic()
-            pause = tick
-            try:
-                with self._lock:
-                    users = list(self._active)
-                if users:
-                    # Only the users being handled: a lease left behind (its release failed in a
-                    # database outage) must expire, or its user would wait as long as we are busy.
-                    # Not a background write: with hundreds of handler threads queued for SQLite's
-                    # write lock, a renewal behind them would let leases lapse (and events run twice).
-                    self.inbox.renew(self.owner, self.lease_seconds, users)
-                with background_writes():
-                    if now >= next_sweep:
-                        next_sweep = now + self.poll_seconds
-                        self.sweep()
-                    if now >= next_purge:
-                        next_purge = now + PURGE_EVERY
-                        self.inbox.purge(self.retention_seconds)
-                backoff = tick
-                outage.succeeded()
-            except Exception as exc:
-                if is_unavailable(exc) or isinstance(exc, SchemaError):
-                    # The database is down (or not upgraded): one line per try, at growing intervals,
-                    # instead of a traceback every tick.  Events stay recorded; the webhook answers 503.
-                    backoff = pause = min(backoff * 2, MAX_BACKOFF) if outage.down else backoff
-                    next_sweep = now  # sweep as soon as it is back
-                    outage.retry_failed(exc, pause)
-                else:
-                    logger.exception("inbox upkeep failed; retrying in %.1f s", tick)
-            if self.stopping.wait(pause):
-                return
+    def leased_users(self) -> list[str]:
+        with self._lock:
+            return list(self._active)
 
     def shutdown(self, timeout: float = 30.0) -> bool:
         """Finish running handlers (up to ``timeout`` s); unstarted events stay recorded for others.
