@@ -1,6 +1,7 @@
-"""Benchmark: flask_ampalibe against Ampalibe 1.1.9 and bare-Flask ceilings, one command.
+"""Benchmark: flask_ampalibe (on SQLite, PostgreSQL and MariaDB) against Ampalibe 1.1.9 and bare-Flask
+ceilings, one command.
 
-    python bench/run.py            # full run (~8 min on 2 cores), writes bench/RESULTS.md
+    python bench/run.py            # full run (~12 min on 2 cores), writes bench/RESULTS.md
     python bench/run.py --quick    # smoke run: tiny load, a few seconds per system
 
 See bench/README.md for what is measured and how.
@@ -8,6 +9,7 @@ See bench/README.md for what is measured and how.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from typing import Iterator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -38,9 +41,15 @@ AMP_VENV = os.path.join(HERE, ".work", "ampvenv")
 #: flask_ampalibe_async: the same bot with an ``async def`` handler; flask_ampalibe_pool8: the
 #: plain bot capped at 8 handlers per process (the fixed pool of 8 threads before issue 15).
 #: flask_ampalibe_nogov: the plain bot without the executor's CPU governor.
-SYSTEMS = ("flask_ampalibe", "flask_ampalibe_async", "flask_ampalibe_pool8", "flask_ampalibe_nogov", "ampalibe",
-           "ampalibe_nostate", "bare_ack", "bare_e2e")
-FLASK_AMPALIBE = ("flask_ampalibe", "flask_ampalibe_async", "flask_ampalibe_pool8", "flask_ampalibe_nogov")
+#: flask_ampalibe_pg, flask_ampalibe_mariadb: the plain bot on a throwaway PostgreSQL / MariaDB server
+#: of this machine (hello scenario only).
+SYSTEMS = ("flask_ampalibe", "flask_ampalibe_async", "flask_ampalibe_pool8", "flask_ampalibe_nogov",
+           "flask_ampalibe_pg", "flask_ampalibe_mariadb", "ampalibe", "ampalibe_nostate", "bare_ack", "bare_e2e")
+FLASK_AMPALIBE = ("flask_ampalibe", "flask_ampalibe_async", "flask_ampalibe_pool8", "flask_ampalibe_nogov",
+                  "flask_ampalibe_pg", "flask_ampalibe_mariadb")
+#: the systems whose database is a server (the others: an SQLite file), and which server
+SERVER_DATABASES = {"flask_ampalibe_pg": "postgresql", "flask_ampalibe_mariadb": "mariadb"}
+DEFAULT_SYSTEMS = "flask_ampalibe,flask_ampalibe_async,flask_ampalibe_pg,flask_ampalibe_mariadb,ampalibe,ampalibe_nostate,bare"
 #: hello10k: the hello bot with the slow scenario's 10,000 senders (its reference); slow: every
 #: handler waits 1 s first, 10,000 senders; sleep: 2 s, 1,000 senders.
 SCENARIOS = ("hello", "hello10k", "slow", "sleep", "redeliver", "users")
@@ -150,6 +159,50 @@ class FakeGraph:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+class DatabaseServers:
+    """The test suite's throwaway PostgreSQL and MariaDB servers (``tests/dbservers.py``): at most one of
+    each, started when a system first needs it, each system on an emptied database, all stopped by
+    :meth:`stop`.  Their settings are the suite's: loopback only, no fsync (as the bench's SQLite in WAL
+    mode with ``synchronous=NORMAL``, which syncs at checkpoints only)."""
+
+    def __init__(self) -> None:
+        self.servers: dict = {}
+
+    def fresh_url(self, kind: str) -> str:
+        """The SQLAlchemy URL of an empty database on the ``kind`` (``postgresql``, ``mariadb``) server."""
+        server = self.servers.get(kind)
+        if server is None:
+            tests = os.path.join(REPO, "tests")
+            if tests not in sys.path:
+                sys.path.insert(0, tests)
+            import dbservers
+
+            cls = dbservers.PostgreSQLServer if kind == "postgresql" else dbservers.MariaDBServer
+            t0 = time.time()
+            server = self.servers[kind] = cls().start()  # a new server has an empty database
+            log(f"  started a throwaway {kind} server in {time.time() - t0:.1f}s ({server.tmpdir})")
+        else:
+            server.reset()
+        return server.url
+
+    def pid(self, kind: str) -> int | None:
+        """The server's main process (its workers are its children)."""
+        return self.servers[kind]._server_pid()
+
+    def versions(self) -> dict[str, str]:
+        """``{kind: version line}`` of the servers that ran."""
+        out = {}
+        for kind, server in self.servers.items():
+            binary = server.mariadbd if kind == "mariadb" else str(server.bindir / "postgres")
+            text = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
+            out[kind] = text.splitlines()[0] if text else kind
+        return out
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+
 # --- systems -----------------------------------------------------------------------------------
 
 def gunicorn_args() -> tuple[list[str], str]:
@@ -181,8 +234,10 @@ def base_env(graph: FakeGraph, sleep: float) -> dict:
     return env
 
 
-def start_system(system: str, rundir: str, graph: FakeGraph, sleep: float) -> tuple[Server, str]:
-    """Start one system in ``rundir``; return the server and the webhook URL."""
+def start_system(system: str, rundir: str, graph: FakeGraph, sleep: float,
+                 db_url: str | None = None) -> tuple[Server, str]:
+    """Start one system in ``rundir`` (``db_url``: its database, if not an SQLite file there); return the
+    server and the webhook URL."""
     port = free_port()
     env = base_env(graph, sleep)
     logfile = os.path.join(rundir, "server.log")
@@ -202,6 +257,8 @@ def start_system(system: str, rundir: str, graph: FakeGraph, sleep: float) -> tu
         proj = os.path.join(rundir, "project")
         shutil.copytree(os.path.join(HERE, "apps", "flask_ampalibe_bot"), proj, dirs_exist_ok=True)
         env.update(BENCH_DB_FILE=os.path.join(rundir, "bench.db"), BENCH_PORT=str(port))
+        if db_url:
+            env["BENCH_DATABASE_URL"] = db_url
         env["PYTHONPATH"] = os.pathsep.join([proj, LIB])
         srv = Server(system, gun + ["core:app"], proj, env, port, logfile)
         path = "/"
@@ -226,38 +283,43 @@ def start_system(system: str, rundir: str, graph: FakeGraph, sleep: float) -> tu
 
 # --- user table pre-population -------------------------------------------------------------------
 
-def prepopulate(system: str, rundir: str, n: int) -> float:
-    """Insert ``n`` users (the load's users among them) into amp_user in one transaction."""
+def prepopulate(system: str, rundir: str, n: int, db_url: str | None = None) -> float:
+    """Insert ``n`` users (the load's users among them) into amp_user in one transaction, in
+    ``rundir``'s SQLite file or, given ``db_url``, in that (empty) server database."""
     db = os.path.join(rundir, "bench.db")
     t0 = time.time()
-    if system in FLASK_AMPALIBE:
+    if system in FLASK_AMPALIBE:  # the bot's own tables, created by the measured checkout
         code = ("import sys; from flask_ampalibe.engine import make_engine; from flask_ampalibe.storage import Store; "
                 "Store(make_engine(sys.argv[1])).create_all()")
         env = dict(os.environ, PYTHONPATH=LIB)
-        subprocess.run([sys.executable, "-c", code, "sqlite:///" + db], check=True, env=env, cwd=rundir)
-    con = sqlite3.connect(db)  # journal mode left as the system sets it (flask_ampalibe: WAL)
-    con.execute("""CREATE TABLE IF NOT EXISTS amp_user (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL UNIQUE, action TEXT,
-        last_use TIMESTAMP DEFAULT CURRENT_TIMESTAMP, lang TEXT)""")
-    cols = con.execute("PRAGMA table_info(amp_user)").fetchall()  # cid, name, type, notnull, default, pk
+        subprocess.run([sys.executable, "-c", code, db_url or "sqlite:///" + db], check=True, env=env, cwd=rundir)
+    count = fill_server_users(db_url, n) if db_url else fill_sqlite_users(db, n)
+    if count != n:
+        raise RuntimeError(f"pre-population gave {count} rows, wanted {n}")
+    return time.time() - t0
+
+
+def user_rows(columns: list[tuple[str, str, bool, bool, bool]], n: int) -> tuple[list[str], Iterator[list]]:
+    """The column names and ``n`` rows for amp_user, whatever its columns (each: name, SQL type,
+    not null, has a default, primary key): the load's user ids, a last use of now."""
     now = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")
     names, fill = [], []
-    for _, name, typ, notnull, default, pk in cols:
+    for name, typ, notnull, has_default, pk in columns:
+        typ = (typ or "").upper()
         if pk:
             continue
         names.append(name)
         if name == "user_id":
             fill.append(None)
-        elif name == "last_use" and any(t in (typ or "").upper() for t in ("REAL", "FLOA", "DOUB", "NUM")):
+        elif name == "last_use" and any(t in typ for t in ("REAL", "FLOA", "DOUB", "NUM")):
             fill.append(time.time())
-        elif name == "last_use" or "DATE" in (typ or "").upper() or "TIME" in (typ or "").upper():
+        elif name == "last_use" or "DATE" in typ or "TIME" in typ:
             fill.append(now)
-        elif notnull and default is None:
+        elif notnull and not has_default:
             fill.append("")
         else:
             fill.append(None)
     uid = names.index("user_id")
-    sql = f"INSERT INTO amp_user ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
 
     def rows():
         for i in range(1, n + 1):
@@ -265,13 +327,43 @@ def prepopulate(system: str, rundir: str, n: int) -> float:
             row[uid] = loadgen.user_id(i)
             yield row
 
+    return names, rows()
+
+
+def fill_sqlite_users(db: str, n: int) -> int:
+    """:func:`prepopulate` on an SQLite file (Ampalibe's table created if it is not there); the row count."""
+    con = sqlite3.connect(db)  # journal mode left as the system sets it (flask_ampalibe: WAL)
+    con.execute("""CREATE TABLE IF NOT EXISTS amp_user (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL UNIQUE, action TEXT,
+        last_use TIMESTAMP DEFAULT CURRENT_TIMESTAMP, lang TEXT)""")
+    # PRAGMA table_info: cid, name, type, notnull, default, pk
+    cols = [(name, typ, bool(notnull), default is not None, bool(pk))
+            for _, name, typ, notnull, default, pk in con.execute("PRAGMA table_info(amp_user)").fetchall()]
+    names, rows = user_rows(cols, n)
+    sql = f"INSERT INTO amp_user ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
     with con:
-        con.executemany(sql, rows())
+        con.executemany(sql, rows)
     count = con.execute("SELECT count(*) FROM amp_user").fetchone()[0]
     con.close()
-    if count != n:
-        raise RuntimeError(f"pre-population gave {count} rows, wanted {n}")
-    return time.time() - t0
+    return count
+
+
+def fill_server_users(url: str, n: int) -> int:
+    """:func:`prepopulate` on a server database whose tables exist; the row count."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        table = sa.Table("amp_user", sa.MetaData(), autoload_with=engine)
+        cols = [(c.name, str(c.type), not c.nullable, c.server_default is not None, c.primary_key)
+                for c in table.columns]
+        names, rows = user_rows(cols, n)
+        with engine.begin() as conn:
+            conn.execute(table.insert(), [dict(zip(names, row)) for row in rows])
+        with engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+    finally:
+        engine.dispose()
 
 
 # --- one measured run ------------------------------------------------------------------------------
@@ -300,7 +392,7 @@ def drain(graph: FakeGraph, expected: int, bound: float, quiet: float = 5.0) -> 
 
 
 def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGraph, bodies: loadgen.Bodies,
-            warm: loadgen.Bodies, workroot: str) -> dict:
+            warm: loadgen.Bodies, workroot: str, dbs: DatabaseServers) -> dict:
     rundir = os.path.join(workroot, f"{system}-{scenario}")
     shutil.rmtree(rundir, ignore_errors=True)
     os.makedirs(rundir)
@@ -309,14 +401,20 @@ def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGrap
         scenario, cfg.users_small)
     res: dict = {"system": system, "scenario": scenario, "connections": cfg.connections,
                  "duration_s": cfg.duration, "sleep_s": sleep, "loadavg_before": loadavg()}
+    kind = SERVER_DATABASES.get(system)
+    db_url = dbs.fresh_url(kind) if kind else None
+    if kind:
+        res["database"] = kind
     if system in (*FLASK_AMPALIBE, "ampalibe", "ampalibe_nostate"):
         res["prepopulated_users"] = users_pre
-        res["prepopulate_s"] = round(prepopulate(system, rundir, users_pre), 2)
-    srv, url = start_system(system, rundir, graph, sleep)
+        res["prepopulate_s"] = round(prepopulate(system, rundir, users_pre, db_url), 2)
+    srv, url = start_system(system, rundir, graph, sleep, db_url)
     res["url"] = url
     try:
         srv.wait_ready()
-        with TreeMonitor(srv.pid) as mon, TreeMonitor(graph.proc.pid) as fgmon:
+        # a database server's CPU is part of the cost of an event: measured apart
+        dbmon_cm = TreeMonitor(dbs.pid(kind)) if kind else contextlib.nullcontext()
+        with TreeMonitor(srv.pid) as mon, TreeMonitor(graph.proc.pid) as fgmon, dbmon_cm as dbmon:
             # warm-up: distinct mids ("m_w..."), handlers skip the sleep for them
             loadgen.run_load(url, warm, tool="python", connections=4, duration=cfg.warmup)
             if system != "bare_ack":
@@ -324,6 +422,8 @@ def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGrap
             graph.reset()
             mon.mark()
             fgmon.mark()
+            if dbmon:
+                dbmon.mark()
             busy0, kids0 = machine_busy_s(), children_cpu_s()
             t0 = time.time()
             spy = start_profiler(cfg, srv.pid, os.path.join(rundir, "pyspy.txt"))
@@ -353,6 +453,11 @@ def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGrap
             res["drained"] = drained
             mon.sample()
             fgmon.sample()
+            db_cpu_s = 0.0
+            if dbmon:
+                dbmon.sample()
+                db_cpu_s = dbmon.cpu_s
+                res["db_cpu_ms_per_event"] = 1000.0 * db_cpu_s / max(1, acked)
             res["cpu_s"] = mon.cpu_s
             res["cpu_ms_per_event"] = 1000.0 * mon.cpu_s / max(1, acked)
             res["peak_rss_mb"] = mon.peak_rss_mb
@@ -360,7 +465,7 @@ def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGrap
             res["fakegraph_cpu_pct"] = 100.0 * fgmon.cpu_s / max(1e-6, t_end - t0)
             # CPU used by anything but the server, the fake Graph API and the load generator
             res["loadgen_cpu_s"] = children_cpu_s() - kids0
-            others = machine_busy_s() - busy0 - mon.cpu_s - fgmon.cpu_s - res["loadgen_cpu_s"]
+            others = machine_busy_s() - busy0 - mon.cpu_s - fgmon.cpu_s - db_cpu_s - res["loadgen_cpu_s"]
             res["other_cpu_pct"] = max(0.0, 100.0 * others / max(1e-6, (t_end - t0) * (os.cpu_count() or 1)))
             res["wall_s"] = t_end - t0
             if system != "bare_ack":
@@ -561,6 +666,51 @@ def issue15_targets(L: list[str], results: list[dict], cfg) -> None:
     L.append("")
 
 
+DATABASE_LABELS = {"postgresql": "PostgreSQL", "mariadb": "MariaDB"}
+
+
+def issue17_targets(L: list[str], results: list[dict], cfg) -> None:
+    """The hot-path and database targets (issue 17): ratios of rows measured in the same run."""
+    fa = find(results, "flask_ampalibe", "hello")
+    back, bend = find(results, "bare_ack", "hello"), find(results, "bare_e2e", "hello")
+    on_server = {kind: find(results, system, "hello") for system, kind in SERVER_DATABASES.items()}
+    if not fa and not any(on_server.values()):
+        return
+    L.append("## Ratios and targets (issue 17)\n")
+    L.append("| measure | value | target | met |")
+    L.append("|---|---:|---:|---|")
+
+    def row(name, val, target, ok):
+        L.append(f"| {name} | {fmt(val, 2)} | {target} | {'–' if ok is None else ('yes' if ok else '**no**')} |")
+
+    for kind, r in on_server.items():
+        if r and fa:
+            label = DATABASE_LABELS[kind]
+            v = ratio(r["acked_rps"], fa["acked_rps"])
+            row(f"acked req/s, hello: {label} / SQLite", v, "≥ 0.70", v is not None and v >= 0.7)
+            v = ratio(r.get("e2e_rps"), fa.get("e2e_rps"))
+            row(f"e2e replies/s, hello: {label} / SQLite", v, "≥ 0.70", v is not None and v >= 0.7)
+    if fa and back:
+        v = ratio(fa["acked_rps"], back["acked_rps"])
+        row("acked req/s flask_ampalibe / bare ack ceiling", v, "≥ 0.70", v is not None and v >= 0.7)
+    if fa and bend:
+        v = ratio(fa.get("e2e_rps"), bend.get("e2e_rps"))
+        row("e2e replies/s flask_ampalibe / bare e2e ceiling", v, "≥ 0.80", v is not None and v >= 0.8)
+    if fa:
+        row(f"p99 ack ms, hello, {cfg.connections} connections", fa["p99_ms"], "≤ 50", fa["p99_ms"] <= 50)
+    for kind, r in on_server.items():
+        if r:
+            row(f"p99 ack ms, hello, {cfg.connections} connections, {DATABASE_LABELS[kind]}", r["p99_ms"], "–", None)
+    if fa:
+        row("CPU ms/event, hello, SQLite (server tree)", fa["cpu_ms_per_event"], "reported", None)
+    for kind, r in on_server.items():
+        if r:
+            db = r.get("db_cpu_ms_per_event")
+            L.append(f"| CPU ms/event, hello, {DATABASE_LABELS[kind]}: server tree + database server | "
+                     f"{r['cpu_ms_per_event']:.2f} + {fmt(db, 2)} | reported | – |")
+    L.append("")
+
+
 def write_report(path: str, cfg, results: list[dict], ceiling: dict, mach: dict, when: str, took_s: float) -> None:
     L = []
     L.append("# Benchmark results: flask_ampalibe vs Ampalibe 1.1.9 vs bare Flask\n")
@@ -581,13 +731,20 @@ def write_report(path: str, cfg, results: list[dict], ceiling: dict, mach: dict,
              "closed loop, loopback; every request one signed webhook with a unique `mid` "
              f"({cfg.users_load:,} users in the load).")
     L.append(f"- flask_ampalibe (at {mach.get('library', 'unknown')}) and the bare apps: `gunicorn {gdesc}`; "
-             "SQLite file DB (WAL).")
+             "SQLite file DB (WAL, `synchronous=NORMAL`).")
     L.append(f"- Ampalibe {AMPALIBE_VERSION}: its own `ampalibe run` (uvicorn, 1 process), SQLite + TinyDB; its Graph "
              "calls rewritten to the fake Graph API by a `sitecustomize.py` in its venv.")
     if ceiling:
         L.append(f"- Fake Graph API ceiling (wrk straight at it, same machine): "
                  f"{ceiling.get('keepalive', 0):,.0f} req/s keep-alive, {ceiling.get('close', 0):,.0f} req/s "
                  "with a new connection per request.")
+    dbs = mach.get("databases") or {}
+    if dbs:
+        L.append("- `flask_ampalibe_pg`, `flask_ampalibe_mariadb`: the same bot on a throwaway "
+                 + " / ".join(f"{DATABASE_LABELS.get(k, k)} ({v})" for k, v in dbs.items())
+                 + " server on this machine, over TCP on loopback, started as the test suite starts them "
+                 "(`tests/dbservers.py`: no fsync, `synchronous_commit=off` / `innodb_flush_log_at_trx_commit=2`); "
+                 "their CPU ms/event column adds the database server's own CPU (`+ … db`).")
     L.append("- Hello bot: reads and writes one temp value of the user, sends one text reply (`Hello <mid>`).\n")
     L.append("## Results\n")
     L.append("| system | scenario | acked req/s | p50 ms | p99 ms | e2e replies/s | replies / unique events | "
@@ -609,9 +766,12 @@ def write_report(path: str, cfg, results: list[dict], ceiling: dict, mach: dict,
             lost = f"– ({r['pending']:,} pending)"
             e2e += " (not drained)"
         reps = "–" if r["system"] == "bare_ack" else f"{fmt(r.get('replies'))} / {fmt(r['acked_unique_min'])}"
+        cpu = f"{r['cpu_ms_per_event']:.2f}"
+        if r.get("db_cpu_ms_per_event") is not None:
+            cpu += f" + {r['db_cpu_ms_per_event']:.2f} db"
         L.append(f"| {r['system']} | {scen} | {r['acked_rps']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {e2e} | "
                  f"{reps} | {fmt(r.get('duplicates'))} | {lost} | {r['errors']:,} | "
-                 f"{r['cpu_ms_per_event']:.2f} | {r['peak_rss_mb']:.0f} | {fmt(r.get('peak_worker_rss_mb'))} | "
+                 f"{cpu} | {r['peak_rss_mb']:.0f} | {fmt(r.get('peak_worker_rss_mb'))} | "
                  f"{r['fakegraph_cpu_pct']:.0f} | "
                  f"{r.get('other_cpu_pct', 0):.0f} |")
     L.append("")
@@ -670,6 +830,7 @@ def write_report(path: str, cfg, results: list[dict], ceiling: dict, mach: dict,
             ratio(fa["acked_rps"], u1m["acked_rps"]), "–", None)
     L.append("")
     issue15_targets(L, results, cfg)
+    issue17_targets(L, results, cfg)
     analysis = os.path.join(HERE, "ANALYSIS.md")
     if os.path.exists(analysis) and not cfg.quick:
         with open(analysis) as fh:
@@ -699,7 +860,7 @@ def celery_rows(path: str) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="flask_ampalibe benchmark (see bench/README.md)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny load, hello scenario only")
-    p.add_argument("--systems", default="flask_ampalibe,flask_ampalibe_async,ampalibe,ampalibe_nostate,bare",
+    p.add_argument("--systems", default=DEFAULT_SYSTEMS,
                    help="comma list of " + ", ".join(SYSTEMS) + ", bare (= bare_ack,bare_e2e)")
     p.add_argument("--scenarios", default=None, help="comma list of " + ", ".join(SCENARIOS))
     p.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
@@ -745,6 +906,8 @@ def plan(cfg) -> list[tuple[str, str]]:
     runs = []
     for scen in cfg.scenarios:
         for system in cfg.systems:
+            if system in SERVER_DATABASES and scen != "hello":
+                continue  # the database comparison: the hello bot only
             if scen == "hello":
                 runs.append((system, scen))
             elif scen == "hello10k" and system in FLASK_AMPALIBE:
@@ -803,6 +966,7 @@ def main(argv=None) -> int:
                                tag="w", seed=2)
     log(f"generated bodies in {time.time() - gen_t:.1f}s")
     graph = FakeGraph(workroot)
+    dbs = DatabaseServers()
     results: list[dict] = []
     ceiling: dict = {}
     try:
@@ -811,7 +975,7 @@ def main(argv=None) -> int:
         for system, scen in runs:
             log(f"run {system} / {scen}")
             try:
-                r = measure(system, scen, cfg, graph, bodies[scen], warm, workroot)
+                r = measure(system, scen, cfg, graph, bodies[scen], warm, workroot, dbs)
             except Exception as exc:  # keep going: one broken system must not hide the others
                 r = {"system": system, "scenario": scen, "error": f"{type(exc).__name__}: {exc}"}
                 log(f"  FAILED: {r['error']}")
@@ -827,7 +991,10 @@ def main(argv=None) -> int:
             results.append(r)
     finally:
         graph.stop()
+        db_versions = dbs.versions()
+        dbs.stop()
     mach = machine()
+    mach["databases"] = db_versions
     when, took = dt.datetime.now().strftime("%Y-%m-%d %H:%M"), time.time() - started
     write_report(cfg.out, cfg, results, ceiling, mach, when, took)
     if cfg.json:

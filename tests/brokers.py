@@ -12,7 +12,8 @@ import socket
 
 import pytest
 
-from dbservers import ServerUnavailable, _Server, _start_or_fail, apt_install
+from dbfixtures import start_or_fail
+from dbservers import ServerUnavailable, _Server, apt_install
 
 __all__ = ["RedisServer", "redis_server"]
 
@@ -94,6 +95,6 @@ class RedisServer(_Server):
 @pytest.fixture(scope="session")
 def redis_server():
     """A running :class:`RedisServer`, started on first use, stopped at session end."""
-    server = _start_or_fail(RedisServer)
+    server = start_or_fail(RedisServer)
     yield server
     server.stop()

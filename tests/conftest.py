@@ -1,7 +1,7 @@
 """Shared fixtures: a fake Graph API, a Flask app with the extension, spec-style bots.
 
 Database server fixtures (``database_url``, ``mariadb_server``, ``postgresql_server``) come
-from ``dbservers.py``.
+from ``dbfixtures.py`` (the servers themselves: ``dbservers.py``).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import flask_ampalibe
 from flask_ampalibe.extension import reset_default
 from flask_ampalibe.testing import FakeGraph, WebhookClient
 
-from dbservers import database_url, mariadb_server, postgresql_server  # noqa: F401  (fixtures)
+from dbfixtures import database_url, mariadb_server, postgresql_server  # noqa: F401  (fixtures)
 
 HERE = Path(__file__).resolve().parent
 SPEC_BOTS = HERE / "spec_bots"

@@ -1,18 +1,12 @@
-"""Throwaway MariaDB and PostgreSQL servers for the test suite.
+"""Throwaway MariaDB and PostgreSQL servers for the test suite and the benchmark.
 
 Each server lives in its own temporary directory (data, socket, pid and log
 files), listens on a free port of 127.0.0.1 and uses password authentication
 for the application user. A missing server is installed from Debian packages
 when we run as root (CI); otherwise the error says what to install.
 
-The pytest fixtures at the bottom are meant to be imported by
-``tests/conftest.py``::
-
-    from dbservers import database_url, mariadb_server, postgresql_server  # noqa: F401
-
-``database_url`` is parametrized over ``sqlite``, ``mariadb`` and
-``postgresql``; every test that uses it runs three times, each time on an
-empty database.
+No pytest here: the benchmark (``bench/run.py``) starts the same servers.
+The test suite's fixtures are in ``dbfixtures.py``.
 """
 from __future__ import annotations
 
@@ -29,16 +23,11 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 __all__ = [
     "DATABASE_NAME",
     "ServerUnavailable",
     "MariaDBServer",
     "PostgreSQLServer",
-    "mariadb_server",
-    "postgresql_server",
-    "database_url",
 ]
 
 DATABASE_NAME = "ampalibe_test"
@@ -540,47 +529,3 @@ class PostgreSQLServer(_Server):
             conn.execute("SET lock_timeout = '20s'")
             conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
             conn.execute(sql.SQL("CREATE SCHEMA public AUTHORIZATION {}").format(sql.Identifier(self.user)))
-
-
-# --------------------------------------------------------------------------- pytest fixtures
-
-
-def _start_or_fail(cls: type[_Server]) -> _Server:
-    try:
-        return cls().start()
-    except ServerUnavailable as exc:
-        # No skips, in CI or elsewhere: a suite that silently skips the server
-        # backends would prove nothing about them.
-        pytest.fail(f"Could not start the {cls.name} test server: {exc}", pytrace=False)
-
-
-@pytest.fixture(scope="session")
-def mariadb_server():
-    """A running :class:`MariaDBServer`, started on first use, stopped at session end."""
-    server = _start_or_fail(MariaDBServer)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def postgresql_server():
-    """A running :class:`PostgreSQLServer`, started on first use, stopped at session end."""
-    server = _start_or_fail(PostgreSQLServer)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["sqlite", "mariadb", "postgresql"])
-def database_url(request, tmp_path):
-    """SQLAlchemy URL of an empty database, once per backend.
-
-    Server databases are emptied before each test (all tables dropped), so
-    the URL is the same for every test of a session and engines cached per
-    URL stay valid; code under test must create its schema (idempotently).
-    """
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ampalibe.db'}"
-        return
-    server = request.getfixturevalue(f"{request.param}_server")
-    server.reset()
-    yield server.url

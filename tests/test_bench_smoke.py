@@ -43,6 +43,25 @@ def test_quick_run_writes_numbers(tmp_path: Path) -> None:
     assert "flask_ampalibe / bare ack ceiling" in table
 
 
+def test_quick_run_on_postgresql(tmp_path: Path) -> None:
+    """The hello bot on a throwaway PostgreSQL server, next to SQLite, and their ratios."""
+    out, raw = tmp_path / "RESULTS.md", tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--systems", "flask_ampalibe,flask_ampalibe_pg",
+         "--out", str(out), "--json", str(raw)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    pg = {r["system"]: r for r in json.loads(raw.read_text())["results"]}["flask_ampalibe_pg"]
+    assert pg["database"] == "postgresql"
+    assert pg["acked"] > 0 and pg["replies"] > 0 and pg["duplicates"] == 0, pg
+    assert pg["db_cpu_ms_per_event"] > 0  # the PostgreSQL server's own CPU, measured apart
+    table = out.read_text()
+    assert re.search(r"^\| flask_ampalibe_pg \| hello .*\| [\d.]+ \+ [\d.]+ db \|", table, re.M), table
+    assert re.search(r"^\| acked req/s, hello: PostgreSQL / SQLite \| [\d.]+ \| ≥ 0.70 \|", table, re.M), table
+    assert "PostgreSQL (postgres (PostgreSQL)" in table  # the server's version in the settings
+
+
 def test_celery_quick_run_writes_its_rows(tmp_path: Path) -> None:
     out, raw = tmp_path / "RESULTS.md", tmp_path / "celery.json"
     out.write_text("# Benchmark results\n\nearlier rows\n")
