@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from sqlalchemy.engine import Engine, make_url
 
-__all__ = ["describe", "kind_of", "is_unavailable", "Outage", "outage_for", "masked"]
+__all__ = ["describe", "kind_of", "is_unavailable", "is_deadlock", "Outage", "outage_for", "masked"]
 
 logger = logging.getLogger("flask_ampalibe.database")
 
@@ -23,6 +23,7 @@ logger = logging.getLogger("flask_ampalibe.database")
 _MYSQL_AUTH = {1045, 1044, 1698}
 _MYSQL_NO_DATABASE = {1049}
 _MYSQL_UNREACHABLE = {2002, 2003, 2005, 2006, 2013, 2055}
+_MYSQL_DEADLOCK = {1213}
 
 
 def masked(url: Any) -> str:
@@ -73,6 +74,14 @@ def is_unavailable(exc: BaseException) -> bool:
         return False
     return (exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError)
             or (isinstance(exc, sa_exc.OperationalError) and kind_of(exc) != "other"))
+
+
+def is_deadlock(exc: BaseException) -> bool:
+    """Whether the server rolled the transaction back to break a deadlock (MySQL/MariaDB 1213,
+    PostgreSQL 40P01): nothing was written, and running it again is the cure."""
+    err = _driver_error(exc)
+    code = err.args[0] if err.args and isinstance(err.args[0], int) else None
+    return code in _MYSQL_DEADLOCK or getattr(err, "sqlstate", None) == "40P01"
 
 
 def describe(url: Any, exc: BaseException) -> str:

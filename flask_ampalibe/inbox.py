@@ -24,13 +24,15 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import and_, bindparam, func, or_, select
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DBAPIError
 
+from .dberrors import is_deadlock
 from .engine import read_only
 from .events import Event, rejected_key
+from .groupcommit import GroupCommit
 from .storage import Store, insert_ignore
 from .tables import inbox, leases
 
@@ -46,6 +48,9 @@ STATUSES = (PENDING, RUNNING, DONE, FAILED, REJECTED)
 USER_STATE_KINDS = frozenset({"message", "postback"})
 
 logger = logging.getLogger(__name__)
+
+#: How many times the webhook's insert is tried when the database picks it as a deadlock victim.
+DEADLOCK_RETRIES = 3
 
 # The statements of the per-event path, built once (see storage._constructs for why).
 _unfinished = inbox.c.status.in_((PENDING, RUNNING))
@@ -124,6 +129,8 @@ class Inbox:
         #: dashboard's in-memory counters, when it is on (see :mod:`flask_ampalibe.dashboard`).
         self.counters: Any = None
         self.clock = clock
+        self._group: GroupCommit[list[dict[str, Any]], list[str]] = GroupCommit(self._record_alone,
+                                                                                self._record_many)
 
     @property
     def engine(self) -> Any:
@@ -131,12 +138,17 @@ class Inbox:
 
     # -- the webhook path -----------------------------------------------------------------
     def record(self, events: Iterable[Event]) -> list[str]:
-        """Store ``events`` in one transaction, ignoring those already known.
+        """Store ``events`` durably, ignoring those already known; return once they are committed.
 
         Events with a :attr:`~flask_ampalibe.events.Event.problem` are stored as ``rejected``
         with it, never to be handled.  Should the database still refuse an event's data (a
         ``DataError``), each event is stored on its own and the refused ones are kept as
         ``rejected``: one odd item never holds up the rest of its batch.
+
+        Concurrent calls in one process share a transaction (group commit, see
+        :mod:`flask_ampalibe.groupcommit`): a call that finds no write in progress commits at
+        once; those that arrive meanwhile are committed together by the next write.  A shared
+        write that fails is retried call by call, so each call meets only its own errors.
 
         :returns: the users that have events to handle now (to wake the executor for).
         """
@@ -145,30 +157,55 @@ class Inbox:
         rows = [_row(ev, now) for ev in events]
         if not rows:
             return []
+        return self._group.submit(rows)
+
+    def _record_alone(self, rows: list[dict[str, Any]]) -> list[str]:
+        """One call's rows in a transaction of their own, item by item if the database refuses the batch."""
         try:
-            return self._insert(rows)
+            self._insert(rows)
+            return _pending_users(rows)
         except (DataError, UnicodeError):
             logger.warning("the database refused a webhook batch's data; recording its %s items one by one",
                            len(rows))
         users: dict[str, None] = {}
         for row in rows:
             try:
-                users.update(dict.fromkeys(self._insert([row])))
+                self._insert([row])
+                users.update(dict.fromkeys(_pending_users([row])))
             except (DataError, UnicodeError) as exc:
                 logger.warning("webhook item %s rejected: the database refused it (%s)", row["event_key"],
                                type(exc).__name__)
-                self._insert([_refused_row(row, exc, now)])
+                self._insert([_refused_row(row, exc, row["received_at"])])
         return list(users)
 
-    def _insert(self, rows: list[dict[str, Any]]) -> list[str]:
-        users = list(dict.fromkeys(r["user_id"] for r in rows if r["status"] == PENDING))
-        with self.engine.begin() as conn:
-            insert_ignore(conn, inbox, rows)
-            if users:
-                insert_ignore(conn, leases, [{"user_id": u, "owner": None, "expires_at": 0.0} for u in users])
+    def _record_many(self, calls: Sequence[list[dict[str, Any]]]) -> list[list[str]]:
+        """The rows of several concurrent calls in one transaction; each call's users."""
+        self._insert([row for rows in calls for row in rows])
+        return [_pending_users(rows) for rows in calls]
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        # Sorted, so that two processes inserting lease rows of the same users do not deadlock.
+        users = sorted({r["user_id"] for r in rows if r["status"] == PENDING})
+        for attempt in range(1, DEADLOCK_RETRIES + 1):
+            try:
+                with self.engine.begin() as conn:
+                    insert_ignore(conn, inbox, rows)
+                    if users:
+                        insert_ignore(conn, leases, [{"user_id": u, "owner": None, "expires_at": 0.0} for u in users])
+                break
+            except DBAPIError as exc:
+                # On MariaDB the inserts and the executor's updates of the same index can deadlock
+                # under load; the server rolled back, so writing again is safe (and beats a 503).
+                if attempt == DEADLOCK_RETRIES or not is_deadlock(exc):
+                    raise
+                logger.info("webhook insert chosen as a deadlock victim; writing it again (%s)", attempt)
         if self.counters is not None and users:
             self.counters.recorded(sum(1 for r in rows if r["status"] == PENDING))
-        return users
+
+    @property
+    def group_commit(self) -> GroupCommit[list[dict[str, Any]], list[str]]:
+        """The webhook's group commit (its ``writes`` and ``shared_writes`` counters show batching)."""
+        return self._group
 
     # -- leases ---------------------------------------------------------------------------
     def claim(self, user_id: str, owner: str, seconds: float) -> bool:
@@ -429,6 +466,11 @@ def _row(event: Event, now: float) -> dict[str, Any]:
     return {"event_key": event.key or rejected_key(event), "user_id": event.sender_id, "kind": event.kind,
             "timestamp": event.timestamp, "body": event.to_json(), "status": REJECTED, "attempts": 0, "error": event.problem, "received_at": now,
             "finished_at": now}
+
+
+def _pending_users(rows: list[dict[str, Any]]) -> list[str]:
+    """The users of ``rows`` that have an event to handle, in order of first appearance."""
+    return list(dict.fromkeys(r["user_id"] for r in rows if r["status"] == PENDING))
 
 
 def _refused_row(row: dict[str, Any], exc: BaseException, now: float) -> dict[str, Any]:

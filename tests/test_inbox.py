@@ -7,8 +7,10 @@ server restarted under a running app.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
 import flask_ampalibe
@@ -150,3 +152,126 @@ def test_an_event_the_database_refuses_is_kept_as_rejected_and_the_rest_recorded
         assert row["user_id"] == "" and "The database refused this item" in row["error"]
         assert row["body"].isascii()
     assert box.take("u", "w", 30).event.raw["message"]["text"] == "good"
+
+
+# -- group commit: concurrent webhook requests share a transaction ------------------------------------
+def _count_inserts(engine, table="amp_inbox", delay=0.0):
+    """Count the INSERTs into ``table`` (each executemany counts once); optionally make each slower."""
+    count = [0]
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith(f"INSERT INTO {table.upper()}"):
+            count[0] += 1
+            if delay:
+                time.sleep(delay)  # a slow disk or network: requests arrive while a write is in progress
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    return count, lambda: sa.event.remove(engine, "before_cursor_execute", before)
+
+
+def test_concurrent_webhook_posts_share_commits_and_are_handled_once_in_order(database_url, tmp_path, graph):
+    app = Flask("group_commit", instance_path=str(tmp_path / "i"))
+    app.config.update(TESTING=True, AMPALIBE_ACCESS_TOKEN="t", AMPALIBE_VERIF_TOKEN="v", AMPALIBE_APP_SECRET=SECRET,
+                      AMPALIBE_GRAPH_URL=graph.url, AMPALIBE_EXECUTOR="thread", AMPALIBE_DATABASE_URL=database_url)
+    router = flask_ampalibe.Router()
+    seen: dict[str, list[str]] = {}
+    lock = threading.Lock()
+
+    @router.command("/")
+    def main(sender_id, cmd, **extends):
+        with lock:
+            seen.setdefault(sender_id, []).append(cmd)
+
+    flask_ampalibe.Ampalibe(app, router=router)
+    state = app.extensions["ampalibe"]
+    state.store.create_all()
+    inserts, stop_counting = _count_inserts(state.store.engine, delay=0.005)
+    senders, per_user = 32, 8
+    statuses: list[int] = []
+
+    def send(n):
+        # One user per thread, each message once and then again (a redelivery, same mid): the
+        # copy may land in the same shared write as the original, or in a later one.
+        hook = WebhookClient(app.test_client(), SECRET)
+        for i in range(per_user):
+            item = message_event(f"u{n}", f"m{i}", mid=f"mid.{n}.{i}", timestamp=1000 + i)
+            statuses.append(hook.post(item).status_code)
+            statuses.append(hook.post(item).status_code)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(senders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    stop_counting()
+    try:
+        posts = senders * per_user * 2
+        assert len(statuses) == posts and set(statuses) == {200}
+        assert inserts[0] < posts // 2, "concurrent posts should share transactions"
+        assert state.inbox.group_commit.shared_writes > 0
+        deadline = time.monotonic() + 60
+        while state.inbox.stats()["done"] < senders * per_user and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = state.inbox.stats()
+        assert stats["received"] == stats["done"] == senders * per_user and stats["failed"] == 0
+        assert seen == {f"u{n}": [f"m{i}" for i in range(per_user)] for n in range(senders)}
+    finally:
+        state.executor.shutdown(timeout=10)
+        state.store.engine.dispose()
+
+
+def test_a_request_the_database_refuses_does_not_fail_the_others_sharing_its_write(box):
+    box.store.ensure()
+    engine = box.engine
+    first_in, release = threading.Event(), threading.Event()
+
+    def hold_first(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO AMP_INBOX") and not first_in.is_set():
+            first_in.set()
+            release.wait(30)  # the first request's write is in progress while the others queue
+
+    sa.event.listen(engine, "before_cursor_execute", hold_first)
+    results: dict[str, list[str]] = {}
+    errors: list[BaseException] = []
+
+    def record(name, *evs):
+        try:
+            results[name] = box.record(list(evs))
+        except BaseException as exc:  # pragma: no cover - the assertion below shows it
+            errors.append(exc)
+
+    good = [events(message_event(f"g{n}", "hello", mid=f"g.{n}")) for n in range(4)]
+    bad_ok, bad = events(message_event("b", "fine", mid="b.1"), message_event("b", "refused", mid="b.2"))
+    bad.sender_id = "b\ud800"  # no database stores a lone surrogate: the shared write fails
+    first = threading.Thread(target=record, args=("g0", *good[0]))
+    first.start()
+    assert first_in.wait(30)
+    others = [threading.Thread(target=record, args=(f"g{n}", *good[n])) for n in (1, 2)]
+    others.append(threading.Thread(target=record, args=("b", bad_ok, bad)))
+    others.append(threading.Thread(target=record, args=("g3", *good[3])))
+    for t in others:
+        t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while box.group_commit.queued < len(others) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert box.group_commit.queued == len(others)
+    finally:
+        release.set()
+        for t in [first, *others]:
+            t.join(30)
+        sa.event.remove(engine, "before_cursor_execute", hold_first)
+    assert not errors
+    assert box.group_commit.shared_writes == 1  # the four queued requests went out together, and failed
+    assert {name: users for name, users in results.items() if name != "b"} == {f"g{n}": [f"g{n}"] for n in range(4)}
+    assert results["b"] == ["b"]
+    stats = box.stats()
+    assert stats["pending"] == 5 and stats["received"] == 6  # the refused item is kept as rejected
+    for n in range(4):
+        assert box.take(f"g{n}", "w", 30).event.raw["message"]["text"] == "hello"
+
+
+def test_a_lone_request_writes_at_once_without_sharing(box):
+    for n in range(3):
+        assert box.record(events(message_event("u", f"m{n}", mid=f"m.{n}"))) == ["u"]
+    assert box.group_commit.writes == 3 and box.group_commit.shared_writes == 0

@@ -1,0 +1,123 @@
+"""Group commit: concurrent writers of one process share a transaction.
+
+The webhook must not answer 200 before its events are committed, and on 2 cores a commit per
+request is much of an ack's cost.  With :class:`GroupCommit`, a request that finds no write in
+progress writes its rows at once, alone (no waiting for company, so a lone request is as fast
+as before).  Requests that arrive while a write is in progress queue; when it ends, the first of
+them writes everything queued in *one* transaction and wakes the others.  Each request returns
+only once its own rows are committed, so durability is unchanged: nothing is acknowledged that
+is not committed.
+
+When a shared transaction fails, every request in it writes its rows again on its own, in its own
+thread: one request's bad data (or a deadlock) fails only that request, with the error it would
+have met alone.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from typing import Any, Callable, Generic, Sequence, TypeVar
+
+__all__ = ["GroupCommit"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_groups: "weakref.WeakSet[GroupCommit[Any, Any]]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The child has a single thread: a lock held by a parent's thread at the fork would never be released.
+    for group in list(_groups):
+        group._reset()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Waiter(Generic[T, R]):
+    __slots__ = ("item", "done", "result", "committed")
+
+    def __init__(self, item: T) -> None:
+        self.item = item
+        self.done = False  # the write that carried this item has ended (committed or failed)
+        self.committed = False
+        self.result: R | None = None
+
+
+class GroupCommit(Generic[T, R]):
+    """Run ``write_many`` over the items of concurrent :meth:`submit` calls, one call at a time.
+
+    :param write_alone: writes one caller's item in a transaction of its own; returns its result.
+        Used for a caller that found no write in progress, and for each caller of a failed
+        shared write.
+    :param write_many: writes several callers' items in one transaction; returns one result per
+        item, in order.
+    """
+
+    def __init__(self, write_alone: Callable[[T], R], write_many: Callable[[Sequence[T]], list[R]]) -> None:
+        self.write_alone = write_alone
+        self.write_many = write_many
+        #: Writes run so far, and how many of them carried several callers' items (tests, the bench).
+        self.writes = self.shared_writes = 0
+        self._reset()
+        _groups.add(self)
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: list[_Waiter[T, R]] = []
+        self._writing = False
+
+    @property
+    def queued(self) -> int:
+        """Callers waiting for the write in progress to end (their items not yet written)."""
+        with self._cond:
+            return len(self._queue)
+
+    def submit(self, item: T) -> R:
+        """Write ``item`` (with those of other callers waiting meanwhile); return once it is committed.
+
+        :raises: what ``write_alone(item)`` raises.
+        """
+        me: _Waiter[T, R] = _Waiter(item)
+        cond = self._cond
+        with cond:
+            self._queue.append(me)
+            while self._writing and not me.done:
+                cond.wait()
+            if me.done:  # written by another caller's transaction, or that transaction failed
+                batch: list[_Waiter[T, R]] = []
+            else:  # no write in progress: this caller writes everything queued
+                batch, self._queue = self._queue, []
+                self._writing = True
+                self.writes += 1
+        if not batch:
+            if me.committed:
+                return me.result  # type: ignore[return-value]
+            return self.write_alone(item)
+        try:
+            if len(batch) == 1:
+                return self.write_alone(item)
+            self.shared_writes += 1
+            try:
+                results = self.write_many([w.item for w in batch])
+            except Exception as exc:  # each caller writes its own item again, alone, and meets its own error
+                logger.debug("a write shared by %s webhook requests failed (%s); each is written again on its own",
+                               len(batch), type(exc).__name__)
+            else:
+                for waiter, result in zip(batch, results):
+                    waiter.result, waiter.committed = result, True
+        finally:
+            with cond:
+                self._writing = False
+                for waiter in batch:
+                    waiter.done = True
+                cond.notify_all()
+        if me.committed:
+            return me.result  # type: ignore[return-value]
+        return self.write_alone(item)
