@@ -45,8 +45,10 @@ from flask_ampalibe.testing import message_event, page_body
 
 url, users, per_user, count_only = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 engine = make_engine(url)
-if not url.startswith("sqlite"):
-    metadata.drop_all(engine)
+if not url.startswith("sqlite"):  # every table, the schema revision's too, or nothing would be created again
+    existing = sa.MetaData()
+    existing.reflect(engine)
+    existing.drop_all(engine)
 store = Store(engine)
 store.create_all()
 inbox = Inbox(store)

@@ -9,7 +9,9 @@ second time sees ``redelivered=True``.  An event whose handling was started
 :attr:`Inbox.max_attempts` times without ever finishing (each worker died on it) is marked
 failed instead of being tried forever, and so is one that cannot even be read back: a poison
 event never blocks its user's later events.  An event's outcome is committed on its own, so
-nothing that happens afterwards can undo the record of an event already handled.
+nothing that happens afterwards can undo the record of an event already handled.  A worker reads
+several of its user's events at once (:data:`READ_AHEAD`) and starts them one by one without
+reading the inbox again; events read but not started stay ``pending``.
 
 Items of a webhook body that cannot be valid Messenger events (see
 :attr:`flask_ampalibe.events.Event.problem`) are stored as ``rejected`` with their reason, for
@@ -23,7 +25,7 @@ import os
 import socket
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import and_, bindparam, func, or_, select
@@ -49,6 +51,8 @@ USER_STATE_KINDS = frozenset({"message", "postback"})
 
 logger = logging.getLogger(__name__)
 
+#: How many of a user's ready events one step of the executor reads at once (see :meth:`Inbox.next_event`).
+READ_AHEAD = 12
 #: How many times the webhook's insert is tried when the database picks it as a deadlock victim.
 DEADLOCK_RETRIES = 3
 
@@ -77,6 +81,31 @@ _start_oldest = (
     .values(status=RUNNING, attempts=inbox.c.attempts + 1)
     .returning(inbox.c.id, inbox.c.event_key, inbox.c.timestamp, inbox.c.body, inbox.c.attempts)
 )
+# A user's next ready events (see Inbox.next_event), read ahead and started one by one with
+# _start_read_ahead: the one given, if the lease is still this worker's with at least half its
+# time left (the sweeper renews it every third) and no unfinished event of the user comes before
+# it (one recorded since, with an earlier timestamp); otherwise the full step runs.
+_read_ahead = _oldest.limit(READ_AHEAD)
+_earlier = inbox.alias("earlier")
+_start_read_ahead = (
+    inbox.update()
+    .where(inbox.c.id == bindparam("event_id"), _unfinished,
+           select(leases.c.user_id).where(leases.c.user_id == bindparam("uid"), leases.c.owner == bindparam("holder"),
+                                          leases.c.expires_at >= bindparam("fresh_until")).exists(),
+           ~select(_earlier.c.id).where(
+               _earlier.c.user_id == bindparam("uid"), _earlier.c.status.in_((PENDING, RUNNING)),
+               _earlier.c.id != bindparam("event_id"),
+               or_(_earlier.c.timestamp < bindparam("ts"),
+                   and_(_earlier.c.timestamp == bindparam("ts"), _earlier.c.id < bindparam("event_id")))).exists())
+    .values(status=RUNNING, attempts=inbox.c.attempts + 1)
+)
+# The lease given back if the user has no unfinished event: the last step of a drain in one statement.
+_release_if_idle = (
+    leases.update()
+    .where(leases.c.user_id == bindparam("uid"), leases.c.owner == bindparam("holder"),
+           ~select(inbox.c.id).where(inbox.c.user_id == bindparam("uid"), _unfinished).exists())
+    .values(owner=None, expires_at=0.0)
+)
 _give_up = (inbox.update().where(inbox.c.id == bindparam("event_id"))
             .values(status=FAILED, attempts=bindparam("n"), finished_at=bindparam("now"), error=bindparam("err")))
 # Only a running event: if this worker's lease lapsed and another one finished it meanwhile,
@@ -84,6 +113,11 @@ _give_up = (inbox.update().where(inbox.c.id == bindparam("event_id"))
 _end = (inbox.update().where(inbox.c.id == bindparam("event_id"), inbox.c.status == RUNNING)
         .values(status=bindparam("outcome"), finished_at=bindparam("now"), error=bindparam("err")))
 _any_unfinished = select(inbox.c.id).where(inbox.c.user_id == bindparam("uid"), _unfinished).limit(1)
+
+
+def _same_table_subqueries(dialect: Any) -> bool:
+    """Whether an ``UPDATE`` may read its own table in a subquery (not MySQL; MariaDB since 10.3)."""
+    return dialect.name != "mysql" or bool(getattr(dialect, "is_mariadb", False))
 
 
 def lease_owner(tag: str = "") -> str:
@@ -104,6 +138,9 @@ class Claimed:
     #: that handed the event out, for the events routed by the user's state (see
     #: :data:`USER_STATE_KINDS`); ``None`` when not read.
     user: tuple[str | None, dict[str, Any], str | None] | None = None
+    #: The user's next ready events, oldest first, read in the same transaction and not started:
+    #: :meth:`Inbox.next_event` starts them one by one without reading the inbox again.
+    ahead: tuple[Any, ...] = field(default=(), repr=False)
 
     @property
     def redelivered(self) -> bool:
@@ -266,6 +303,13 @@ class Inbox:
         meanwhile is either seen here or finds the lease free (its recorder's claim waits for
         this transaction's row lock), so the caller need not :meth:`release`.
 
+        Up to :data:`READ_AHEAD` of the user's events are read at once; while ``finished``
+        carries events read with it (:attr:`Claimed.ahead`), the next of them is started in one
+        statement that also checks the lease is still held (with at least half its time left)
+        and that no unfinished event of the user comes before it; otherwise the lease is
+        renewed and the inbox read again.  Events read ahead are not started, so a worker that
+        dies leaves them pending, their attempts uncounted.
+
         :param finished: an event this worker just handled, recorded as :meth:`finish` does, on
             the same connection but committed first, on its own: whatever happens next cannot
             undo it (and send its reply again).
@@ -278,55 +322,90 @@ class Inbox:
                     self._finish(conn, finished, error, self.clock())
             with conn.begin():
                 now = self.clock()
+                if finished is not None and finished.ahead and _same_table_subqueries(conn.dialect):
+                    claimed = self._start_ahead(conn, user_id, owner, now + seconds / 2, finished.ahead)
+                    if claimed is not None:
+                        return claimed
+                # Nothing read ahead: probably the user's last event, so first try to give the lease
+                # back if nothing is left.  SQLite runs one write transaction at a time, so the check
+                # and the release need no lock first; server databases renew (lock) the lease first.
+                idle = {"uid": user_id, "holder": owner} if finished is not None and not finished.ahead else None
+                serialized = conn.dialect.name == "sqlite"
+                if idle and serialized and conn.execute(_release_if_idle, idle).rowcount == 1:
+                    return None
                 # Renewing the lease checks that it is still ours and, on server databases, locks
                 # its row until the end of the transaction.
                 held = conn.execute(_renew_one, {"uid": user_id, "holder": owner, "until": now + seconds})
                 if held.rowcount != 1:
                     return None  # the lease expired and someone else took it: stop
-                return self._next(conn, user_id, owner, now)
+                if idle and not serialized and conn.execute(_release_if_idle, idle).rowcount == 1:
+                    return None
+                return self._next(conn, user_id, owner, now, READ_AHEAD)
 
-    def _next(self, conn: Any, user_id: str, owner: str, now: float) -> Claimed | None:
-        """With the lease held and renewed: mark the oldest unfinished event running, or release."""
+    def _start_ahead(self, conn: Any, user_id: str, owner: str, fresh_until: float,
+                     ahead: tuple[Any, ...]) -> Claimed | None:
+        """Start the first event read ahead, if it is still the user's next and the lease ours;
+        ``None`` leaves it to the full step (which also gives up a poison event)."""
+        row = ahead[0]
+        if row.attempts >= self.max_attempts:
+            return None
+        try:
+            event = Event.from_json(row.event_key, user_id, row.timestamp, row.body)
+        except Exception:
+            return None
+        started = conn.execute(_start_read_ahead, {"event_id": row.id, "uid": user_id, "holder": owner,
+                                                   "fresh_until": fresh_until, "ts": row.timestamp})
+        if started.rowcount != 1:
+            return None
+        return self._claimed(conn, row.id, event, row.attempts + 1, ahead[1:])
+
+    def _next(self, conn: Any, user_id: str, owner: str, now: float, read: int = 1) -> Claimed | None:
+        """With the lease held and renewed: mark the oldest unfinished event running (and read up
+        to ``read`` - 1 more after it), or release."""
         while True:
-            if conn.dialect.update_returning:
-                row = conn.execute(_start_oldest, {"uid": user_id}).first()
-                attempts = row.attempts - 1 if row is not None else 0  # before this one
+            started = read == 1 and conn.dialect.update_returning
+            if started:
+                rows = conn.execute(_start_oldest, {"uid": user_id}).all()
             else:
-                row = conn.execute(_oldest, {"uid": user_id}).first()
-                attempts = row.attempts if row is not None else 0
-            if row is None:
+                rows = conn.execute(_oldest if read == 1 else _read_ahead, {"uid": user_id}).all()
+            if not rows:
                 conn.execute(_release, {"uid": user_id, "holder": owner})
                 return None
-            if attempts >= self.max_attempts:
-                # Every earlier attempt died with its worker: a poison event must not block the user.
-                logger.error("event %s of user %s given up after %s attempts that never finished",
-                             row.event_key, user_id, attempts)
-                conn.execute(_give_up, {
-                    "event_id": row.id, "n": attempts, "now": now,
-                    "err": f"Given up after {attempts} attempts: the process handling this event died "
-                           f"(or was stopped) each time before the handler returned. Check the workers' logs, "
-                           f"then replay it with `ampalibe inbox replay {row.id}`."})
-                if self.counters is not None:
-                    self.counters.finished(FAILED)
-                continue
-            try:
-                event = Event.from_json(row.event_key, user_id, row.timestamp, row.body)
-            except Exception as exc:  # recorded by an older version, or edited by hand: it can never run
-                logger.error("event %s of user %s cannot be read back: %r", row.event_key, user_id, exc)
-                conn.execute(_give_up, {
-                    "event_id": row.id, "n": attempts + 1, "now": now,
-                    "err": "The recorded event cannot be read back, so no handler ran: "
-                           + "".join(traceback.format_exception(exc))[-4000:]})
-                if self.counters is not None:
-                    self.counters.finished(FAILED)
-                continue
-            break
-        if not conn.dialect.update_returning:
-            conn.execute(_start, {"event_id": row.id, "n": attempts + 1})
+            for i, row in enumerate(rows):
+                attempts = row.attempts - 1 if started else row.attempts  # before this one
+                if attempts >= self.max_attempts:
+                    # Every earlier attempt died with its worker: a poison event must not block the user.
+                    logger.error("event %s of user %s given up after %s attempts that never finished",
+                                 row.event_key, user_id, attempts)
+                    self._give_up(conn, row.id, attempts, now,
+                                  f"Given up after {attempts} attempts: the process handling this event died "
+                                  f"(or was stopped) each time before the handler returned. Check the workers' "
+                                  f"logs, then replay it with `ampalibe inbox replay {row.id}`.")
+                    continue
+                try:
+                    event = Event.from_json(row.event_key, user_id, row.timestamp, row.body)
+                except Exception as exc:  # recorded by an older version, or edited by hand: it can never run
+                    logger.error("event %s of user %s cannot be read back: %r", row.event_key, user_id, exc)
+                    self._give_up(conn, row.id, attempts + 1, now,
+                                  "The recorded event cannot be read back, so no handler ran: "
+                                  + "".join(traceback.format_exception(exc))[-4000:])
+                    continue
+                if not started:
+                    conn.execute(_start, {"event_id": row.id, "n": attempts + 1})
+                return self._claimed(conn, row.id, event, attempts + 1, tuple(rows[i + 1:]))
+            # every event read was given up: read again
+
+    def _give_up(self, conn: Any, event_id: int, attempts: int, now: float, error: str) -> None:
+        conn.execute(_give_up, {"event_id": event_id, "n": attempts, "now": now, "err": error})
+        if self.counters is not None:
+            self.counters.finished(FAILED)
+
+    def _claimed(self, conn: Any, event_id: int, event: Event, attempts: int, ahead: tuple[Any, ...]) -> Claimed:
+        """The event just started, with the user's state when its kind is routed by it."""
         user = None
         if event.kind in USER_STATE_KINDS and not event.standby:
-            user = self.store.touch_user(user_id, conn)
-        return Claimed(row.id, event, attempts + 1, user)
+            user = self.store.touch_user(event.sender_id, conn)
+        return Claimed(event_id, event, attempts, user, ahead)
 
     def putback(self, claimed: Claimed) -> None:
         """Return an event taken by :meth:`next_event` but not started (shutdown began) to pending."""

@@ -314,6 +314,28 @@ def test_sigkilled_worker_event_is_handled_again_by_another_and_finishes_once(se
     assert inbox.store.get_temp("victim", "seen") == ["slow 3 kill-me"]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_worker_sigkilled_mid_burst_loses_nothing_and_redelivers_only_the_running_event(served, kind):
+    # The worker reads several of the user's events at once; it dies on the third, with three
+    # more read but not started: another worker handles the third again and the rest once, in order.
+    server = served(**KINDS[kind])
+    project = server.project
+    base = int(time.time() * 1000)
+    texts = ["m0", "m1", "slow 3 kill-me", "m3", "m4", "m5"]
+    items = [message_event("burst", text, timestamp=base + n) for n, text in enumerate(texts)]
+    assert server.hook().post(*items).status_code == 200
+    started = wait_until(lambda: [m for m in markers(project) if m["cmd"] == texts[2]], 15, "the third to start")
+    victim = started[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+
+    inbox = project_inbox(project)
+    wait_until(all_handled(inbox, len(texts)), 30, "another worker to handle the rest")
+    assert inbox.store.get_temp("burst", "seen") == texts
+    finished = [(m["cmd"], m["redelivered"]) for m in markers(project) if m["phase"] == "finished"]
+    assert finished == [("m0", False), ("m1", False), (texts[2], True), ("m3", False), ("m4", False), ("m5", False)]
+    assert inbox.stats()["done"] == len(texts)
+
+
 # -- c) graceful stop ------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", KINDS)
 def test_sigterm_finishes_running_handler_and_leaves_the_rest_for_the_next_start(served, kind):

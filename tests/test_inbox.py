@@ -275,3 +275,67 @@ def test_a_lone_request_writes_at_once_without_sharing(box):
     for n in range(3):
         assert box.record(events(message_event("u", f"m{n}", mid=f"m.{n}"))) == ["u"]
     assert box.group_commit.writes == 3 and box.group_commit.shared_writes == 0
+
+
+# -- several of a user's events read at once ------------------------------------------------------------
+def _texts(claimed_list):
+    return [c.event.raw["message"]["text"] for c in claimed_list]
+
+
+def _drain(box, user, owner, first):
+    got, claimed = [first], box.next_event(user, owner, 30, finished=first)
+    while claimed is not None:
+        got.append(claimed)
+        claimed = box.next_event(user, owner, 30, finished=claimed)
+    return got
+
+
+def test_a_burst_is_read_from_the_inbox_twice_not_once_per_event(box):
+    box.record(events(*[message_event("u", f"m{i}", mid=f"m.{i}", timestamp=1000 + i) for i in range(10)]))
+    reads = [0]
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if "FROM amp_inbox" in statement and "ORDER BY" in statement:
+            reads[0] += 1
+
+    sa.event.listen(box.engine, "before_cursor_execute", count)
+    try:
+        got = _drain(box, "u", "w", box.take("u", "w", 30))
+    finally:
+        sa.event.remove(box.engine, "before_cursor_execute", count)
+    assert _texts(got) == [f"m{i}" for i in range(10)]
+    assert reads[0] == 2  # the first event, then the nine others at once (it was one per event)
+    assert box.stats()["done"] == 10 and box.claim("u", "other", 30)  # and the lease is free
+
+
+def test_an_earlier_event_recorded_during_a_burst_comes_before_the_rest(box):
+    box.record(events(*[message_event("u", f"m{i}", mid=f"m.{i}", timestamp=1000 + 10 * i) for i in range(5)]))
+    first = box.take("u", "w", 30)
+    second = box.next_event("u", "w", 30, finished=first)  # m1, with m2..m4 read ahead
+    box.record(events(message_event("u", "late", mid="m.late", timestamp=1015)))  # before m2
+    assert _texts(_drain(box, "u", "w", second)) == ["m1", "late", "m2", "m3", "m4"]
+
+
+def test_events_read_ahead_by_a_worker_that_died_are_not_counted_as_attempts(box):
+    box.clock = clock = FakeClock()
+    box.record(events(*[message_event("u", f"m{i}", mid=f"m.{i}", timestamp=1000 + i) for i in range(4)]))
+    first = box.take("u", "dead", 30)
+    second = box.next_event("u", "dead", 30, finished=first)  # m1 started, m2 and m3 read ahead
+    assert _texts([second]) == ["m1"]
+    clock.advance(31)  # the worker died while handling m1
+    assert box.ready_users() == ["u"]
+    got = _drain(box, "u", "w2", box.take("u", "w2", 30))
+    assert [(text, c.attempts) for text, c in zip(_texts(got), got)] == [("m1", 2), ("m2", 1), ("m3", 1)]
+    assert box.stats()["done"] == 4
+
+
+def test_events_read_ahead_are_not_started_on_a_lease_about_to_lapse(box):
+    box.clock = clock = FakeClock()
+    box.record(events(*[message_event("u", f"m{i}", mid=f"m.{i}", timestamp=1000 + i) for i in range(4)]))
+    first = box.take("u", "w", 30)
+    second = box.next_event("u", "w", 30, finished=first)  # the lease runs to +30 s
+    clock.advance(20)  # nothing renewed it (no sweeper here): under half its time is left
+    third = box.next_event("u", "w", 30, finished=second)
+    assert _texts([third]) == ["m2"]
+    clock.advance(15)  # +35 s: only alive because that step renewed it
+    assert box.ready_users() == [] and box.take("u", "other", 30) is None
