@@ -28,7 +28,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy import and_, bindparam, func, literal, or_, select
 from sqlalchemy.exc import DataError, DBAPIError
 
 from .dberrors import is_deadlock
@@ -57,7 +57,13 @@ READ_AHEAD = 12
 DEADLOCK_RETRIES = 3
 
 # The statements of the per-event path, built once (see storage._constructs for why).
-_unfinished = inbox.c.status.in_((PENDING, RUNNING))
+def _is_unfinished(status: Any) -> Any:
+    """``status IN ('pending', 'running')`` as two plain parameters: ``in_()`` of a list of values
+    would be an "expanding" parameter, rendered again at every execution (~30 µs a statement)."""
+    return status.in_([literal(PENDING), literal(RUNNING)])
+
+
+_unfinished = _is_unfinished(inbox.c.status)
 _claim = (leases.update()
           .where(leases.c.user_id == bindparam("uid"),
                  or_(leases.c.owner.is_(None), leases.c.expires_at < bindparam("now")))
@@ -76,7 +82,7 @@ _queued = inbox.alias("queued")
 _start_oldest = (
     inbox.update()
     .where(inbox.c.id == select(_queued.c.id)
-           .where(_queued.c.user_id == bindparam("uid"), _queued.c.status.in_((PENDING, RUNNING)))
+           .where(_queued.c.user_id == bindparam("uid"), _is_unfinished(_queued.c.status))
            .order_by(_queued.c.timestamp, _queued.c.id).limit(1).scalar_subquery())
     .values(status=RUNNING, attempts=inbox.c.attempts + 1)
     .returning(inbox.c.id, inbox.c.event_key, inbox.c.timestamp, inbox.c.body, inbox.c.attempts)
@@ -93,7 +99,7 @@ _start_read_ahead = (
            select(leases.c.user_id).where(leases.c.user_id == bindparam("uid"), leases.c.owner == bindparam("holder"),
                                           leases.c.expires_at >= bindparam("fresh_until")).exists(),
            ~select(_earlier.c.id).where(
-               _earlier.c.user_id == bindparam("uid"), _earlier.c.status.in_((PENDING, RUNNING)),
+               _earlier.c.user_id == bindparam("uid"), _is_unfinished(_earlier.c.status),
                _earlier.c.id != bindparam("event_id"),
                or_(_earlier.c.timestamp < bindparam("ts"),
                    and_(_earlier.c.timestamp == bindparam("ts"), _earlier.c.id < bindparam("event_id")))).exists())
