@@ -28,6 +28,7 @@ from .constant import (
 from .errors import (
     AmpalibeError, ConfigurationError, GraphError, GraphTimeout, LimitError, PayloadError, RoutingError,
 )
+from .config import Settings
 from .context import current_state, default_router, set_default_router
 from .extension import Ampalibe, default_app, init
 from .i18n import translate
@@ -51,7 +52,7 @@ __all__ = [
     "download_file",
     "Ampalibe", "AmpalibeError", "Bot", "Button", "Cmd", "ConfigurationError", "Element", "GraphError",
     "GraphTimeout", "LimitError", "Messenger", "Model", "Payload", "PayloadError", "QuickReply", "Router",
-    "RoutingError", "action", "after_receive", "before_receive",
+    "RoutingError", "Settings", "action", "after_receive", "before_receive",
     "bp", "celery_app", "command", "crontab", "current_state", "event", "generate_signature", "init", "offload",
     "on_error", "schedule",
     "default_router", "set_default_router", "translate", "verify_signature", "webserver",

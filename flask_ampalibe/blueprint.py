@@ -62,7 +62,7 @@ def _text(body: str, status: int) -> Response:
 @bp.get("/", strict_slashes=False)
 def verify() -> Response:
     """Facebook's webhook check: echo ``hub.challenge`` when the verify token matches."""
-    expected = _state().settings["VERIF_TOKEN"]
+    expected = _state().settings.verif_token
     mode = request.args.get("hub.mode")
     token = request.args.get("hub.verify_token", "")
     challenge = request.args.get("hub.challenge")
@@ -82,7 +82,7 @@ def receive() -> Response:
 @bp.get("/asset/<path:filename>")
 def asset(filename: str) -> Response:
     """Files of ``assets/public`` (``assets/private`` and anything else is 404)."""
-    folder = os.path.join(current_app.root_path, _state().settings["ASSETS_FOLDER"], "public")
+    folder = os.path.join(current_app.root_path, _state().settings.assets_folder, "public")
     try:
         return send_from_directory(folder, filename)
     except NotFound:
@@ -92,7 +92,7 @@ def asset(filename: str) -> Response:
 @bp.get("/_ampalibe/health")
 def health() -> Response:
     """Inbox counts for operators; 404 unless ``AMPALIBE_HEALTH_TOKEN`` is set, 401 without it."""
-    token = _state().settings["HEALTH_TOKEN"]
+    token = _state().settings.health_token
     if not token:
         return _text("Not Found", 404)
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()

@@ -1,21 +1,23 @@
-"""Configuration: the ``AMPALIBE_*`` Flask config keys and the spec's ``Configuration`` class.
+"""Configuration: :class:`Settings`, built once per app from ``app.config``, the spec's
+``Configuration`` class and the environment, in the order :meth:`Settings.load` documents.
 
 Bot authors following the Ampalibe docs write a ``Configuration`` class (see the scaffolded
-``conf.py``); Flask developers set ``AMPALIBE_*`` keys on ``app.config``.  Both end up as the
-same keys, read once by :meth:`flask_ampalibe.Ampalibe.init_app`.
+``conf.py``); Flask developers set ``AMPALIBE_*`` keys on ``app.config``.  Both end up in one
+frozen :class:`Settings` (``app.extensions["ampalibe"].settings``), and ``app.config`` holds the
+same values under their ``AMPALIBE_*`` keys.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import sys
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
 from urllib.parse import quote_plus
 
 from .errors import ConfigurationError
 
-__all__ = ["DEFAULTS", "EXECUTORS", "PREFIX", "PROJECT_ENV", "from_configuration", "database_url_from",
-           "payload_secret", "project_dir", "settings"]
+__all__ = ["DEFAULTS", "EXECUTORS", "PREFIX", "Settings", "database_url_from", "payload_secret", "project_dir"]
 
 PREFIX = "AMPALIBE_"
 
@@ -25,49 +27,18 @@ DEFAULT_MAX_CONCURRENCY = 256
 #: The values of ``AMPALIBE_EXECUTOR``.
 EXECUTORS = ("thread", "inline", "worker", "celery")
 
-#: Settings a project's ``.env`` may also give as ``AMP_<KEY>`` (when its ``Configuration`` does
-#: not set them): older scaffolded ``conf.py`` files do not read them.
-PROJECT_ENV = ("EXECUTOR", "CELERY_BROKER_URL", "CELERY_REQUEUE_SECONDS")
-
-#: Every setting with its default.  Keys appear in ``app.config`` with the ``AMPALIBE_`` prefix.
-DEFAULTS: dict[str, Any] = {
-    "ACCESS_TOKEN": None,
-    "VERIF_TOKEN": None,
-    "APP_SECRET": None,
-    "ALLOW_UNSIGNED": False,
-    "GRAPH_URL": "https://graph.facebook.com",
-    "GRAPH_VERSION": "v24.0",
-    "HTTP_TIMEOUT": 10.0,
-    "DATABASE_URL": None,  # None: sqlite file ampalibe.db in the instance folder
-    "PAYLOAD_SECRET": None,  # None: derived from APP_SECRET, else ACCESS_TOKEN
-    "URL_PREFIX": "",
-    "ASSETS_FOLDER": "assets",
-    "APP_URL": None,
-    "EXECUTOR": "thread",
-    "MAX_CONCURRENCY": None,  # None: 256 events handled at once per process (see README, "Concurrency")
-    "WORKER_THREADS": None,  # former name of MAX_CONCURRENCY
-    "CELERY_BROKER_URL": None,  # the Celery executor's broker (redis://..., amqp://...)
-    "CELERY_REQUEUE_SECONDS": 30.0,  # Celery: how long a recorded event may wait before its user is enqueued again
-    "LEASE_SECONDS": 30.0,
-    "POLL_SECONDS": 2.0,
-    "RETENTION_DAYS": 7.0,
-    "HEALTH_TOKEN": None,
-    "LANGS_FILE": "langs.json",
-    "DEFAULT_LANG": "en",
-    "DASHBOARD_PASSWORD": None,  # None: the dashboard is off (404)
-    "DASHBOARD_USER": "admin",
-    "DASHBOARD_PATH": "/_ampalibe/",
-    "METRICS_TOKEN": None,  # None: the Prometheus endpoint is off (404)
+#: The names a project's ``.env`` gives some settings (``AMP_<KEY>``), read from the environment
+#: when neither the ``Configuration`` nor ``AMPALIBE_<KEY>`` sets them: Ampalibe 1.1.9's and older
+#: scaffolded ``conf.py`` files have no attribute for them.
+_AMP_NAMES = {
+    "APP_SECRET": "AMP_APP_SECRET", "ALLOW_UNSIGNED": "AMP_ALLOW_UNSIGNED", "GRAPH_URL": "AMP_GRAPH_URL",
+    "GRAPH_VERSION": "AMP_GRAPH_VERSION", "APP_URL": "AMP_URL", "EXECUTOR": "AMP_EXECUTOR",
+    "CELERY_BROKER_URL": "AMP_CELERY_BROKER_URL", "CELERY_REQUEUE_SECONDS": "AMP_CELERY_REQUEUE_SECONDS",
 }
 
-# The spec's Configuration attributes that map one-to-one onto a setting.
-_DIRECT = (
-    "ACCESS_TOKEN", "VERIF_TOKEN", "APP_SECRET", "ALLOW_UNSIGNED", "GRAPH_URL", "GRAPH_VERSION",
-    "DATABASE_URL", "PAYLOAD_SECRET", "APP_URL", "EXECUTOR", "CELERY_BROKER_URL", "CELERY_REQUEUE_SECONDS",
-    "MAX_CONCURRENCY", "WORKER_THREADS", "LEASE_SECONDS", "POLL_SECONDS",
-    "RETENTION_DAYS", "HEALTH_TOKEN", "URL_PREFIX", "ASSETS_FOLDER", "HTTP_TIMEOUT", "LANGS_FILE",
-    "DEFAULT_LANG", "DASHBOARD_PASSWORD", "DASHBOARD_USER", "DASHBOARD_PATH", "METRICS_TOKEN",
-)
+#: Settings that are a number of seconds (or days); how to fix a bad value names an example.
+_FLOATS = {"HTTP_TIMEOUT": 10, "CELERY_REQUEUE_SECONDS": 30, "LEASE_SECONDS": 30, "POLL_SECONDS": 2,
+           "RETENTION_DAYS": 7}
 
 _DRIVERS = {
     "MYSQL": ("mysql+pymysql", "3306", "?charset=utf8mb4"),
@@ -86,23 +57,20 @@ def project_dir(conf: Any) -> str:
     return os.path.dirname(os.path.abspath(filename)) if filename else os.getcwd()
 
 
-def database_url_from(conf: Any, base_dir: str | None = None) -> str | None:
-    """Build an SQLAlchemy URL from the spec's ``ADAPTER`` and ``DB_*`` attributes.
+def _url_from_parts(conf: Any, base_dir: str) -> str | None:
+    """An SQLAlchemy URL from the spec's ``ADAPTER`` and ``DB_*`` attributes of ``conf``.
 
-    ``DATABASE_URL`` wins when set.  ``ADAPTER`` is ``SQLITE`` (the default, file ``DB_FILE``),
-    ``MYSQL`` or ``POSTGRESQL``.  A relative ``DB_FILE`` is taken relative to ``base_dir``.
+    ``ADAPTER`` is ``SQLITE`` (the default, file ``DB_FILE``), ``MYSQL`` or ``POSTGRESQL``.  A
+    relative ``DB_FILE`` is taken relative to ``base_dir``.
 
-    :returns: the URL, or ``None`` for the default SQLite file.
+    :returns: the URL, or ``None`` when they name none (SQLite without ``DB_FILE``).
     """
-    url = getattr(conf, "DATABASE_URL", None)
-    if url:
-        return str(url)
     adapter = str(getattr(conf, "ADAPTER", None) or "SQLITE").upper()
     if adapter == "SQLITE":
         db_file = getattr(conf, "DB_FILE", None)
         if not db_file:
             return None
-        if base_dir and not os.path.isabs(str(db_file)):
+        if not os.path.isabs(str(db_file)):
             db_file = os.path.join(base_dir, str(db_file))
         return f"sqlite:///{db_file}"
     if adapter not in _DRIVERS:
@@ -122,72 +90,162 @@ def database_url_from(conf: Any, base_dir: str | None = None) -> str | None:
     return f"{driver}://{auth}{host}:{port}/{name}{query}"
 
 
-def from_configuration(conf: Any, base_dir: str | None = None) -> dict[str, Any]:
-    """Turn the spec's ``Configuration`` object (or class) into ``AMPALIBE_*`` Flask config keys.
+@dataclass(frozen=True)
+class Settings:
+    """One app's settings, typed, validated and frozen: built once, by :meth:`load`.
 
-    Attributes that are missing or ``None`` are left out, so defaults apply.
+    ``app.extensions["ampalibe"].settings`` is this object; ``app.config`` keeps the same values
+    under their ``AMPALIBE_*`` keys.  Each field is the setting of the same name in upper case
+    (``access_token`` is ``AMPALIBE_ACCESS_TOKEN``); see the README's "Configuration" for what
+    each does.  ``AMPALIBE_WORKER_THREADS`` is read as the former name of ``max_concurrency``.
     """
-    out: dict[str, Any] = {}
-    for name in _DIRECT:
-        value = getattr(conf, name, None)
-        if value is not None and value != "":
-            out[PREFIX + name] = value
-    url = database_url_from(conf, base_dir)
-    if url:
-        out[PREFIX + "DATABASE_URL"] = url
-    return out
+
+    access_token: str | None = None
+    verif_token: str | None = None
+    app_secret: str | None = None
+    allow_unsigned: bool = False
+    graph_url: str = "https://graph.facebook.com"
+    graph_version: str = "v24.0"
+    http_timeout: float = 10.0
+    #: ``None``: the file ``ampalibe.db`` in the app's instance folder.
+    database_url: str | None = None
+    #: ``None``: derived from ``app_secret``, else ``access_token`` (see :func:`payload_secret`).
+    payload_secret: str | None = None
+    url_prefix: str = ""
+    assets_folder: str = "assets"
+    app_url: str | None = None
+    executor: str = "thread"
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    celery_broker_url: str | None = None
+    celery_requeue_seconds: float = 30.0
+    lease_seconds: float = 30.0
+    poll_seconds: float = 2.0
+    retention_days: float = 7.0
+    health_token: str | None = None
+    langs_file: str = "langs.json"
+    default_lang: str = "en"
+    #: ``None``: the dashboard is off (404).
+    dashboard_password: str | None = None
+    dashboard_user: str = "admin"
+    dashboard_path: str = "/_ampalibe/"
+    #: ``None``: the Prometheus endpoint is off (404).
+    metrics_token: str | None = None
+
+    @classmethod
+    def load(cls, config: Mapping[str, Any] | None = None, conf: Any = None,
+             environ: Mapping[str, str] | None = None, *, base_dir: str | None = None) -> "Settings":
+        """Build the settings; the one place configuration is read.
+
+        Each setting comes from the first of, in this order:
+
+        1. ``config["AMPALIBE_<KEY>"]`` (the Flask ``app.config``), when present and not ``None``;
+        2. the ``Configuration`` attribute ``<KEY>`` of ``conf``, when neither ``None`` nor ``""``;
+        3. ``environ["AMPALIBE_<KEY>"]``, when not empty;
+        4. ``environ``'s ``.env`` name for it, when not empty: ``AMP_APP_SECRET``,
+           ``AMP_ALLOW_UNSIGNED``, ``AMP_GRAPH_URL``, ``AMP_GRAPH_VERSION``, ``AMP_URL`` (``app_url``),
+           ``AMP_EXECUTOR``, ``AMP_CELERY_BROKER_URL``, ``AMP_CELERY_REQUEUE_SECONDS`` (names an older
+           scaffolded ``conf.py`` has no attribute for);
+        5. the default.
+
+        The database URL follows the same order, level 2 being ``conf.DATABASE_URL`` or else the
+        URL its spec-style parts make (``ADAPTER`` ``SQLITE`` with ``DB_FILE``, ``MYSQL`` or
+        ``POSTGRESQL`` with ``DB_HOST``, ``DB_PORT``, ``DB_USER``, ``DB_PASSWORD``, ``DB_NAME``);
+        with a ``conf`` and none of them, the file ``ampalibe.db`` in its project folder
+        (``base_dir``, by default the folder of the module defining ``conf``'s class: see
+        :func:`project_dir`), where a relative ``DB_FILE`` is too.
+
+        :func:`flask_ampalibe.init` passes all three (``os.environ`` for ``environ``);
+        :meth:`flask_ampalibe.Ampalibe.init_app` passes ``app.config`` only, so a Flask app reads
+        no environment variable unless it copies them into its config itself.
+
+        :raises ConfigurationError: a value that cannot be used, named with how to fix it.
+
+        Example::
+
+            Settings.load({"AMPALIBE_EXECUTOR": "inline"}).executor   # 'inline'
+        """
+        config = config if config is not None else {}
+        environ = environ if environ is not None else {}
+
+        def attribute(key: str) -> Any:
+            return getattr(conf, key, None) if conf is not None else None
+
+        raw: dict[str, Any] = {}
+        for key in DEFAULTS:
+            explicit = config.get(PREFIX + key)
+            raw[key] = explicit if explicit is not None else _first(
+                attribute(key), environ.get(PREFIX + key), environ.get(_AMP_NAMES.get(key, "")))
+        if conf is not None and config.get(PREFIX + "DATABASE_URL") is None:
+            # The Configuration names its database by URL or by parts (ADAPTER, DB_*), either
+            # of which beats the environment; with neither, ampalibe.db in the project folder.
+            base = base_dir or project_dir(conf)
+            raw["DATABASE_URL"] = _first(attribute("DATABASE_URL"), _url_from_parts(conf, base),
+                                         environ.get(PREFIX + "DATABASE_URL"),
+                                         f"sqlite:///{os.path.join(base, 'ampalibe.db')}")
+        return cls._validated(raw)
+
+    @classmethod
+    def _validated(cls, raw: Mapping[str, Any]) -> "Settings":
+        """Convert and check the raw values (``None``: the default)."""
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            key = field.name.upper()
+            value = raw.get(key)
+            if value is None:
+                continue
+            if key in _FLOATS:
+                values[field.name] = _number(key, value)
+            elif field.name == "allow_unsigned":
+                values[field.name] = _flag(value)
+            elif field.name == "database_url" and hasattr(value, "render_as_string"):  # an sqlalchemy URL
+                values[field.name] = value.render_as_string(hide_password=False)
+            elif field.name != "max_concurrency":
+                # An empty optional setting is unset; an empty required one takes its default.
+                if str(value) or field.name == "url_prefix":
+                    values[field.name] = str(value)
+        values["max_concurrency"] = _cap(raw.get("MAX_CONCURRENCY"), raw.get("WORKER_THREADS"))
+        executor = str(values.get("executor", "thread")).lower()
+        if executor not in EXECUTORS:
+            raise ConfigurationError(
+                f"AMPALIBE_EXECUTOR={executor!r} is not known; use 'thread', 'inline', 'worker' or 'celery'."
+            )
+        values["executor"] = executor
+        if executor == "celery" and not values.get("celery_broker_url"):
+            raise ConfigurationError(
+                "AMPALIBE_EXECUTOR=celery needs the broker's URL: set AMPALIBE_CELERY_BROKER_URL "
+                "(AMP_CELERY_BROKER_URL in a project's .env), e.g. redis://localhost:6379/0."
+            )
+        prefix = str(values.get("url_prefix") or "").rstrip("/")
+        values["url_prefix"] = ("/" + prefix.lstrip("/")) if prefix else ""
+        path = str(raw.get("DASHBOARD_PATH") if raw.get("DASHBOARD_PATH") is not None
+                   else cls.dashboard_path).strip("/")
+        if not path:
+            raise ConfigurationError(
+                "AMPALIBE_DASHBOARD_PATH cannot be / (the webhook is there); use a folder such as /_ampalibe/."
+            )
+        values["dashboard_path"] = f"/{path}/"
+        return cls(**values)
+
+    def as_config(self) -> dict[str, Any]:
+        """These settings as ``AMPALIBE_*`` Flask config keys (``AMPALIBE_WORKER_THREADS`` too)."""
+        out = {PREFIX + field.name.upper(): getattr(self, field.name) for field in fields(self)}
+        out[PREFIX + "WORKER_THREADS"] = self.max_concurrency
+        return out
 
 
-def settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The effective settings (without prefix) from a Flask config mapping, defaults filled in."""
-    out = dict(DEFAULTS)
-    for key in DEFAULTS:
-        if PREFIX + key in config:
-            out[key] = config[PREFIX + key]
-    out["ALLOW_UNSIGNED"] = _flag(out["ALLOW_UNSIGNED"])
-    cap = out["MAX_CONCURRENCY"] if out["MAX_CONCURRENCY"] not in (None, "") else out["WORKER_THREADS"]
-    try:
-        cap = int(cap) if cap not in (None, "") else DEFAULT_MAX_CONCURRENCY
-    except (TypeError, ValueError):
-        cap = 0
-    if cap < 1:
-        raise ConfigurationError(
-            f"AMPALIBE_MAX_CONCURRENCY={out['MAX_CONCURRENCY'] or out['WORKER_THREADS']!r} is not a positive whole "
-            f"number; set it (AMP_MAX_CONCURRENCY in .env) to how many events a process may handle at once, "
-            f"e.g. {DEFAULT_MAX_CONCURRENCY}."
-        )
-    out["MAX_CONCURRENCY"] = out["WORKER_THREADS"] = cap
-    for key in ("LEASE_SECONDS", "POLL_SECONDS", "RETENTION_DAYS", "HTTP_TIMEOUT", "CELERY_REQUEUE_SECONDS"):
-        out[key] = float(out[key])
-    out["EXECUTOR"] = str(out["EXECUTOR"]).lower()
-    if out["EXECUTOR"] not in EXECUTORS:
-        raise ConfigurationError(
-            f"AMPALIBE_EXECUTOR={out['EXECUTOR']!r} is not known; use 'thread', 'inline', 'worker' or 'celery'."
-        )
-    if out["EXECUTOR"] == "celery" and not out["CELERY_BROKER_URL"]:
-        raise ConfigurationError(
-            "AMPALIBE_EXECUTOR=celery needs the broker's URL: set AMPALIBE_CELERY_BROKER_URL "
-            "(AMP_CELERY_BROKER_URL in a project's .env), e.g. redis://localhost:6379/0."
-        )
-    prefix = str(out["URL_PREFIX"] or "").rstrip("/")
-    out["URL_PREFIX"] = ("/" + prefix.lstrip("/")) if prefix else ""
-    path = str(out["DASHBOARD_PATH"] or "").strip("/")
-    if not path:
-        raise ConfigurationError(
-            "AMPALIBE_DASHBOARD_PATH cannot be / (the webhook is there); use a folder such as /_ampalibe/."
-        )
-    out["DASHBOARD_PATH"] = f"/{path}/"
-    return out
+#: Every setting with its default (``None``: see :class:`Settings`), by its key without the prefix.
+DEFAULTS: dict[str, Any] = {field.name.upper(): field.default for field in fields(Settings)}
+DEFAULTS.update(MAX_CONCURRENCY=None, WORKER_THREADS=None)  # None: DEFAULT_MAX_CONCURRENCY
 
 
-def payload_secret(values: Mapping[str, Any]) -> str:
-    """The key that signs payloads: ``PAYLOAD_SECRET``, else derived from ``APP_SECRET`` or ``ACCESS_TOKEN``.
+def payload_secret(settings: Settings) -> str:
+    """The key that signs payloads: ``payload_secret``, else derived from ``app_secret`` or ``access_token``.
 
     Derived, not random, so every worker and host of one bot agrees on it.
     """
-    if values.get("PAYLOAD_SECRET"):
-        return str(values["PAYLOAD_SECRET"])
-    base = values.get("APP_SECRET") or values.get("ACCESS_TOKEN") or values.get("VERIF_TOKEN")
+    if settings.payload_secret:
+        return settings.payload_secret
+    base = settings.app_secret or settings.access_token or settings.verif_token
     if not base:
         raise ConfigurationError(
             "Payloads need a signing key: set AMPALIBE_PAYLOAD_SECRET, or APP_SECRET (AMP_APP_SECRET in .env)."
@@ -199,3 +257,34 @@ def _flag(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is set (neither ``None`` nor ``""``), else ``None``."""
+    return next((value for value in values if value is not None and value != ""), None)
+
+
+def _number(key: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"AMPALIBE_{key}={value!r} is not a number; set it to a number of "
+            f"{'days' if key.endswith('DAYS') else 'seconds'}, e.g. {_FLOATS[key]}."
+        ) from None
+
+
+def _cap(value: Any, former: Any) -> int:
+    """``MAX_CONCURRENCY`` (else its former name ``WORKER_THREADS``) as a positive whole number."""
+    given = value if value not in (None, "") else former
+    try:
+        cap = int(given) if given not in (None, "") else DEFAULT_MAX_CONCURRENCY
+    except (TypeError, ValueError):
+        cap = 0
+    if cap < 1:
+        raise ConfigurationError(
+            f"AMPALIBE_MAX_CONCURRENCY={given!r} is not a positive whole number; set it "
+            f"(AMP_MAX_CONCURRENCY in .env) to how many events a process may handle at once, "
+            f"e.g. {DEFAULT_MAX_CONCURRENCY}."
+        )
+    return cap

@@ -20,7 +20,7 @@ from flask import Flask
 
 from .blueprint import bp
 from .compat import Webserver
-from .config import DEFAULTS, PREFIX, PROJECT_ENV, from_configuration, project_dir
+from .config import Settings, project_dir
 from .context import (
     current_state, default_lock, default_router, get_default_app, set_default_app, set_default_router,
 )
@@ -37,11 +37,6 @@ __all__ = ["Ampalibe", "AmpalibeState", "Bot", "init", "default_app", "default_r
            "current_state", "reset_default"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: Settings :func:`init` takes from these environment variables when the Configuration has none.
-_AMP_ENV = {"APP_SECRET": "AMP_APP_SECRET", "ALLOW_UNSIGNED": "AMP_ALLOW_UNSIGNED", "GRAPH_URL": "AMP_GRAPH_URL",
-            "GRAPH_VERSION": "AMP_GRAPH_VERSION", "APP_URL": "AMP_URL"}
-
 
 class Ampalibe:
     """The Flask extension.
@@ -79,15 +74,18 @@ class Ampalibe:
         """The router handlers are registered on."""
         return self._router
 
-    def init_app(self, app: Flask, register_blueprint: bool = True) -> None:
+    def init_app(self, app: Flask, register_blueprint: bool = True, *, settings: Settings | None = None) -> None:
         """Read ``AMPALIBE_*`` config, set up the store, client and executor, register the Blueprint.
 
+        :param settings: the app's settings, when built already (see :meth:`Settings.load`);
+            by default they are read from ``app.config``, and only from there.
         :raises RuntimeError: if the app already has the extension.
-        :raises ConfigurationError: in production mode without ``AMPALIBE_APP_SECRET``.
+        :raises ConfigurationError: a setting that cannot be used, or production mode without
+            ``AMPALIBE_APP_SECRET``.
         """
-        values = set_up(app, self.router).settings
+        url_prefix = set_up(app, self.router, settings).settings.url_prefix
         if register_blueprint and "ampalibe" not in app.blueprints:
-            app.register_blueprint(bp, url_prefix=values["URL_PREFIX"] or None)
+            app.register_blueprint(bp, url_prefix=url_prefix or None)
 
     # -- decorators on this extension's router -------------------------------------------------
     def command(self, name: str) -> Callable[[F], F]:
@@ -168,7 +166,8 @@ def init(conf: Any = None) -> Bot:
     """Configure the bot from the spec's ``Configuration`` and return it (``bot.chat``, ``bot.query``).
 
     Calling it again (from several modules of one project) returns the same bot.
-    ``AMPALIBE_*`` environment variables fill settings the ``Configuration`` leaves unset.
+    ``AMPALIBE_*`` environment variables fill settings the ``Configuration`` leaves unset (the
+    order is that of :meth:`flask_ampalibe.config.Settings.load`).
     Without ``conf`` (Ampalibe 1.1.9's ``ampalibe.init()`` took none), the ``Configuration``
     of the project's ``conf`` module is used.
     """
@@ -187,22 +186,9 @@ def init(conf: Any = None) -> Bot:
                     "ampalibe.init() found no conf.py with a Configuration class next to core.py; "
                     "pass one: ampalibe.init(Configuration())."
                 ) from None
-        base = project_dir(conf)
-        app.root_path = base
-        # What the Configuration has no value for comes from .env's names (AMP_APP_SECRET, ...):
-        # Ampalibe 1.1.9's conf.py has no attribute for the app secret.
-        for key, name in _AMP_ENV.items():
-            if getattr(conf, key, None) in (None, "") and os.environ.get(name):
-                app.config[PREFIX + key] = os.environ[name]
-        for key in DEFAULTS:
-            if PREFIX + key in os.environ:
-                app.config[PREFIX + key] = os.environ[PREFIX + key]
-        for key in PROJECT_ENV:  # AMP_EXECUTOR=celery in .env, for a conf.py that does not read it
-            if os.environ.get("AMP_" + key):
-                app.config[PREFIX + key] = os.environ["AMP_" + key]
-        app.config.update(from_configuration(conf, base))
-        app.config.setdefault(PREFIX + "DATABASE_URL", f"sqlite:///{os.path.join(base, 'ampalibe.db')}")
+        app.root_path = project_dir(conf)
+        settings = Settings.load(app.config, conf, os.environ)
         # The default app answers with the module-level decorators' handlers, registered before
         # or after this call (they all land on this one Router).
-        Ampalibe(app, router=default_router())
+        Ampalibe(router=default_router()).init_app(app, settings=settings)
         return app.extensions["ampalibe"].bot

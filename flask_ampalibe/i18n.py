@@ -59,8 +59,7 @@ def langs_path() -> tuple[str, str]:
         state = current_state()
     except ConfigurationError:
         return os.path.abspath("langs.json"), "en"
-    name = state.settings.get("LANGS_FILE") or "langs.json"
-    return os.path.join(state.app.root_path, str(name)), str(state.settings.get("DEFAULT_LANG") or "en")
+    return os.path.join(state.app.root_path, state.settings.langs_file), state.settings.default_lang
 
 
 def translate(key: str, lang: str | None = None, **fmt: Any) -> str:

@@ -20,7 +20,7 @@ import os
 import threading
 from typing import Any, Callable, TypeVar, cast
 
-from .config import database_url_from, project_dir
+from .config import Settings
 from .context import current_state
 from .engine import make_engine
 from .errors import ConfigurationError
@@ -37,19 +37,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 class Model:
     """Per-user state and a DB-API connection to the bot's database.
 
-    :param conf: the spec's ``Configuration`` (its ``ADAPTER``/``DB_*`` or ``DATABASE_URL``
-        choose the database).  Left out (``Model()``, as Ampalibe 1.1.9 bots write it), the
-        model uses the configured bot's database, the one ``bot.query`` uses, from its first
-        call on (before any bot is configured, ``ampalibe.db`` in the current folder).
+    :param conf: the spec's ``Configuration``: the model uses the database
+        ``ampalibe.init(conf)`` would (its ``DATABASE_URL``, else its ``ADAPTER``/``DB_*``, else
+        ``AMPALIBE_DATABASE_URL``; see :meth:`~flask_ampalibe.config.Settings.load`), and,
+        when the configured bot uses that database, the bot's store and engine (``bot.query``'s).
+        Left out (``Model()``, as Ampalibe 1.1.9 bots write it), the model uses the configured
+        bot's database from its first call on (before any bot is configured, ``ampalibe.db`` in
+        the current folder).
     :param store: an existing :class:`~flask_ampalibe.storage.Store` (used by the extension).
     :param init: accepted for Ampalibe 1.1.9 (``Model(init=False)``); nothing connects before
         the first call anyway.
     """
 
     def __init__(self, conf: Any = None, *, store: Store | None = None, init: bool = True) -> None:
-        if store is None and conf is not None:
-            url = database_url_from(conf, base_dir=project_dir(conf)) or f"sqlite:///{project_dir(conf)}/ampalibe.db"
-            store = Store(make_engine(url))
+        #: The database ``conf`` names (``None``: the configured bot's, for ``Model()``).
+        self._url = Settings.load(conf=conf, environ=os.environ).database_url if conf is not None else None
         self._store = store
         self._local = threading.local()
 
@@ -58,9 +60,13 @@ class Model:
         """Where this model's data lives (for ``Model()``: the configured bot's store)."""
         if self._store is None:
             try:
-                self._store = current_state().store
-            except ConfigurationError:
-                self._store = Store(make_engine(f"sqlite:///{os.path.abspath('ampalibe.db')}"))
+                bot = current_state()
+            except ConfigurationError:  # no bot (yet): a store of our own, on the engine of that URL
+                url = self._url or f"sqlite:///{os.path.abspath('ampalibe.db')}"
+                self._store = Store(make_engine(url))
+            else:
+                same = self._url is None or self._url == bot.database_url
+                self._store = bot.store if same else Store(make_engine(str(self._url)))
         return self._store
 
     @store.setter

@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import pagination
 from . import payload as payload_module
-from .config import DEFAULTS, PREFIX, payload_secret, settings
+from .config import Settings, payload_secret
 from .context import current_state
 from .dashboard import init_dashboard
 from .dberrors import is_unavailable, outage_for
@@ -65,13 +65,14 @@ class AmpalibeState:
     #: Whether ``app.register_blueprint(ampalibe.bp)`` set this app up (not ``Ampalibe(app)``).
     set_up_by_blueprint: bool = False
 
-    def __init__(self, app: Flask, router: Router) -> None:
+    def __init__(self, app: Flask, router: Router, settings: Settings) -> None:
         from .messenger import Messenger  # the client pulls in requests; import when an app is set up
 
         self.app = app
         self.router = router
-        self.settings = settings(app.config)
-        url = self.settings["DATABASE_URL"]
+        #: The app's :class:`~flask_ampalibe.config.Settings` (frozen; ``app.config`` has the same values).
+        self.settings = settings
+        url = settings.database_url
         if not url:
             os.makedirs(app.instance_path, exist_ok=True)
             url = f"sqlite:///{os.path.join(app.instance_path, 'ampalibe.db')}"
@@ -82,15 +83,15 @@ class AmpalibeState:
         self.inbox = Inbox(self.store)
         self.codec = PayloadCodec(payload_secret(self.settings))
         self.chat = Messenger(
-            self.settings["ACCESS_TOKEN"] or "",
-            graph_url=self.settings["GRAPH_URL"],
-            graph_version=self.settings["GRAPH_VERSION"],
-            app_secret=self.settings["APP_SECRET"],
-            timeout=self.settings["HTTP_TIMEOUT"],
+            settings.access_token or "",
+            graph_url=settings.graph_url,
+            graph_version=settings.graph_version,
+            app_secret=settings.app_secret,
+            timeout=settings.http_timeout,
             pages=self.store,
             payload_encoder=self.codec.encode,
             # every handler in flight may be sending: one kept-alive connection each
-            pool_maxsize=self.settings["MAX_CONCURRENCY"],
+            pool_maxsize=settings.max_concurrency,
         )
         #: The library's own commands, run before routing (flask_ampalibe.internal).
         self.internal = InternalCommands()
@@ -99,14 +100,14 @@ class AmpalibeState:
         #: Runs each recorded event: gets the objects it uses, not this state.
         self.dispatcher = Dispatcher(router, self.store, self.codec, self.internal, app.app_context)
         self.executor: Executor = make_executor(
-            self.settings["EXECUTOR"], self.inbox, self.dispatcher,
-            threads=self.settings["MAX_CONCURRENCY"], lease_seconds=self.settings["LEASE_SECONDS"],
-            poll_seconds=self.settings["POLL_SECONDS"], retention_seconds=self.settings["RETENTION_DAYS"] * 86400,
-            broker_url=self.settings["CELERY_BROKER_URL"], requeue_seconds=self.settings["CELERY_REQUEUE_SECONDS"],
+            settings.executor, self.inbox, self.dispatcher,
+            threads=settings.max_concurrency, lease_seconds=settings.lease_seconds,
+            poll_seconds=settings.poll_seconds, retention_seconds=settings.retention_days * 86400,
+            broker_url=settings.celery_broker_url, requeue_seconds=settings.celery_requeue_seconds,
             on_worker_ready=self.start,  # a Celery worker runs the @schedule jobs too
         )
         # The webhook core gets what it uses; ``notify`` looks the executor up at each call.
-        self.webhook = Webhook(self.inbox.record, self._notify, secret=self.settings["APP_SECRET"],
+        self.webhook = Webhook(self.inbox.record, self._notify, secret=settings.app_secret,
                                wants=router.wants, outage=self.outage)
         self.bot = Bot(self)
 
@@ -147,9 +148,12 @@ class AmpalibeState:
         return bool(finished) if finished is not None else True
 
 
-def set_up(app: Flask, router: Router) -> AmpalibeState:
-    """Read ``AMPALIBE_*`` config (filling defaults), build ``app``'s state on ``router`` and the
-    dashboard; the caller registers the Blueprint.
+def set_up(app: Flask, router: Router, settings: Settings | None = None) -> AmpalibeState:
+    """Build ``app``'s state on ``router`` and the dashboard; the caller registers the Blueprint.
+
+    :param settings: the app's settings (:func:`~flask_ampalibe.init` builds them from its
+        ``Configuration`` and the environment); by default :meth:`Settings.load` of
+        ``app.config``.  Either way ``app.config`` gets every ``AMPALIBE_*`` key it lacks.
 
     :raises RuntimeError: if the app already has the extension.
     :raises ConfigurationError: in production mode without ``AMPALIBE_APP_SECRET``.
@@ -162,11 +166,12 @@ def set_up(app: Flask, router: Router) -> AmpalibeState:
                 "once per app."
             )
         raise RuntimeError("flask_ampalibe is already set up on this app; call Ampalibe(app) once per app.")
-    for key, value in DEFAULTS.items():
-        app.config.setdefault(PREFIX + key, value)
-    values = settings(app.config)
-    if not values["APP_SECRET"]:
-        if values["ALLOW_UNSIGNED"] or app.debug or app.testing:
+    if settings is None:
+        settings = Settings.load(app.config)
+    for key, value in settings.as_config().items():
+        app.config.setdefault(key, value)
+    if not settings.app_secret:
+        if settings.allow_unsigned or app.debug or app.testing:
             logger.warning("no app secret (AMP_APP_SECRET in .env, AMPALIBE_APP_SECRET in Flask config): "
                            "webhook signatures are NOT checked")
         else:
@@ -175,10 +180,10 @@ def set_up(app: Flask, router: Router) -> AmpalibeState:
                 "Set it to the Facebook app's secret (AMP_APP_SECRET in .env), or set "
                 "AMPALIBE_ALLOW_UNSIGNED=1 (AMP_ALLOW_UNSIGNED=1) to accept unsigned posts knowingly."
             )
-    if not values["VERIF_TOKEN"]:
+    if not settings.verif_token:
         logger.warning("no verify token (AMP_VERIF_TOKEN in .env, AMPALIBE_VERIF_TOKEN in Flask config): "
                        "Facebook cannot verify the webhook")
-    state = app.extensions["ampalibe"] = AmpalibeState(app, router)
+    state = app.extensions["ampalibe"] = AmpalibeState(app, router, settings)
     init_dashboard(app, state)
     return state
 

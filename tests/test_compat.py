@@ -147,7 +147,7 @@ def test_init_without_arguments_uses_the_projects_conf(tmp_path: Path, monkeypat
     reset_default()
     try:
         bot = flask_ampalibe.init()  # 1.1.9's Init() took no Configuration
-        assert bot.app.extensions["ampalibe"].settings["ACCESS_TOKEN"] == "tok-init"
+        assert bot.app.extensions["ampalibe"].settings.access_token == "tok-init"
         assert bot.app.root_path == str(folder)
     finally:
         reset_default()

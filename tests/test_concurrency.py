@@ -340,14 +340,14 @@ def test_300_users_with_1s_handlers_are_answered_with_100_plus_in_flight(served,
 
 
 def test_the_cap_setting_its_former_name_and_a_bad_value():
-    from flask_ampalibe.config import DEFAULT_MAX_CONCURRENCY, settings
+    from flask_ampalibe.config import DEFAULT_MAX_CONCURRENCY, Settings
     from flask_ampalibe.errors import ConfigurationError
 
-    assert settings({})["MAX_CONCURRENCY"] == DEFAULT_MAX_CONCURRENCY
-    assert settings({"AMPALIBE_MAX_CONCURRENCY": "40"})["MAX_CONCURRENCY"] == 40
-    assert settings({"AMPALIBE_WORKER_THREADS": 12})["MAX_CONCURRENCY"] == 12
+    assert Settings.load({}).max_concurrency == DEFAULT_MAX_CONCURRENCY
+    assert Settings.load({"AMPALIBE_MAX_CONCURRENCY": "40"}).max_concurrency == 40
+    assert Settings.load({"AMPALIBE_WORKER_THREADS": 12}).max_concurrency == 12
     with pytest.raises(ConfigurationError, match="AMP_MAX_CONCURRENCY in .env"):
-        settings({"AMPALIBE_MAX_CONCURRENCY": "0"})
+        Settings.load({"AMPALIBE_MAX_CONCURRENCY": "0"})
 
 
 def test_the_governor_admits_fewer_events_while_the_cpu_is_saturated(local_inbox):

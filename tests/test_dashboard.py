@@ -3,6 +3,7 @@ gunicorn tests are in test_dashboard_browser.py)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import re
 from typing import Any, Iterator
@@ -171,7 +172,8 @@ def test_actions_without_or_with_a_bad_csrf_token_are_refused(dclient: Any, dhoo
     # A token signed for another password does not pass either.
     _, page = _get(dclient, "/_ampalibe/failed", headers=AUTH)
     token = csrf(page)
-    dash.extensions["ampalibe"].settings["DASHBOARD_PASSWORD"] = "changed"
+    state = dash.extensions["ampalibe"]
+    state.settings = dataclasses.replace(state.settings, dashboard_password="changed")
     changed = {"Authorization": "Basic " + base64.b64encode(b"admin:changed").decode()}
     assert dclient.post("/_ampalibe/failed/replay", data={"event_id": "all", "csrf_token": token},
                         headers=changed).status_code == 400

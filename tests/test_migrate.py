@@ -147,7 +147,7 @@ AMP_USER_119_SERVERS = {
 
 def test_migrate_adapts_119s_amp_user_on_every_database(tmp_path: Path, database_url: str,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine, make_url, text
 
     from flask_ampalibe.engine import make_engine
     from flask_ampalibe.storage import Store
@@ -161,7 +161,17 @@ def test_migrate_adapts_119s_amp_user_on_every_database(tmp_path: Path, database
         conn.execute(text("INSERT INTO amp_user(user_id, action, lang) VALUES ('u1', '/ask', 'fr')"))
         conn.execute(text("INSERT INTO amp_user(user_id) VALUES ('u2')"))
     raw.dispose()
-    monkeypatch.setenv("AMPALIBE_DATABASE_URL", database_url)
+    # The database chosen the 1.1.9 way, by ADAPTER and DB_* (its conf.py reads them; .env fills
+    # only what the environment leaves unset): migrate adapts the database the bot will use,
+    # found as ampalibe.init finds it (the Configuration's database beats AMPALIBE_DATABASE_URL).
+    url = make_url(database_url)
+    backend = url.get_backend_name()
+    monkeypatch.setenv("ADAPTER", {"sqlite": "SQLITE", "mysql": "MYSQL", "postgresql": "POSTGRESQL"}[backend])
+    parts = {"DB_FILE": url.database} if backend == "sqlite" else {
+        "DB_HOST": url.host, "DB_PORT": url.port, "DB_USER": url.username, "DB_PASSWORD": url.password,
+        "DB_NAME": url.database}
+    for name, value in parts.items():
+        monkeypatch.setenv(name, str(value))
     result = CliRunner().invoke(cli, ["migrate", str(folder)])
     assert result.exit_code == 0, result.output
     store = Store(make_engine(database_url))

@@ -262,3 +262,47 @@ def test_model_in_another_thread_survives_a_server_restart(request, server_name)
         assert results == [["u1"]] * 3
     finally:
         close(model)
+
+
+# --------------------------------------------------------------------------- the bot's engine
+
+
+@pytest.fixture
+def spec_bot(tmp_path, monkeypatch):
+    """``spec_bot(conf)``: ``flask_ampalibe.init(conf)`` on a fresh default app."""
+    import os
+
+    from flask_ampalibe import init
+    from flask_ampalibe.extension import reset_default
+
+    for key in [k for k in os.environ if k.startswith(("AMP_", "AMPALIBE_"))]:
+        monkeypatch.delenv(key)
+    reset_default()
+    yield init
+    reset_default()
+
+
+def test_model_of_the_bots_configuration_uses_the_bots_store_and_engine(spec_bot, tmp_path, monkeypatch):
+    # The database named the way ampalibe.init finds it: here by AMPALIBE_DATABASE_URL, which
+    # the Configuration leaves to the environment.
+    monkeypatch.setenv("AMPALIBE_DATABASE_URL", f"sqlite:///{tmp_path / 'bot.db'}")
+    conf = make_conf(ACCESS_TOKEN="t", APP_SECRET="s", EXECUTOR="inline")
+    bot = spec_bot(conf)
+    model = Database(conf)
+    assert model.store is bot.query.store
+    assert model.store.engine is bot.query.store.engine
+    model.set_action("u1", "/menu")
+    assert bot.query.get_action("u1") == "/menu"
+    assert [row[1] for row in model.get_list_users()] == ["u1"]
+    close(model)
+
+
+def test_model_of_another_database_keeps_its_own(spec_bot, tmp_path):
+    bot = spec_bot(make_conf(ACCESS_TOKEN="t", APP_SECRET="s", EXECUTOR="inline",
+                             DATABASE_URL=f"sqlite:///{tmp_path / 'bot.db'}"))
+    other = Database(make_conf(DATABASE_URL=f"sqlite:///{tmp_path / 'other.db'}"))
+    assert other.store is not bot.query.store and other.store.engine is not bot.query.store.engine
+    other.set_action("u1", "/elsewhere")
+    assert other.get_action("u1") == "/elsewhere"
+    assert bot.query.get_action("u1") is None
+    close(other)

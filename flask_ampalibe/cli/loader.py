@@ -20,7 +20,8 @@ from typing import Any, Iterator
 import click
 from flask import Flask
 
-from ..config import _flag
+from ..config import Settings
+from ..errors import ConfigurationError
 
 __all__ = ["ProjectError", "ProjectSettings", "find_project", "load_app", "load_import_path", "read_settings",
            "env_settings"]
@@ -162,23 +163,22 @@ def read_settings(folder: str | os.PathLike[str] | None = None) -> ProjectSettin
     conf = _configuration(path)
     if conf is None:
         return env_settings(path)
-    # A setting conf.py has no attribute for comes from the environment (Ampalibe 1.1.9's
-    # conf.py has none for the app secret).
-    def absent(name: str) -> bool:
-        return not hasattr(conf, name)
-
+    # What the bot will use, read as ampalibe.init reads it (a setting conf.py leaves unset
+    # comes from the environment: Ampalibe 1.1.9's conf.py has none for the app secret).
+    try:
+        bot = Settings.load(conf=conf, environ=env, base_dir=str(path))
+    except ConfigurationError as exc:
+        raise ProjectError(str(exc)) from None
     return ProjectSettings(
         host=str(getattr(conf, "APP_HOST", None) or "0.0.0.0"),
         port=_int(getattr(conf, "APP_PORT", None), 4555, "AMP_PORT"),
         workers=_workers(getattr(conf, "WORKERS", None) or env.get("AMP_WORKERS")),
         url=getattr(conf, "APP_URL", None) or None,
-        url_prefix=_prefix(getattr(conf, "URL_PREFIX", None) or env.get("AMPALIBE_URL_PREFIX")),
-        access_token=getattr(conf, "ACCESS_TOKEN", None) or None,
-        verif_token=getattr(conf, "VERIF_TOKEN", None) or None,
-        app_secret=getattr(conf, "APP_SECRET", None) or (_env_setting(env, "APP_SECRET") if absent("APP_SECRET")
-                                                          else None),
-        allow_unsigned=_flag(getattr(conf, "ALLOW_UNSIGNED", False) if not absent("ALLOW_UNSIGNED")
-                             else _env_setting(env, "ALLOW_UNSIGNED")),
+        url_prefix=bot.url_prefix,
+        access_token=bot.access_token,
+        verif_token=bot.verif_token,
+        app_secret=bot.app_secret,
+        allow_unsigned=bot.allow_unsigned,
         checked=True,
     )
 
@@ -211,10 +211,6 @@ def _isolated(path: Path) -> Iterator[None]:
         for key, value in environ.items():
             if os.environ.get(key) != value:
                 os.environ[key] = value
-
-
-def _env_setting(env: dict[str, str], name: str) -> str | None:
-    return env.get("AMPALIBE_" + name) or env.get("AMP_" + name) or None
 
 
 def _int(value: Any, default: int, name: str) -> int:

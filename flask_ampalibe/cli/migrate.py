@@ -194,12 +194,14 @@ def _read_tinydb(file: Path) -> dict[str, dict[str, Any]]:
 
 
 def _database_url(path: Path) -> str:
-    from ..config import database_url_from
+    """The database the project's bot uses: the URL ``ampalibe.init`` would find (see
+    :meth:`~flask_ampalibe.config.Settings.load`), with ``conf.py`` and ``.env`` read here."""
+    from ..config import Settings
 
     conf = loader._configuration(path)  # conf.py read with .env, in a throw-away namespace
     with loader._isolated(path):
         loader.load_env(path)
-        url = os.environ.get("AMPALIBE_DATABASE_URL") or database_url_from(conf, str(path))
+        url = Settings.load(conf=conf, environ=os.environ, base_dir=str(path)).database_url
     return url or f"sqlite:///{path / 'ampalibe.db'}"
 
 

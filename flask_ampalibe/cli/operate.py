@@ -102,14 +102,14 @@ def worker(threads: int | None, graceful_timeout: float, use_celery: bool, pool:
     state = load_state()
     settings = state.settings
     if use_celery:
-        _celery_worker(state, threads or settings["MAX_CONCURRENCY"], pool, graceful_timeout)
+        _celery_worker(state, threads or settings.max_concurrency, pool, graceful_timeout)
         return
     if not logging.getLogger().handlers:  # the library adds no handlers; this program shows its logs
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     executor = ThreadExecutor(
-        state.inbox, state.dispatcher, max_concurrency=threads or settings["MAX_CONCURRENCY"],
-        lease_seconds=settings["LEASE_SECONDS"], poll_seconds=settings["POLL_SECONDS"],
-        retention_seconds=settings["RETENTION_DAYS"] * 86400,
+        state.inbox, state.dispatcher, max_concurrency=threads or settings.max_concurrency,
+        lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
+        retention_seconds=settings.retention_days * 86400,
     )
     state.store.create_all()
     # The signal handler only writes to a pipe: taking locks (Event.set) in a handler can
@@ -141,7 +141,7 @@ def worker(threads: int | None, graceful_timeout: float, use_celery: bool, pool:
         os.close(wake_write)
     if not finished:
         click.echo("Handlers still running were cut short; their events will be handled again "
-                   f"(redelivered=True) once their lease ({settings['LEASE_SECONDS']:g} s) expires.", err=True)
+                   f"(redelivered=True) once their lease ({settings.lease_seconds:g} s) expires.", err=True)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)  # a normal exit would wait for those handler threads
@@ -155,7 +155,7 @@ def _celery_worker(state: Any, concurrency: int, pool: str, graceful_timeout: fl
     executor = state.executor
     if not isinstance(executor, CeleryExecutor):
         raise click.ClickException(
-            f"ampalibe worker --celery needs the Celery executor, and this bot's is {state.settings['EXECUTOR']!r}: "
+            f"ampalibe worker --celery needs the Celery executor, and this bot's is {state.settings.executor!r}: "
             "set AMP_EXECUTOR=celery and AMP_CELERY_BROKER_URL=redis://... in .env "
             "(AMPALIBE_EXECUTOR / AMPALIBE_CELERY_BROKER_URL in a Flask config), the same for the web servers."
         )
@@ -173,7 +173,7 @@ def _celery_worker(state: Any, concurrency: int, pool: str, graceful_timeout: fl
         # --graceful-timeout seconds, then exit (their events run again, redelivered=True).
         def give_up() -> None:
             print(f"ampalibe worker: handlers still running after {graceful_timeout:g} s; exiting. Their events "
-                  f"will be handled again (redelivered=True) once their lease ({state.settings['LEASE_SECONDS']:g} s) "
+                  f"will be handled again (redelivered=True) once their lease ({state.settings.lease_seconds:g} s) "
                   "expires.", file=sys.stderr, flush=True)
             os._exit(1)
 
@@ -316,7 +316,7 @@ def replay(event_id: int | None, replay_all: bool) -> None:
             return
         raise click.ClickException(f"No failed event has id {event_id}; `inbox failed` lists them.")
     click.echo(f"Back in the queue (users: {', '.join(users)}). The running bot, or `ampalibe worker`, "
-               f"handles them within {state.settings['POLL_SECONDS']:g} s.")
+               f"handles them within {state.settings.poll_seconds:g} s.")
 
 
 @inbox.command()
@@ -325,7 +325,7 @@ def replay(event_id: int | None, replay_all: bool) -> None:
 def purge(days: float | None) -> None:
     """Delete handled events and rejected items older than the retention (failed ones are kept)."""
     state = load_state()
-    days = state.settings["RETENTION_DAYS"] if days is None else days
+    days = state.settings.retention_days if days is None else days
     count = state.inbox.purge(days * 86400)
     click.echo(f"Deleted {count} handled event{'s' if count != 1 else ''} (or rejected item{'s' if count != 1 else ''}) "
                f"finished more than {days:g} days ago.")

@@ -27,15 +27,15 @@ def init_dashboard(app: Flask, state: Any) -> bool:
     :raises ConfigurationError: when a metrics token is set but ``prometheus_client`` is missing.
     """
     settings = state.settings
-    if not settings["DASHBOARD_PASSWORD"] and not settings["METRICS_TOKEN"]:
+    if not settings.dashboard_password and not settings.metrics_token:
         return False
     metrics = None
-    if settings["METRICS_TOKEN"]:
+    if settings.metrics_token:
         from .metrics import process_metrics
         metrics = process_metrics()
     state.counters = Counters(state.store, metrics)
     state.inbox.counters = state.counters
     state.chat.on_error = state.counters.graph_error
     from .views import bp
-    app.register_blueprint(bp, url_prefix=settings["DASHBOARD_PATH"].rstrip("/"))
+    app.register_blueprint(bp, url_prefix=settings.dashboard_path.rstrip("/"))
     return True

@@ -53,10 +53,10 @@ def _authenticate() -> Response | None:
     settings = _state().settings
     if request.endpoint == "ampalibe_dashboard.metrics":
         return None  # its own bearer token
-    password = settings["DASHBOARD_PASSWORD"]
+    password = settings.dashboard_password
     if not password:
         return _text("Not Found", 404)
-    user = str(settings["DASHBOARD_USER"] or "admin")
+    user = str(settings.dashboard_user or "admin")
     auth = request.authorization
     given_user = (auth.username or "") if auth is not None and auth.type == "basic" else ""
     given_password = (auth.password or "") if auth is not None and auth.type == "basic" else ""
@@ -87,7 +87,7 @@ def _headers(response: Response) -> Response:
 
 def _serializer() -> URLSafeTimedSerializer:
     settings = _state().settings
-    base = f"{settings['DASHBOARD_PASSWORD']}\0{settings['APP_SECRET'] or settings['ACCESS_TOKEN'] or ''}"
+    base = f"{settings.dashboard_password}\0{settings.app_secret or settings.access_token or ''}"
     key = hashlib.sha256(b"flask_ampalibe dashboard csrf:" + base.encode()).hexdigest()
     return URLSafeTimedSerializer(key, salt="ampalibe-dashboard-csrf")
 
@@ -236,7 +236,7 @@ def metrics() -> Response:
     from .metrics import exposition
 
     state = _state()
-    token = state.settings["METRICS_TOKEN"]
+    token = state.settings.metrics_token
     if not token:
         return _text("Not Found", 404)
     given = request.headers.get("Authorization", "")

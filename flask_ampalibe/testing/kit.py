@@ -103,16 +103,16 @@ class BotTester:
                 f"The app {app.name!r} does not have flask_ampalibe set up: call Ampalibe(app) "
                 "(or register ampalibe.bp) before testing it."
             )
-        if state.settings["GRAPH_URL"] != graph.url:
+        if state.settings.graph_url != graph.url:
             raise RuntimeError(
-                f"The app {app.name!r} sends to {state.settings['GRAPH_URL']}, not to the fake Graph API "
+                f"The app {app.name!r} sends to {state.settings.graph_url}, not to the fake Graph API "
                 f"({graph.url}); set it up with bot_config(graph, ...), or use the bot_tester fixture."
             )
         self.app = app
         self.graph = graph
         self.user = str(user)
-        self.secret = secret if secret is not None else state.settings["APP_SECRET"]
-        self.hook = WebhookClient(app.test_client(), self.secret, (state.settings["URL_PREFIX"] or "") + "/")
+        self.secret = secret if secret is not None else state.settings.app_secret
+        self.hook = WebhookClient(app.test_client(), self.secret, (state.settings.url_prefix or "") + "/")
         if instant_retries:
             state.chat.sleep = lambda seconds: None
         #: Raise when a handler fails (with its traceback); see :meth:`expecting_errors`.
@@ -422,7 +422,7 @@ class BotTesters:
         if "ampalibe" not in app.extensions:
             raise RuntimeError(f"{folder / (module + '.py')} sets up no bot: it should call "
                                "ampalibe.init(Configuration()), or define a Flask app `app` with Ampalibe(app).")
-        if app.extensions["ampalibe"].settings["GRAPH_URL"] != self.graph.url and app is default_app():
+        if app.extensions["ampalibe"].settings.graph_url != self.graph.url and app is default_app():
             raise RuntimeError(
                 f"{folder / 'conf.py'} does not take GRAPH_URL from the AMP_GRAPH_URL environment variable, "
                 "so the bot would send to the real Graph API; read it like the scaffolded conf.py does."
@@ -434,7 +434,7 @@ class BotTesters:
         from ..extension import Ampalibe, default_app
 
         state = app.extensions.get("ampalibe")
-        if state is None or state.settings["GRAPH_URL"] == self.graph.url:
+        if state is None or state.settings.graph_url == self.graph.url:
             return
         if app is default_app():
             raise RuntimeError(
