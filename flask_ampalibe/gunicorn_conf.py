@@ -36,7 +36,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 from dotenv import dotenv_values
 
@@ -107,20 +107,27 @@ def _has_control_socket() -> bool:
     return any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS)
 
 
-def _state_of(worker: Any) -> Any:
-    """The flask_ampalibe state (``app.extensions["ampalibe"]``) of the worker's app, or ``None``."""
+class ServedBot(Protocol):
+    """What the hooks use of a worker's bot (its :class:`~flask_ampalibe.state.AmpalibeState`):
+    the process's background work, started and stopped."""
+
+    def start(self) -> None: ...
+
+    def stop_taking_work(self) -> None: ...
+
+    def shutdown(self, timeout: float = 30.0) -> bool: ...
+
+
+def _bot_of(worker: Any) -> ServedBot | None:
+    """The bot (``app.extensions["ampalibe"]``) of the worker's app, or ``None``."""
     app = getattr(worker, "wsgi", None)
     for _ in range(5):  # unwrap WSGI middleware (ProxyFix and friends keep the app in .app)
         extensions = getattr(app, "extensions", None)
         if isinstance(extensions, dict):
-            return extensions.get("ampalibe")
+            bot: ServedBot | None = extensions.get("ampalibe")
+            return bot
         app = getattr(app, "app", None)
     return None
-
-
-def _executor_of(worker: Any) -> Any:
-    """The flask_ampalibe executor of the worker's app, or ``None``."""
-    return getattr(_state_of(worker), "executor", None)
 
 
 def _stop_executor(worker: Any, timeout: float) -> None:
@@ -128,13 +135,13 @@ def _stop_executor(worker: Any, timeout: float) -> None:
     if getattr(worker, "_ampalibe_stopped", False):
         return
     worker._ampalibe_stopped = True
-    shutdown = getattr(_state_of(worker), "shutdown", None)
-    if not callable(shutdown):
+    bot = _bot_of(worker)
+    if bot is None:
         return
     log = getattr(worker, "log", logger)
     log.info("Waiting up to %.0f s for running bot handlers (pid %s)", timeout, os.getpid())
     try:
-        shutdown(timeout)
+        bot.shutdown(timeout)
     except Exception:  # the worker is exiting anyway; say why the handlers may be cut short
         log.exception("Stopping the flask_ampalibe executor failed")
 
@@ -149,9 +156,9 @@ def post_worker_init(worker: Any) -> None:
             worker._ampalibe_stopping_since = time.monotonic()
             # Start no new handler while gunicorn finishes the requests in flight (up to 2 s
             # for kept-alive connections); worker_exit then waits for the running ones.
-            stopping = getattr(_executor_of(worker), "stopping", None)
-            if stopping is not None:
-                stopping.set()
+            bot = _bot_of(worker)
+            if bot is not None:
+                bot.stop_taking_work()
         if callable(previous):
             previous(signum, frame)
 
@@ -161,10 +168,10 @@ def post_worker_init(worker: Any) -> None:
     # events a stopped or killed worker left behind, even when no new message arrives; and the
     # scheduler, so @schedule jobs run even on a bot nobody writes to.
     _show_library_logs(worker)
-    start = getattr(_state_of(worker), "start", None)
-    if callable(start):
+    bot = _bot_of(worker)
+    if bot is not None:
         try:
-            start()
+            bot.start()
         except Exception as exc:
             from .schema import SchemaError
 

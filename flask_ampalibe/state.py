@@ -132,6 +132,11 @@ class AmpalibeState:
         self.executor.start()
         scheduler_for(self).start()
 
+    def stop_taking_work(self) -> None:
+        """Start no new handler from now on (gunicorn's SIGTERM); the running ones go on, and
+        :meth:`shutdown` waits for them."""
+        self.executor.stopping.set()
+
     def shutdown(self, timeout: float = 30.0) -> bool:
         """Stop taking work; wait up to ``timeout`` seconds for running handlers and jobs.
 

@@ -360,13 +360,40 @@ class _Worker:
 
 
 class _State:
-    """Stands for AmpalibeState: its shutdown() stops the executor (and the scheduler)."""
+    """Stands for AmpalibeState, as the hooks see it (gunicorn_conf.ServedBot): start, stop taking
+    work, shutdown (which stops the executor and the scheduler)."""
 
     def __init__(self) -> None:
         self.executor = _Executor()
+        self.calls: list[str] = []
+
+    def start(self) -> None:
+        self.calls.append("start")
+
+    def stop_taking_work(self) -> None:
+        self.calls.append("stop_taking_work")
 
     def shutdown(self, timeout: float) -> None:
         self.executor.shutdown(timeout)
+
+
+def test_post_worker_init_starts_the_bot_and_sigterm_stops_it_taking_work() -> None:
+    import signal
+
+    from flask import Flask
+
+    from flask_ampalibe import gunicorn_conf
+
+    app = Flask("x")
+    state = app.extensions["ampalibe"] = _State()
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        gunicorn_conf.post_worker_init(_Worker(app))
+        assert state.calls == ["start"]
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # what gunicorn's arbiter sends
+        assert state.calls == ["start", "stop_taking_work"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_worker_exit_lets_the_executor_finish_within_graceful_timeout() -> None:
