@@ -4,6 +4,10 @@ SQLite gets WAL mode, reads that take no lock and writers that queue (threads of
 a lock, the webhook's writes before the executor's, processes on a kernel lock of a
 ``<db>-writelock`` file) instead of sleeping in SQLite's busy handler.  MySQL/MariaDB get
 utf8mb4 and ``pool_recycle``; server databases ``pool_pre_ping``.
+
+Each database has a second, small engine for the webhook (``make_engine(url, webhook=True)``):
+its inserts and the lease renewals never wait for a connection behind hundreds of handlers,
+whose statements share the main engine's pool.
 """
 from __future__ import annotations
 
@@ -32,13 +36,22 @@ logger = logging.getLogger(__name__)
 #: Connections kept per engine and process, extra ones opened under load, and how long (s) a
 #: thread may wait for one before an error.
 POOL_SIZE, POOL_OVERFLOW, POOL_TIMEOUT = 10, 20, 120.0
+#: The webhook's engine: connections kept and extra ones (gunicorn's 8 request threads, the
+#: lease renewals, room for more request threads).
+WEBHOOK_POOL_SIZE, WEBHOOK_POOL_OVERFLOW = 4, 28
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, bool], Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, webhook: bool = False) -> Engine:
     """The engine for ``url``, created once per process and URL, with settings that suit it.
+
+    ``webhook=True``: the webhook's engine on the same database, with a pool of its own, so an
+    ack never queues for a connection behind the handlers (each in-flight handler may hold one
+    of the main pool's while it waits for SQLite's write lock).  SQLite files share their write
+    queue between both engines; an in-memory database has one engine only (a second one would
+    be another database).
 
     SQLite: WAL mode, a 30 s busy timeout and ``BEGIN IMMEDIATE`` transactions, so several
     gunicorn workers can share one file; the threads of one process queue for the write lock
@@ -47,13 +60,27 @@ def make_engine(url: str) -> Engine:
     (a local SQLite file needs no ping: one ``SELECT 1`` less per transaction).
     """
     with _engines_lock:
-        engine = _engines.get(url)
+        key = (url, webhook and _has_file(url))
+        engine = _engines.get(key)
         if engine is None:
-            engine = _engines[url] = _create(url)
+            engine = _engines[key] = _create(*key)
         return engine
 
 
-def _create(url: str) -> Engine:
+def _has_file(url: str) -> bool:
+    """Whether a second engine on ``url`` reaches the same database: not for in-memory SQLite
+    (nor ``file:`` URIs, which may be in memory too)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return True  # _create explains the error
+    if parsed.get_backend_name() != "sqlite":
+        return True
+    database = parsed.database or ""
+    return database not in ("", ":memory:") and not database.startswith("file:")
+
+
+def _create(url: str, webhook: bool) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -65,7 +92,10 @@ def _create(url: str) -> Engine:
         # Hundreds of handlers per process, but each borrows a connection per statement or
         # transaction (none holds one while it waits on the network): a few dozen serve them
         # all.  Waiting for one is queueing, not an error, hence the long timeout.
-        kwargs.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_timeout=POOL_TIMEOUT)
+        if webhook:
+            kwargs.update(pool_size=WEBHOOK_POOL_SIZE, max_overflow=WEBHOOK_POOL_OVERFLOW, pool_timeout=POOL_TIMEOUT)
+        else:
+            kwargs.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_timeout=POOL_TIMEOUT)
     if backend == "sqlite":
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False, "factory": _SQLiteConnection}
     elif backend in ("mysql", "mariadb"):
@@ -225,8 +255,16 @@ def background_writes() -> Iterator[None]:
         _background.on = before
 
 
+#: The write queue of each SQLite file, shared by its engines: POSIX record locks belong to the
+#: process, so two lock files of one database in one process would not exclude each other.
+_write_locks: dict[str, _WriteLocks] = {}
+
+
 def _sqlite_setup(engine: Engine, memory: bool, lock_path: str | None) -> None:
-    locks = _WriteLocks(lock_path)
+    if lock_path is None:
+        locks = _WriteLocks(None)
+    else:
+        locks = _write_locks.get(lock_path) or _write_locks.setdefault(lock_path, _WriteLocks(lock_path))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, record: Any) -> None:

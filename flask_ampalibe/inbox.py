@@ -163,10 +163,15 @@ class Inbox:
     :param clock: the time in epoch seconds (``time.time``), which leases, reception and finish times
         and ages are measured on; tests pass their own to let a lease expire without waiting and to
         know an age exactly.
+    :param webhook_engine: the engine of the webhook's inserts and the lease renewals
+        (``make_engine(url, webhook=True)``: a pool of its own, so the ack never waits for a
+        connection behind the handlers); by default the store's.
     """
 
-    def __init__(self, store: Store, max_attempts: int = 5, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, max_attempts: int = 5, clock: Callable[[], float] = time.time,
+                 webhook_engine: Any = None) -> None:
         self.store = store
+        self.webhook_engine = webhook_engine if webhook_engine is not None else store.engine
         self.max_attempts = max_attempts
         #: Told of recorded and finished events (``recorded(n)``, ``finished(outcome)``): the
         #: dashboard's in-memory counters, when it is on (see :mod:`flask_ampalibe.dashboard`).
@@ -231,7 +236,7 @@ class Inbox:
         users = sorted({r["user_id"] for r in rows if r["status"] == PENDING})
         for attempt in range(1, DEADLOCK_RETRIES + 1):
             try:
-                with self.engine.begin() as conn:
+                with self.webhook_engine.begin() as conn:
                     insert_ignore(conn, inbox, rows)
                     if users:
                         insert_ignore(conn, leases, [{"user_id": u, "owner": None, "expires_at": 0.0} for u in users])
@@ -269,7 +274,7 @@ class Inbox:
         users = list(users)
         if not users:
             return 0
-        with self.engine.begin() as conn:
+        with self.webhook_engine.begin() as conn:
             return conn.execute(
                 leases.update().where(leases.c.owner == owner, leases.c.user_id.in_(users))
                 .values(expires_at=self.clock() + seconds)

@@ -89,6 +89,7 @@ class Executor:
         try:
             # The parent's pooled connections must not be used by two processes.
             self.inbox.engine.dispose(close=False)
+            self.inbox.webhook_engine.dispose(close=False)
         except Exception:  # pragma: no cover - never fatal for the child
             logger.exception("could not reset the database pool after fork")
 
