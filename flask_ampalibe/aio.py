@@ -64,6 +64,11 @@ class ElasticPool:
     Unlike :class:`concurrent.futures.ThreadPoolExecutor` it shrinks when the load goes, so
     ``max_threads`` can be large: it is a ceiling, not a cost.
 
+    :meth:`submit` never waits for a thread to start: starting one waits until the new thread
+    first gets the GIL, which takes long when hundreds of handler threads want it, and callers
+    submit with locks held (the executor's, which the webhook's ``notify`` needs).  New threads
+    are started by the pool's starter thread instead.
+
     :param max_threads: threads at most; work beyond waits in a FIFO queue.
     """
 
@@ -71,9 +76,13 @@ class ElasticPool:
         self.max_threads = max(1, int(max_threads))
         self.name = name
         self.idle_seconds = idle_seconds
-        self._cv = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._cv = threading.Condition(lock)  # workers wait here for work
+        self._starter_cv = threading.Condition(lock)  # the starter waits here for threads to start
         self._queue: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()
-        self._threads = 0
+        self._threads = 0  # running, or counted and about to be started by the starter
+        self._to_start = 0
+        self._starter: threading.Thread | None = None
         self._idle = 0
         self._busy = 0
         self._closed = False
@@ -92,14 +101,45 @@ class ElasticPool:
             elif self._threads < self.max_threads:
                 self._threads += 1
                 self.peak_threads = max(self.peak_threads, self._threads)
-                self._serial += 1
-                thread = threading.Thread(target=self._work, name=f"{self.name}-{self._serial}", daemon=True)
-                try:
-                    thread.start()
-                except RuntimeError:  # can't start new thread (limits): the running ones take it
-                    self._threads -= 1
-                    if self._threads == 0:
+                self._to_start += 1
+                if self._starter is None:  # once per pool: the only start submit waits for
+                    starter = threading.Thread(target=self._start_threads, name=f"{self.name}-starter", daemon=True)
+                    try:
+                        starter.start()
+                    except RuntimeError:  # no thread can start: the caller keeps its work
+                        self._threads -= 1
+                        self._to_start -= 1
+                        self._queue.pop()
                         raise
+                    self._starter = starter
+                self._starter_cv.notify()
+
+    def _start_threads(self) -> None:
+        """The starter thread: start the threads :meth:`submit` counted, until the pool closes."""
+        while True:
+            with self._cv:
+                while not self._to_start and not self._closed:
+                    self._starter_cv.wait()
+                if self._closed:
+                    self._threads -= self._to_start
+                    self._to_start = 0
+                    return
+                self._to_start -= 1
+                self._serial += 1
+                name = f"{self.name}-{self._serial}"
+            try:
+                threading.Thread(target=self._work, name=name, daemon=True).start()
+            except RuntimeError:  # can't start new thread (limits): the running ones take the work
+                with self._cv:
+                    self._threads -= 1
+                    stuck = self._threads == 0 and bool(self._queue)
+                    if stuck:  # nobody to take it: try again in a moment
+                        self._threads += 1
+                        self._to_start += 1
+                logger.warning("%s: cannot start another thread now%s", self.name,
+                               "; retrying in 1 s" if stuck else "")
+                if stuck:
+                    time.sleep(1.0)
 
     @property
     def backlog(self) -> int:
@@ -116,6 +156,7 @@ class ElasticPool:
             self._closed = True
             self._queue.clear()
             self._cv.notify_all()
+            self._starter_cv.notify_all()
 
     def _work(self) -> None:
         while True:

@@ -382,6 +382,44 @@ def test_the_governor_admits_fewer_events_while_the_cpu_is_saturated(local_inbox
         assert executor.shutdown(10)
 
 
+def test_the_governor_does_not_cut_the_limit_for_cpu_that_handlers_did_not_use(local_inbox):
+    # A busy process with nothing in flight (start-up, a burst of acks) is not handlers that compute:
+    # cutting the limit then would admit 8 of 30 users while the others wait at the barrier for ever.
+    barrier = threading.Barrier(30, timeout=60)
+    executor = ThreadExecutor(local_inbox, lambda claimed: barrier.wait(), max_concurrency=64, lease_seconds=30,
+                              poll_seconds=30)
+    fake = {"now": 0.0, "cpu": 0.0}
+    executor.clock, executor.cpu_clock = (lambda: fake["now"]), (lambda: fake["cpu"])
+    executor._governed_at = executor._governed_cpu = 0.0
+    fake["now"] = fake["cpu"] = 1.0  # a whole core busy before the first event
+    try:
+        executor.notify(record(local_inbox, *[message_event(f"u{n}", "hi") for n in range(30)]))
+        wait_until(lambda: local_inbox.stats()["done"] == 30, 60, "all 30 to pass the barrier together")
+        assert executor.limit == 64 and executor.peak_in_flight == 30
+    finally:
+        assert executor.shutdown(10)
+
+
+def test_the_governor_raises_the_limit_again_while_every_admitted_handler_waits(local_inbox):
+    # Cut to the floor while handlers computed, then they all wait (none ends to call for more):
+    # the upkeep tick lets the governor see the idle CPU and admit the users still waiting.
+    barrier = threading.Barrier(16, timeout=60)
+    executor = ThreadExecutor(local_inbox, lambda claimed: barrier.wait(), max_concurrency=64, lease_seconds=0.3,
+                              poll_seconds=30)
+    fake = {"now": 0.0, "cpu": 0.0}
+    executor.clock, executor.cpu_clock = (lambda: fake["now"]), (lambda: fake["cpu"])
+    executor._governed_at = executor._governed_cpu = 0.0
+    executor.limit = 8  # where a saturated stretch left it
+    try:
+        executor.notify(record(local_inbox, *[message_event(f"u{n}", "hi") for n in range(16)]))
+        wait_until(lambda: executor.in_flight == 8, 20, "8 handlers to wait at the barrier")
+        fake["now"] += 1.0  # a second without CPU: a tick (every 0.1 s here) doubles the limit
+        wait_until(lambda: local_inbox.stats()["done"] == 16, 60, "the other 8 to be admitted")
+        assert executor.limit == 16
+    finally:
+        assert executor.shutdown(10)
+
+
 @pytest.mark.parametrize("pool_maxsize, full", [(40, False), (2, True)])
 def test_the_graph_pool_keeps_a_connection_per_concurrent_send(caplog, pool_maxsize, full):
     from flask_ampalibe import Messenger

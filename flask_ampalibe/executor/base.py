@@ -201,6 +201,9 @@ class Executor:
         """The users whose events this process is handling now (their leases are renewed)."""
         return []
 
+    def tick(self) -> None:
+        """Called by the upkeep loop at each of its ticks (for executors that adjust themselves)."""
+
     def _upkeep(self) -> None:
         """The sweeper thread of executors that handle events in the background: renew the leases
         of :meth:`leased_users`, :meth:`sweep` every ``poll_seconds``, purge old events, until
@@ -215,6 +218,7 @@ class Executor:
             now = time.monotonic()
             pause = tick
             try:
+                self.tick()
                 users = self.leased_users()
                 if users:
                     # Only the users being handled: a lease left behind (its release failed in a

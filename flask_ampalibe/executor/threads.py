@@ -145,7 +145,7 @@ class ThreadExecutor(Executor):
         busy = (cpu - self._governed_cpu) / span
         self._governed_at, self._governed_cpu = now, cpu
         floor = min(self.max_concurrency, GOVERN_FLOOR)
-        if busy > CPU_HIGH:
+        if busy > CPU_HIGH and self._in_flight > floor:  # the handlers saturate it (not startup, not the acks)
             self.limit = max(floor, min(self.limit, self._in_flight) * 3 // 4)
         elif busy < CPU_LOW and self._waiting:
             self.limit = min(self.max_concurrency, max(floor, self.limit * 2))
@@ -163,7 +163,7 @@ class ThreadExecutor(Executor):
                 self.peak_in_flight = self._in_flight
             try:
                 pool.submit(self._run, user_id, claimed)
-            except RuntimeError:  # the pool is closed (shutdown) or no thread can start
+            except RuntimeError:  # the pool is closed (shutdown) or not even its starter thread can start
                 self._in_flight -= 1
                 self._active.pop(user_id, None)
                 logger.warning("not handling events of user %s here now; they stay recorded", user_id)
@@ -252,6 +252,11 @@ class ThreadExecutor(Executor):
     def leased_users(self) -> list[str]:
         with self._lock:
             return list(self._active)
+
+    def tick(self) -> None:
+        """Let the governor raise the limit again even when no handler ends (all of them wait)."""
+        with self._lock:
+            self._fill()
 
     def shutdown(self, timeout: float = 30.0) -> bool:
         """Finish running handlers (up to ``timeout`` s); unstarted events stay recorded for others.
