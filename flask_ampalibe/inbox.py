@@ -28,7 +28,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from sqlalchemy import and_, bindparam, func, literal, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import DataError, DBAPIError
 
 from .dberrors import is_deadlock
@@ -36,12 +36,13 @@ from .engine import read_only
 from .events import Event, rejected_key
 from .groupcommit import GroupCommit
 from .storage import Store, insert_ignore
+from . import inbox_sql as sql
+from .inbox_sql import DONE, FAILED, PENDING, READ_AHEAD, REJECTED, RUNNING
 from .tables import inbox, leases
 
 __all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED", "REJECTED", "STATUSES", "USER_STATE_KINDS",
            "lease_owner"]
 
-PENDING, RUNNING, DONE, FAILED, REJECTED = "pending", "running", "done", "failed", "rejected"
 #: Every status an inbox row can have, in the order ``ampalibe inbox stats`` shows them.
 STATUSES = (PENDING, RUNNING, DONE, FAILED, REJECTED)
 
@@ -51,75 +52,8 @@ USER_STATE_KINDS = frozenset({"message", "postback"})
 
 logger = logging.getLogger(__name__)
 
-#: How many of a user's ready events one step of the executor reads at once (see :meth:`Inbox.next_event`).
-READ_AHEAD = 12
 #: How many times the webhook's insert is tried when the database picks it as a deadlock victim.
 DEADLOCK_RETRIES = 3
-
-# The statements of the per-event path, built once (see storage._constructs for why).
-def _is_unfinished(status: Any) -> Any:
-    """``status IN ('pending', 'running')`` as two plain parameters: ``in_()`` of a list of values
-    would be an "expanding" parameter, rendered again at every execution (~30 µs a statement)."""
-    return status.in_([literal(PENDING), literal(RUNNING)])
-
-
-_unfinished = _is_unfinished(inbox.c.status)
-_claim = (leases.update()
-          .where(leases.c.user_id == bindparam("uid"),
-                 or_(leases.c.owner.is_(None), leases.c.expires_at < bindparam("now")))
-          .values(owner=bindparam("new_owner"), expires_at=bindparam("until")))
-_renew_one = (leases.update().where(leases.c.user_id == bindparam("uid"), leases.c.owner == bindparam("holder"))
-              .values(expires_at=bindparam("until")))
-_release = (leases.update().where(leases.c.user_id == bindparam("uid"), leases.c.owner == bindparam("holder"))
-            .values(owner=None, expires_at=0.0))
-_oldest = (select(inbox.c.id, inbox.c.event_key, inbox.c.timestamp, inbox.c.body, inbox.c.attempts)
-           .where(inbox.c.user_id == bindparam("uid"), _unfinished)
-           .order_by(inbox.c.timestamp, inbox.c.id).limit(1))
-_start = inbox.update().where(inbox.c.id == bindparam("event_id")).values(status=RUNNING, attempts=bindparam("n"))
-# Where the database has UPDATE ... RETURNING (SQLite >= 3.35, PostgreSQL): _oldest and _start in
-# one statement.  The subquery reads an alias, so it is not correlated to the updated table.
-_queued = inbox.alias("queued")
-_start_oldest = (
-    inbox.update()
-    .where(inbox.c.id == select(_queued.c.id)
-           .where(_queued.c.user_id == bindparam("uid"), _is_unfinished(_queued.c.status))
-           .order_by(_queued.c.timestamp, _queued.c.id).limit(1).scalar_subquery())
-    .values(status=RUNNING, attempts=inbox.c.attempts + 1)
-    .returning(inbox.c.id, inbox.c.event_key, inbox.c.timestamp, inbox.c.body, inbox.c.attempts)
-)
-# A user's next ready events (see Inbox.next_event), read ahead and started one by one with
-# _start_read_ahead: the one given, if the lease is still this worker's with at least half its
-# time left (the sweeper renews it every third) and no unfinished event of the user comes before
-# it (one recorded since, with an earlier timestamp); otherwise the full step runs.
-_read_ahead = _oldest.limit(READ_AHEAD)
-_earlier = inbox.alias("earlier")
-_start_read_ahead = (
-    inbox.update()
-    .where(inbox.c.id == bindparam("event_id"), _unfinished,
-           select(leases.c.user_id).where(leases.c.user_id == bindparam("uid"), leases.c.owner == bindparam("holder"),
-                                          leases.c.expires_at >= bindparam("fresh_until")).exists(),
-           ~select(_earlier.c.id).where(
-               _earlier.c.user_id == bindparam("uid"), _is_unfinished(_earlier.c.status),
-               _earlier.c.id != bindparam("event_id"),
-               or_(_earlier.c.timestamp < bindparam("ts"),
-                   and_(_earlier.c.timestamp == bindparam("ts"), _earlier.c.id < bindparam("event_id")))).exists())
-    .values(status=RUNNING, attempts=inbox.c.attempts + 1)
-)
-# The lease given back if the user has no unfinished event: the last step of a drain in one statement.
-_release_if_idle = (
-    leases.update()
-    .where(leases.c.user_id == bindparam("uid"), leases.c.owner == bindparam("holder"),
-           ~select(inbox.c.id).where(inbox.c.user_id == bindparam("uid"), _unfinished).exists())
-    .values(owner=None, expires_at=0.0)
-)
-_give_up = (inbox.update().where(inbox.c.id == bindparam("event_id"))
-            .values(status=FAILED, attempts=bindparam("n"), finished_at=bindparam("now"), error=bindparam("err")))
-# Only a running event: if this worker's lease lapsed and another one finished it meanwhile,
-# that outcome stands.
-_end = (inbox.update().where(inbox.c.id == bindparam("event_id"), inbox.c.status == RUNNING)
-        .values(status=bindparam("outcome"), finished_at=bindparam("now"), error=bindparam("err")))
-_any_unfinished = select(inbox.c.id).where(inbox.c.user_id == bindparam("uid"), _unfinished).limit(1)
-
 
 def _same_table_subqueries(dialect: Any) -> bool:
     """Whether an ``UPDATE`` may read its own table in a subquery (not MySQL; MariaDB since 10.3)."""
@@ -260,7 +194,7 @@ class Inbox:
         """Take ``user_id``'s lease if it is free or expired."""
         now = self.clock()
         with self.engine.begin() as conn:
-            taken = conn.execute(_claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
+            taken = conn.execute(sql.claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
         return taken.rowcount == 1
 
     def renew(self, owner: str, seconds: float, users: Iterable[str]) -> int:
@@ -288,7 +222,7 @@ class Inbox:
             transaction, so such an event is either seen here or finds the lease free.
         """
         with self.engine.begin() as conn:
-            conn.execute(_release, {"uid": user_id, "holder": owner})
+            conn.execute(sql.release, {"uid": user_id, "holder": owner})
             return self._has_work(conn, user_id)
 
     def take(self, user_id: str, owner: str, seconds: float) -> Claimed | None:
@@ -301,7 +235,7 @@ class Inbox:
         """
         now = self.clock()
         with self.engine.begin() as conn:
-            taken = conn.execute(_claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
+            taken = conn.execute(sql.claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
             if taken.rowcount != 1:
                 return None
             return self._next(conn, user_id, owner, now)
@@ -342,14 +276,14 @@ class Inbox:
                 # and the release need no lock first; server databases renew (lock) the lease first.
                 idle = {"uid": user_id, "holder": owner} if finished is not None and not finished.ahead else None
                 serialized = conn.dialect.name == "sqlite"
-                if idle and serialized and conn.execute(_release_if_idle, idle).rowcount == 1:
+                if idle and serialized and conn.execute(sql.release_if_idle, idle).rowcount == 1:
                     return None
                 # Renewing the lease checks that it is still ours and, on server databases, locks
                 # its row until the end of the transaction.
-                held = conn.execute(_renew_one, {"uid": user_id, "holder": owner, "until": now + seconds})
+                held = conn.execute(sql.renew_one, {"uid": user_id, "holder": owner, "until": now + seconds})
                 if held.rowcount != 1:
                     return None  # the lease expired and someone else took it: stop
-                if idle and not serialized and conn.execute(_release_if_idle, idle).rowcount == 1:
+                if idle and not serialized and conn.execute(sql.release_if_idle, idle).rowcount == 1:
                     return None
                 return self._next(conn, user_id, owner, now, READ_AHEAD)
 
@@ -364,7 +298,7 @@ class Inbox:
             event = Event.from_json(row.event_key, user_id, row.timestamp, row.body)
         except Exception:
             return None
-        started = conn.execute(_start_read_ahead, {"event_id": row.id, "uid": user_id, "holder": owner,
+        started = conn.execute(sql.start_read_ahead, {"event_id": row.id, "uid": user_id, "holder": owner,
                                                    "fresh_until": fresh_until, "ts": row.timestamp})
         if started.rowcount != 1:
             return None
@@ -376,11 +310,11 @@ class Inbox:
         while True:
             started = read == 1 and conn.dialect.update_returning
             if started:
-                rows = conn.execute(_start_oldest, {"uid": user_id}).all()
+                rows = conn.execute(sql.start_oldest, {"uid": user_id}).all()
             else:
-                rows = conn.execute(_oldest if read == 1 else _read_ahead, {"uid": user_id}).all()
+                rows = conn.execute(sql.oldest if read == 1 else sql.read_ahead, {"uid": user_id}).all()
             if not rows:
-                conn.execute(_release, {"uid": user_id, "holder": owner})
+                conn.execute(sql.release, {"uid": user_id, "holder": owner})
                 return None
             for i, row in enumerate(rows):
                 attempts = row.attempts - 1 if started else row.attempts  # before this one
@@ -402,12 +336,12 @@ class Inbox:
                                   + "".join(traceback.format_exception(exc))[-4000:])
                     continue
                 if not started:
-                    conn.execute(_start, {"event_id": row.id, "n": attempts + 1})
+                    conn.execute(sql.start, {"event_id": row.id, "n": attempts + 1})
                 return self._claimed(conn, row.id, event, attempts + 1, tuple(rows[i + 1:]))
             # every event read was given up: read again
 
     def _give_up(self, conn: Any, event_id: int, attempts: int, now: float, error: str) -> None:
-        conn.execute(_give_up, {"event_id": event_id, "n": attempts, "now": now, "err": error})
+        conn.execute(sql.give_up, {"event_id": event_id, "n": attempts, "now": now, "err": error})
         if self.counters is not None:
             self.counters.finished(FAILED)
 
@@ -433,7 +367,7 @@ class Inbox:
         values: dict[str, Any] = {"event_id": claimed.id, "outcome": DONE, "now": now, "err": None}
         if error is not None:
             values.update(outcome=FAILED, err="".join(traceback.format_exception(error))[-8000:])
-        if conn.execute(_end, values).rowcount and self.counters is not None:
+        if conn.execute(sql.end, values).rowcount and self.counters is not None:
             self.counters.finished(values["outcome"])
 
     def has_work(self, user_id: str) -> bool:
@@ -443,7 +377,7 @@ class Inbox:
 
     @staticmethod
     def _has_work(conn: Any, user_id: str) -> bool:
-        return conn.execute(_any_unfinished, {"uid": user_id}).first() is not None
+        return conn.execute(sql.any_unfinished, {"uid": user_id}).first() is not None
 
     def ready_users(self, limit: int = 100) -> list[str]:
         """Users with unfinished events whose lease is free or expired (work nobody is doing)."""
