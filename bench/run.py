@@ -685,11 +685,12 @@ def issue17_targets(L: list[str], results: list[dict], cfg) -> None:
 
     for kind, r in on_server.items():
         if r and fa:
-            label = DATABASE_LABELS[kind]
-            v = ratio(r["acked_rps"], fa["acked_rps"])
-            row(f"acked req/s, hello: {label} / SQLite", v, "≥ 0.70", v is not None and v >= 0.7)
-            v = ratio(r.get("e2e_rps"), fa.get("e2e_rps"))
-            row(f"e2e replies/s, hello: {label} / SQLite", v, "≥ 0.70", v is not None and v >= 0.7)
+            # The issue sets the 0.70 target for PostgreSQL; the MariaDB row is reported only.
+            label, targeted = DATABASE_LABELS[kind], kind == "postgresql"
+            for measure, key in (("acked req/s", "acked_rps"), ("e2e replies/s", "e2e_rps")):
+                v = ratio(r.get(key), fa.get(key))
+                row(f"{measure}, hello: {label} / SQLite", v, "≥ 0.70" if targeted else "–",
+                    (v is not None and v >= 0.7) if targeted else None)
     if fa and back:
         v = ratio(fa["acked_rps"], back["acked_rps"])
         row("acked req/s flask_ampalibe / bare ack ceiling", v, "≥ 0.70", v is not None and v >= 0.7)
