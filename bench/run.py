@@ -669,6 +669,16 @@ def issue15_targets(L: list[str], results: list[dict], cfg) -> None:
 DATABASE_LABELS = {"postgresql": "PostgreSQL", "mariadb": "MariaDB"}
 
 
+def ceiling_rows(row, fa, back, bend) -> None:
+    """The hello bot against the bare ceilings (targets of issues 6 and 17, in both tables)."""
+    if fa and back:
+        v = ratio(fa["acked_rps"], back["acked_rps"])
+        row("acked req/s flask_ampalibe / bare ack ceiling", v, "≥ 0.70", v is not None and v >= 0.7)
+    if fa and bend:
+        v = ratio(fa.get("e2e_rps"), bend.get("e2e_rps"))
+        row("e2e replies/s flask_ampalibe / bare e2e ceiling", v, "≥ 0.80", v is not None and v >= 0.8)
+
+
 def issue17_targets(L: list[str], results: list[dict], cfg) -> None:
     """The hot-path and database targets (issue 17): ratios of rows measured in the same run."""
     fa = find(results, "flask_ampalibe", "hello")
@@ -691,12 +701,7 @@ def issue17_targets(L: list[str], results: list[dict], cfg) -> None:
                 v = ratio(r.get(key), fa.get(key))
                 row(f"{measure}, hello: {label} / SQLite", v, "≥ 0.70" if targeted else "–",
                     (v is not None and v >= 0.7) if targeted else None)
-    if fa and back:
-        v = ratio(fa["acked_rps"], back["acked_rps"])
-        row("acked req/s flask_ampalibe / bare ack ceiling", v, "≥ 0.70", v is not None and v >= 0.7)
-    if fa and bend:
-        v = ratio(fa.get("e2e_rps"), bend.get("e2e_rps"))
-        row("e2e replies/s flask_ampalibe / bare e2e ceiling", v, "≥ 0.80", v is not None and v >= 0.8)
+    ceiling_rows(row, fa, back, bend)
     if fa:
         row(f"p99 ack ms, hello, {cfg.connections} connections", fa["p99_ms"], "≤ 50", fa["p99_ms"] <= 50)
     for kind, r in on_server.items():
@@ -808,12 +813,7 @@ def write_report(path: str, cfg, results: list[dict], ceiling: dict, mach: dict,
     if fa and ampn:
         row("acked req/s flask_ampalibe / Ampalibe without state", ratio(fa["acked_rps"], ampn["acked_rps"]), "–", None)
         row("e2e replies/s flask_ampalibe / Ampalibe without state", e2e_ratio(fa, ampn), "–", None)
-    if fa and back:
-        v = ratio(fa["acked_rps"], back["acked_rps"])
-        row("acked req/s flask_ampalibe / bare ack ceiling", v, "≥ 0.70", v is not None and v >= 0.7)
-    if fa and bend:
-        v = ratio(fa.get("e2e_rps"), bend.get("e2e_rps"))
-        row("e2e replies/s flask_ampalibe / bare e2e ceiling", v, "≥ 0.80", v is not None and v >= 0.8)
+    ceiling_rows(row, fa, back, bend)
     if fa:
         row(f"p99 ack ms, hello, {cfg.connections} connections", fa["p99_ms"], "≤ 25", fa["p99_ms"] <= 25)
     if sl:

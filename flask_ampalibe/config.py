@@ -17,7 +17,7 @@ from urllib.parse import quote_plus
 
 from .errors import ConfigurationError
 
-__all__ = ["DEFAULTS", "EXECUTORS", "PREFIX", "Settings", "database_url_from", "payload_secret", "project_dir"]
+__all__ = ["DEFAULTS", "EXECUTORS", "PREFIX", "Settings", "payload_secret", "project_dir"]
 
 PREFIX = "AMPALIBE_"
 

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from .errors import ConfigurationError
+from .forks import renew_in_child
 
 try:
     import fcntl
@@ -143,8 +144,7 @@ class _WriteLocks:
     def __init__(self, path: str | None) -> None:
         self.path = path
         self._reset()
-        if hasattr(os, "register_at_fork"):  # POSIX; engines live as long as the process
-            os.register_at_fork(after_in_child=self._reset)
+        renew_in_child(self._reset)
 
     def _reset(self) -> None:
         self.write = threading.Lock()

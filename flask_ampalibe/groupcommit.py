@@ -15,10 +15,10 @@ have met alone.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import weakref
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from typing import Callable, Generic, Sequence, TypeVar
+
+from .forks import renew_in_child
 
 __all__ = ["GroupCommit"]
 
@@ -26,18 +26,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-_groups: "weakref.WeakSet[GroupCommit[Any, Any]]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # The child has a single thread: a lock held by a parent's thread at the fork would never be released.
-    for group in list(_groups):
-        group._reset()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Waiter(Generic[T, R]):
@@ -66,7 +54,7 @@ class GroupCommit(Generic[T, R]):
         #: Writes run so far, and how many of them carried several callers' items (tests, the bench).
         self.writes = self.shared_writes = 0
         self._reset()
-        _groups.add(self)
+        renew_in_child(self._reset)  # a lock held by a parent's thread at the fork
 
     def _reset(self) -> None:
         self._cond = threading.Condition(threading.Lock())

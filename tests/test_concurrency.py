@@ -350,13 +350,19 @@ def test_the_cap_setting_its_former_name_and_a_bad_value():
         Settings.load({"AMPALIBE_MAX_CONCURRENCY": "0"})
 
 
+def fake_clocks(executor: ThreadExecutor) -> dict[str, float]:
+    """Give the governor clocks the test moves by hand: ``fake["now"]`` (wall) and ``fake["cpu"]``."""
+    fake = {"now": 0.0, "cpu": 0.0}
+    executor.clock, executor.cpu_clock = (lambda: fake["now"]), (lambda: fake["cpu"])
+    executor._governed_at = executor._governed_cpu = 0.0
+    return fake
+
+
 def test_the_governor_admits_fewer_events_while_the_cpu_is_saturated(local_inbox):
     gate = threading.Event()
     executor = ThreadExecutor(local_inbox, lambda claimed: gate.wait(30), max_concurrency=64, lease_seconds=30,
                               poll_seconds=30)
-    fake = {"now": 0.0, "cpu": 0.0}
-    executor.clock, executor.cpu_clock = (lambda: fake["now"]), (lambda: fake["cpu"])
-    executor._governed_at = executor._governed_cpu = 0.0
+    fake = fake_clocks(executor)
     try:
         executor.notify(record(local_inbox, *[message_event(f"u{n}", "hi") for n in range(100)]))
         wait_until(lambda: executor.in_flight == 64, 20, "64 handlers to run")
@@ -388,9 +394,7 @@ def test_the_governor_does_not_cut_the_limit_for_cpu_that_handlers_did_not_use(l
     barrier = threading.Barrier(30, timeout=60)
     executor = ThreadExecutor(local_inbox, lambda claimed: barrier.wait(), max_concurrency=64, lease_seconds=30,
                               poll_seconds=30)
-    fake = {"now": 0.0, "cpu": 0.0}
-    executor.clock, executor.cpu_clock = (lambda: fake["now"]), (lambda: fake["cpu"])
-    executor._governed_at = executor._governed_cpu = 0.0
+    fake = fake_clocks(executor)
     fake["now"] = fake["cpu"] = 1.0  # a whole core busy before the first event
     try:
         executor.notify(record(local_inbox, *[message_event(f"u{n}", "hi") for n in range(30)]))
@@ -406,9 +410,7 @@ def test_the_governor_raises_the_limit_again_while_every_admitted_handler_waits(
     barrier = threading.Barrier(16, timeout=60)
     executor = ThreadExecutor(local_inbox, lambda claimed: barrier.wait(), max_concurrency=64, lease_seconds=0.3,
                               poll_seconds=30)
-    fake = {"now": 0.0, "cpu": 0.0}
-    executor.clock, executor.cpu_clock = (lambda: fake["now"]), (lambda: fake["cpu"])
-    executor._governed_at = executor._governed_cpu = 0.0
+    fake = fake_clocks(executor)
     executor.limit = 8  # where a saturated stretch left it
     try:
         executor.notify(record(local_inbox, *[message_event(f"u{n}", "hi") for n in range(16)]))

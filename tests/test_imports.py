@@ -174,3 +174,18 @@ def test_no_import_cycle():
     assert not unexpected, "import cycles:\n" + report
     stale = [cycle for cycle in ALLOWED if list(cycle) not in groups]
     assert not stale, f"allowed cycles that no longer exist (remove them from ALLOWED): {stale}"
+
+
+def test_every_name_in_a_modules_all_exists():
+    # ``from flask_ampalibe.<module> import *`` fails on a name that __all__ lists but the module lost.
+    import importlib
+
+    optional = ("flask_ampalibe.celery_executor", "flask_ampalibe.dashboard.metrics")  # extras
+    missing = []
+    for name in sorted(_modules()):
+        skipped = name.startswith(optional) or name.endswith(("__main__", "migrations.env"))
+        if skipped or ".templates" in name or ".migrations.versions" in name:  # scripts, not modules
+            continue
+        module = importlib.import_module(name)
+        missing += [f"{name}.{attr}" for attr in getattr(module, "__all__", ()) if not hasattr(module, attr)]
+    assert missing == []

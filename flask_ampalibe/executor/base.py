@@ -11,11 +11,11 @@ import os
 import threading
 import time
 import uuid
-import weakref
 from typing import Callable, Iterable
 
 from ..dberrors import is_unavailable, outage_for
 from ..engine import background_writes
+from ..forks import renew_in_child
 from ..inbox import Claimed, Inbox, lease_owner
 from ..schema import SchemaError
 
@@ -29,20 +29,6 @@ Handle = Callable[[Claimed], "BaseException | None"]
 PURGE_EVERY = 600.0
 #: The longest pause between two tries while the database is unreachable (the pauses double).
 MAX_BACKOFF = 60.0
-
-_executors: "weakref.WeakSet[Executor]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # Runs in the child right after fork(), when it has a single thread: nothing can hold the
-    # locks being replaced.
-    for executor in list(_executors):
-        executor._after_fork()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
 
 class Executor:
     """Base class: runs :meth:`drain` for users that have events.
@@ -65,7 +51,7 @@ class Executor:
         self._owner = ""
         self._owner_pid = 0
         self._owner_lock = threading.Lock()
-        _executors.add(self)
+        renew_in_child(self._after_fork)
 
     @property
     def owner(self) -> str:
