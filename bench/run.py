@@ -495,7 +495,7 @@ def start_profiler(cfg, pid: int, out: str):
     if not cfg.profile:
         return None
     mode = ["--gil"] if cfg.profile == "gil" else []  # gil: on-CPU Python only; active: also waits in C
-    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--subprocesses", "--rate", "200", *mode,
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--subprocesses", "--rate", "200", "--nonblocking", *mode,
                              "--format", "raw", "--output", out, "--duration", "600"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
