@@ -9,7 +9,10 @@ second time sees ``redelivered=True``.  An event whose handling was started
 :attr:`Inbox.max_attempts` times without ever finishing (each worker died on it) is marked
 failed instead of being tried forever, and so is one that cannot even be read back: a poison
 event never blocks its user's later events.  An event's outcome is committed on its own, so
-nothing that happens afterwards can undo the record of an event already handled.  A worker reads
+nothing that happens afterwards can undo the record of an event already handled; the user's
+state changes made while handling it (buffered by the store, see
+:class:`~flask_ampalibe.storage.Store`) are written in that same transaction, so both commit or
+neither does.  A worker reads
 several of its user's events at once (:data:`READ_AHEAD`) and starts them one by one without
 reading the inbox again; events read but not started stay ``pending``.
 
@@ -39,6 +42,7 @@ from .storage import Store, insert_ignore
 from . import inbox_sql as sql
 from .inbox_sql import DONE, FAILED, PENDING, READ_AHEAD, REJECTED, RUNNING
 from .tables import inbox, leases
+from .unit import Unit
 
 __all__ = ["Inbox", "Claimed", "PENDING", "RUNNING", "DONE", "FAILED", "REJECTED", "STATUSES", "USER_STATE_KINDS",
            "lease_owner"]
@@ -81,6 +85,9 @@ class Claimed:
     #: The user's next ready events, oldest first, read in the same transaction and not started:
     #: :meth:`Inbox.next_event` starts them one by one without reading the inbox again.
     ahead: tuple[Any, ...] = field(default=(), repr=False)
+    #: The user's state while the event is handled (see :class:`~flask_ampalibe.storage.Store`):
+    #: its writes are committed with the event's outcome.
+    unit: Unit | None = field(default=None, repr=False)
 
     @property
     def redelivered(self) -> bool:
@@ -215,12 +222,13 @@ class Inbox:
             ).rowcount
 
     def release(self, user_id: str, owner: str) -> bool:
-        """Give ``user_id``'s lease back.
+        """Give ``user_id``'s lease back (and drop the state changes of an event of theirs not finished).
 
         :returns: whether the user has unfinished events (recorded while the lease was held,
             their recorder found it taken: the caller should try again).  Checked in the same
             transaction, so such an event is either seen here or finds the lease free.
         """
+        self.store.close_units_of(user_id)
         with self.engine.begin() as conn:
             conn.execute(sql.release, {"uid": user_id, "holder": owner})
             return self._has_work(conn, user_id)
@@ -238,7 +246,8 @@ class Inbox:
             taken = conn.execute(sql.claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
             if taken.rowcount != 1:
                 return None
-            return self._next(conn, user_id, owner, now)
+            claimed = self._next(conn, user_id, owner, now)
+        return self._handed_out(claimed)
 
     def next_event(self, user_id: str, owner: str, seconds: float, finished: Claimed | None = None,
                    error: BaseException | None = None) -> Claimed | None:
@@ -263,29 +272,40 @@ class Inbox:
         """
         with self.engine.connect() as conn:
             if finished is not None:
-                with conn.begin():
-                    self._finish(conn, finished, error, self.clock())
+                self._commit_finish(conn, finished, error)
             with conn.begin():
-                now = self.clock()
-                if finished is not None and finished.ahead and _same_table_subqueries(conn.dialect):
-                    claimed = self._start_ahead(conn, user_id, owner, now + seconds / 2, finished.ahead)
-                    if claimed is not None:
-                        return claimed
-                # Nothing read ahead: probably the user's last event, so first try to give the lease
-                # back if nothing is left.  SQLite runs one write transaction at a time, so the check
-                # and the release need no lock first; server databases renew (lock) the lease first.
-                idle = {"uid": user_id, "holder": owner} if finished is not None and not finished.ahead else None
-                serialized = conn.dialect.name == "sqlite"
-                if idle and serialized and conn.execute(sql.release_if_idle, idle).rowcount == 1:
-                    return None
-                # Renewing the lease checks that it is still ours and, on server databases, locks
-                # its row until the end of the transaction.
-                held = conn.execute(sql.renew_one, {"uid": user_id, "holder": owner, "until": now + seconds})
-                if held.rowcount != 1:
-                    return None  # the lease expired and someone else took it: stop
-                if idle and not serialized and conn.execute(sql.release_if_idle, idle).rowcount == 1:
-                    return None
-                return self._next(conn, user_id, owner, now, READ_AHEAD)
+                claimed = self._step(conn, user_id, owner, seconds, finished)
+        return self._handed_out(claimed)
+
+    def _step(self, conn: Any, user_id: str, owner: str, seconds: float, finished: Claimed | None) -> Claimed | None:
+        """:meth:`next_event`'s transaction after the outcome: start the next event, or give the lease back."""
+        now = self.clock()
+        if finished is not None and finished.ahead and _same_table_subqueries(conn.dialect):
+            claimed = self._start_ahead(conn, user_id, owner, now + seconds / 2, finished.ahead)
+            if claimed is not None:
+                return claimed
+        # Nothing read ahead: probably the user's last event, so first try to give the lease
+        # back if nothing is left.  SQLite runs one write transaction at a time, so the check
+        # and the release need no lock first; server databases renew (lock) the lease first.
+        idle = {"uid": user_id, "holder": owner} if finished is not None and not finished.ahead else None
+        serialized = conn.dialect.name == "sqlite"
+        if idle and serialized and conn.execute(sql.release_if_idle, idle).rowcount == 1:
+            return None
+        # Renewing the lease checks that it is still ours and, on server databases, locks
+        # its row until the end of the transaction.
+        held = conn.execute(sql.renew_one, {"uid": user_id, "holder": owner, "until": now + seconds})
+        if held.rowcount != 1:
+            return None  # the lease expired and someone else took it: stop
+        if idle and not serialized and conn.execute(sql.release_if_idle, idle).rowcount == 1:
+            return None
+        return self._next(conn, user_id, owner, now, READ_AHEAD)
+
+    def _handed_out(self, claimed: Claimed | None) -> Claimed | None:
+        """Once the transaction that started ``claimed`` committed: its user's state is served
+        from its unit (not before, or a rolled-back hand-out would leave a unit nobody writes)."""
+        if claimed is not None and claimed.unit is not None:
+            self.store.adopt_unit(claimed.unit)
+        return claimed
 
     def _start_ahead(self, conn: Any, user_id: str, owner: str, fresh_until: float,
                      ahead: tuple[Any, ...]) -> Claimed | None:
@@ -346,24 +366,48 @@ class Inbox:
             self.counters.finished(FAILED)
 
     def _claimed(self, conn: Any, event_id: int, event: Event, attempts: int, ahead: tuple[Any, ...]) -> Claimed:
-        """The event just started, with the user's state when its kind is routed by it."""
-        user = None
-        if event.kind in USER_STATE_KINDS and not event.standby:
-            user = self.store.touch_user(event.sender_id, conn)
-        return Claimed(event_id, event, attempts, user, ahead)
+        """The event just started, with the user's state (read when its kind is routed by it)."""
+        touch = event.kind in USER_STATE_KINDS and not event.standby
+        unit, user = self.store.open_unit(event.sender_id, conn, touch)
+        return Claimed(event_id, event, attempts, user, ahead, unit)
 
     def putback(self, claimed: Claimed) -> None:
         """Return an event taken by :meth:`next_event` but not started (shutdown began) to pending."""
+        if claimed.unit is not None:
+            self.store.close_unit(claimed.unit)
         with self.engine.begin() as conn:
             conn.execute(inbox.update().where(inbox.c.id == claimed.id, inbox.c.status == RUNNING)
                          .values(status=PENDING, attempts=claimed.attempts - 1))
 
     def finish(self, claimed: Claimed, error: BaseException | None = None) -> None:
-        """Mark an event handled, or failed with ``error``'s traceback."""
-        with self.engine.begin() as conn:
-            self._finish(conn, claimed, error, self.clock())
+        """Mark an event handled, or failed with ``error``'s traceback, with the state changes of
+        its handler (committed or dropped together)."""
+        with self.engine.connect() as conn:
+            self._commit_finish(conn, claimed, error)
+
+    def _commit_finish(self, conn: Any, claimed: Claimed, error: BaseException | None) -> None:
+        """The outcome and the unit's writes in one transaction; the unit is done either way."""
+        unit = claimed.unit
+        try:
+            try:
+                with conn.begin():
+                    self._finish(conn, claimed, error, self.clock())
+            except (DataError, UnicodeError) as exc:
+                if unit is None or not unit.has_writes:
+                    raise
+                # The database refused a value the handler set (a key too long for its column...):
+                # handling the event again would meet the same refusal, so it fails, without them.
+                logger.error("event %s of user %s failed: the database refused its state changes (%s)",
+                             claimed.event.key, claimed.event.sender_id, type(exc).__name__)
+                with conn.begin():
+                    self._finish(conn, claimed, exc, self.clock())  # the unit is closed: no writes
+        finally:
+            if unit is not None:
+                self.store.close_unit(unit)
 
     def _finish(self, conn: Any, claimed: Claimed, error: BaseException | None, now: float) -> None:
+        if claimed.unit is not None:  # the handler's state changes: they commit with the outcome, or neither does
+            self.store.flush_unit(conn, claimed.unit)
         values: dict[str, Any] = {"event_id": claimed.id, "outcome": DONE, "now": now, "err": None}
         if error is not None:
             values.update(outcome=FAILED, err="".join(traceback.format_exception(error))[-8000:])

@@ -1,8 +1,10 @@
 """SQL storage on SQLAlchemy Core: users' pending actions, temporary data, pagination pages.
 
 One :class:`Store` per app, on one engine per database URL.  Every operation is one short
-transaction, so any number of gunicorn workers and hosts can share the database.  The webhook
-inbox lives in :mod:`flask_ampalibe.inbox`, on the same tables' metadata.
+transaction, so any number of gunicorn workers and hosts can share the database, except a
+user's state while one of their events is handled: it commits with the event (see
+:class:`Store`).  The webhook inbox lives in :mod:`flask_ampalibe.inbox`, on the same tables'
+metadata.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from sqlalchemy import Table, bindparam, select
 from sqlalchemy.engine import Connection, Engine
 
 from .engine import read_only
+from .forks import renew_in_child
 from .tables import inbox, leases, pages, temps, users
+from .unit import PREFETCH_TEMPS, RawUser, Unit
 
 __all__ = ["Store", "upsert", "insert_ignore"]
 
@@ -108,6 +112,8 @@ _user_used = users.update().where(users.c.user_id == bindparam("uid")).values(la
 # set last_use and read the state in one statement.
 _user_used_state = _user_used.returning(users.c.action, users.c.action_args, users.c.lang)
 _temp_value = select(temps.c.value).where(temps.c.user_id == bindparam("uid"), temps.c.key == bindparam("k"))
+_temps_of = (select(temps.c.key, temps.c.value).where(temps.c.user_id == bindparam("uid"))
+             .limit(PREFETCH_TEMPS + 1))
 _temp_delete = temps.delete().where(temps.c.user_id == bindparam("uid"), temps.c.key == bindparam("k"))
 _page_data = select(pages.c.data).where(pages.c.token == bindparam("token"), pages.c.user_id == bindparam("uid"))
 _page_delete = pages.delete().where(pages.c.token == bindparam("token"), pages.c.user_id == bindparam("uid"))
@@ -117,6 +123,18 @@ _page_take = _page_delete.returning(pages.c.data)
 class Store:
     """Per-user state in SQL: the pending action, temporary data, language, pagination pages.
 
+    **A handler's state commits with its event.**  While an event of a user is handled in this
+    process, from the moment the inbox hands it out until its outcome is committed, the store
+    serves that user's state from a :class:`~flask_ampalibe.unit.Unit`: :meth:`set_temp`,
+    :meth:`del_temp`, :meth:`set_user_fields` (and :meth:`set_action`) are buffered in it,
+    :meth:`get_temp`, :meth:`get_user` and :meth:`touch_user` see those writes, and the inbox
+    writes them in the transaction that records the event's outcome
+    (:meth:`flush_unit`), so a worker that dies mid-handler leaves neither.  Values are
+    serialised when set, so a value JSON cannot encode still raises in the handler.  Units are
+    kept by user id for the whole process (not per thread): ``ampalibe.offload`` and ``async
+    def`` handlers reach the same one.  Pagination pages, :meth:`set_temps` and
+    :meth:`forget_user` are written at once, as is everything outside a handled event.
+
     :param engine: from :func:`make_engine`.
     """
 
@@ -124,6 +142,15 @@ class Store:
         self.engine = engine
         self._ready = False
         self._ready_lock = threading.Lock()
+        #: Whether this process's handlers read temporary data: from then on the transaction that
+        #: hands out an event also reads the user's temporary values (bots that never do pay nothing).
+        self.prefetch_temps = False
+        self._forget_units()
+        renew_in_child(self._forget_units)
+
+    def _forget_units(self) -> None:
+        self._units: dict[str, Unit] = {}  # user id -> the unit of their event being handled here
+        self._units_lock = threading.Lock()
 
     def create_all(self) -> None:
         """Make the database ready (idempotent, safe to race): create the tables of an empty
@@ -145,18 +172,85 @@ class Store:
         if not self._ready:
             self.create_all()
 
+    # -- the state of an event being handled (see the class docstring) -------------------------------
+    def open_unit(self, user_id: str, conn: Connection, touch: bool
+                  ) -> tuple[Unit, tuple[str | None, dict[str, Any], str | None] | None]:
+        """In the transaction that hands out an event of ``user_id``: read their state into a new
+        unit (not yet serving: see :meth:`adopt_unit`).
+
+        :param touch: also :meth:`touch_user` (for the events routed by the user's state).
+        :returns: the unit, and the user's ``(action, action_args, lang)`` when ``touch``.
+        """
+        raw = self._touch(conn, user_id) if touch else None
+        temps_read: dict[str, str] = {}
+        complete = False
+        if self.prefetch_temps:
+            rows = conn.execute(_temps_of, {"uid": user_id}).all()
+            temps_read = {row.key: row.value for row in rows}
+            complete = len(rows) <= PREFETCH_TEMPS
+        unit = Unit(user_id, raw, temps_read, complete)
+        return unit, (None if raw is None else _user(raw))
+
+    def adopt_unit(self, unit: Unit) -> None:
+        """Serve the user's state from ``unit`` (its event was handed out: the transaction committed),
+        instead of any unit left from an earlier event."""
+        with self._units_lock:
+            old = self._units.get(unit.user_id)
+            self._units[unit.user_id] = unit
+        if old is not None:
+            old.close()
+
+    def flush_unit(self, conn: Connection, unit: Unit) -> None:
+        """Write ``unit``'s buffered writes in ``conn`` (the transaction of the event's outcome).
+        From now on the user's state is read from and written to the database again."""
+        written, fields = unit.take_writes()
+        if fields:
+            upsert(conn, users, {"user_id": unit.user_id, **fields}, ["user_id"])
+        stored = [{"user_id": unit.user_id, "key": k, "value": v} for k, v in written.items() if v is not None]
+        if stored:
+            self._upsert_temps(conn, stored)
+        deleted = [{"uid": unit.user_id, "k": k} for k, v in written.items() if v is None]
+        if deleted:
+            conn.execute(_temp_delete, deleted)
+
+    def close_unit(self, unit: Unit) -> None:
+        """Stop serving from ``unit`` (its outcome committed, or its writes are dropped)."""
+        unit.close()
+        with self._units_lock:
+            if self._units.get(unit.user_id) is unit:
+                del self._units[unit.user_id]
+
+    def close_units_of(self, user_id: str) -> None:
+        """Stop serving ``user_id``'s state from a unit (their lease is given back)."""
+        with self._units_lock:
+            unit = self._units.pop(user_id, None)
+        if unit is not None:
+            unit.close()
+
     # -- users ----------------------------------------------------------------------------
     def touch_user(self, user_id: str, conn: Connection | None = None
                    ) -> tuple[str | None, dict[str, Any], str | None]:
         """Record that ``user_id`` wrote now; return their ``(action, action_args, lang)``.
 
         :param conn: a write transaction to run in (the inbox's, when it hands out the event);
-            by default a transaction of its own.
+            by default a transaction of its own (or, while an event of the user is handled, the
+            user's unit: the inbox recorded the time when it handed the event out).
         """
-        if conn is None:
-            self.ensure()
-            with self.engine.begin() as own:
-                return self.touch_user(user_id, own)
+        if conn is not None:
+            return _user(self._touch(conn, user_id))
+        unit = self._units.get(user_id)
+        if unit is not None:
+            known, raw = unit.user()
+            if known:
+                return _user(raw)
+            if unit.set_fields({"last_use": time.time()}):
+                return self.get_user(user_id)
+        self.ensure()
+        with self.engine.begin() as own:
+            return _user(self._touch(own, user_id))
+
+    @staticmethod
+    def _touch(conn: Connection, user_id: str) -> RawUser:
         now = time.time()
         if conn.dialect.update_returning:
             row = conn.execute(_user_used_state, {"uid": user_id, "now": now}).first()
@@ -166,20 +260,32 @@ class Store:
                 conn.execute(_user_used, {"uid": user_id, "now": now})
         if row is None:
             insert_ignore(conn, users, [{"user_id": user_id, "last_use": now}])
-            return None, {}, None
-        return row.action, _loads(row.action_args) or {}, row.lang
+            return None, None, None
+        return row.action, row.action_args, row.lang
 
     def get_user(self, user_id: str) -> tuple[str | None, dict[str, Any], str | None]:
         """``(action, action_args, lang)`` of ``user_id`` (``(None, {}, None)`` when unknown)."""
+        unit = self._units.get(user_id)
+        if unit is not None:
+            known, raw = unit.user()
+            if known:
+                return _user(raw)
         self.ensure()
         with read_only(self.engine) as conn:
             row = conn.execute(_user_state, {"uid": user_id}).first()
-        if row is None:
-            return None, {}, None
-        return row.action, _loads(row.action_args) or {}, row.lang
+        raw = (None, None, None) if row is None else (row.action, row.action_args, row.lang)
+        if unit is not None:
+            unit.learn_user(raw)
+            known, with_writes = unit.user()
+            if known:
+                return _user(with_writes)
+        return _user(raw)
 
     def set_user_fields(self, user_id: str, **fields: Any) -> None:
         """Set columns of the user's row (created if missing)."""
+        unit = self._units.get(user_id)
+        if unit is not None and unit.set_fields(fields):
+            return
         self.ensure()
         with self.engine.begin() as conn:
             upsert(conn, users, {"user_id": user_id, **fields}, ["user_id"])
@@ -191,36 +297,62 @@ class Store:
     # -- temporary data -------------------------------------------------------------------
     def set_temp(self, user_id: str, key: str, value: Any) -> None:
         """Keep ``value`` (JSON-serialisable) under ``key`` for ``user_id``."""
-        self.ensure()
         data = _dumps(value)
+        unit = self._units.get(user_id)
+        if unit is not None and unit.set_temp(key, data):
+            return
+        self.ensure()
         with self.engine.begin() as conn:
             upsert(conn, temps, {"user_id": user_id, "key": key, "value": data}, ["user_id", "key"])
 
     def set_temps(self, items: Iterable[tuple[str, str, Any]]) -> int:
-        """Keep many ``(user_id, key, value)`` in one transaction (all or none); returns how many."""
+        """Keep many ``(user_id, key, value)`` in one transaction (all or none); returns how many.
+
+        Written at once, even for users whose event is being handled (their units then serve
+        these values)."""
         self.ensure()
         rows = [{"user_id": user_id, "key": key, "value": json.dumps(value, ensure_ascii=False)}
                 for user_id, key, value in items]
-        keys = ("user_id", "key")
         with self.engine.begin() as conn:
-            stmt = _upsert_stmt(conn.dialect.name, temps, ("user_id", "key", "value"), keys)
-            if stmt is None:
-                for row in rows:
-                    upsert(conn, temps, row, keys)
-            else:
-                for start in range(0, len(rows), 1000):  # executemany, in bounded batches
-                    conn.execute(stmt, rows[start:start + 1000])
+            self._upsert_temps(conn, rows)
+        if self._units:
+            for row in rows:
+                unit = self._units.get(row["user_id"])
+                if unit is not None:
+                    unit.stored(row["key"], row["value"])
         return len(rows)
+
+    @staticmethod
+    def _upsert_temps(conn: Connection, rows: list[dict[str, Any]]) -> None:
+        keys = ("user_id", "key")
+        stmt = _upsert_stmt(conn.dialect.name, temps, ("user_id", "key", "value"), keys)
+        if stmt is None:
+            for row in rows:
+                upsert(conn, temps, row, keys)
+        else:
+            for start in range(0, len(rows), 1000):  # executemany, in bounded batches
+                conn.execute(stmt, rows[start:start + 1000])
 
     def get_temp(self, user_id: str, key: str) -> Any:
         """The value kept under ``key``, or ``None``."""
+        unit = self._units.get(user_id)
+        if unit is not None:
+            self.prefetch_temps = True
+            known, text = unit.temp(key)
+            if known:
+                return _loads(text)
         self.ensure()
         with read_only(self.engine) as conn:
             value = conn.execute(_temp_value, {"uid": user_id, "k": key}).scalar()
+        if unit is not None:
+            unit.learn_temp(key, value)
         return _loads(value)
 
     def del_temp(self, user_id: str, key: str) -> None:
         """Forget the value kept under ``key`` (no error if there is none)."""
+        unit = self._units.get(user_id)
+        if unit is not None and unit.set_temp(key, None):
+            return
         self.ensure()
         with self.engine.begin() as conn:
             conn.execute(_temp_delete, {"uid": user_id, "k": key})
@@ -257,8 +389,17 @@ class Store:
         """
         self.ensure()
         with self.engine.begin() as conn:
-            return {table.name: conn.execute(table.delete().where(table.c.user_id == user_id)).rowcount
-                    for table in (users, temps, pages, inbox, leases)}
+            counts = {table.name: conn.execute(table.delete().where(table.c.user_id == user_id)).rowcount
+                      for table in (users, temps, pages, inbox, leases)}
+        unit = self._units.get(user_id)
+        if unit is not None:  # an event of theirs is being handled: it must not write their state back
+            unit.forgotten()
+        return counts
+
+
+def _user(raw: RawUser) -> tuple[str | None, dict[str, Any], str | None]:
+    """``(action, action_args, lang)`` of a raw ``amp_user`` row."""
+    return raw[0], _loads(raw[1]) or {}, raw[2]
 
 
 def _loads(value: str | None) -> Any:

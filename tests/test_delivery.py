@@ -315,6 +315,26 @@ def test_sigkilled_worker_event_is_handled_again_by_another_and_finishes_once(se
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_state_changed_before_a_worker_is_sigkilled_is_not_kept_and_the_redelivery_sees_the_old_state(served, kind):
+    # The handler adds one to a counter, then the worker dies in its sleep: the change commits
+    # with the event, so it died with it, and the counter ends one higher, not two.
+    server = served(**KINDS[kind])
+    project = server.project
+    inbox = project_inbox(project)
+    inbox.store.set_temp("victim", "count", 41)
+    assert server.hook().send_text("victim", "count slow 3 kill-me").status_code == 200
+    counted = wait_until(lambda: [m for m in markers(project) if m["phase"] == "counted"], 15, "the handler to count")
+    assert inbox.store.get_temp("victim", "count") == 41  # not committed while the handler runs
+    os.kill(counted[0]["pid"], signal.SIGKILL)
+
+    wait_until(all_handled(inbox, 1), 30, "another worker to handle the event")
+    runs = [(m["phase"], m["redelivered"]) for m in markers(project)]
+    assert runs == [("started", False), ("counted", False), ("started", True), ("counted", True), ("finished", True)]
+    assert inbox.store.get_temp("victim", "count") == 42
+    assert inbox.stats()["done"] == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_worker_sigkilled_mid_burst_loses_nothing_and_redelivers_only_the_running_event(served, kind):
     # The worker reads several of the user's events at once; it dies on the third, with three
     # more read but not started: another worker handles the third again and the rest once, in order.

@@ -6,7 +6,8 @@ template's ``conf.py`` and configure it through the environment.
 Every message is appended to the sender's ``seen`` list (temporary data: safe without a lock,
 since one user's events are handled one at a time) and echoed through the Send API.  A text
 ``slow SECONDS TAG`` first sleeps; ``gate FILE TAG`` first waits until ``FILE`` exists in
-the project folder (at most a minute); ``boom`` raises.  Each run also appends a JSON line to
+the project folder (at most a minute); ``boom`` raises.  A text that starts with ``count``
+first adds one to the sender's ``count`` (and notes ``counted``), then goes on with the rest.  Each run also appends a JSON line to
 ``markers.jsonl`` (short ``O_APPEND`` writes from several processes do not interleave).
 
 With ``BOT_ASYNC=1`` in the environment the same handler is an ``async def`` (it awaits its
@@ -41,6 +42,10 @@ def main(sender_id, cmd, redelivered, **extends):
     cmd = str(cmd)
     mark("started", sender_id, cmd, redelivered)
     words = cmd.split()
+    if words[:1] == ["count"]:
+        query.set_temp(sender_id, "count", (query.get_temp(sender_id, "count") or 0) + 1)
+        mark("counted", sender_id, cmd, redelivered)
+        words = words[1:]
     if words[:1] == ["slow"]:
         time.sleep(float(words[1]))
     if words[:1] == ["gate"]:
@@ -60,6 +65,11 @@ async def async_main(sender_id, cmd, redelivered, **extends):
     cmd = str(cmd)
     mark("started", sender_id, cmd, redelivered)
     words = cmd.split()
+    if words[:1] == ["count"]:
+        count = await ampalibe.offload(query.get_temp, sender_id, "count") or 0
+        await ampalibe.offload(query.set_temp, sender_id, "count", count + 1)
+        mark("counted", sender_id, cmd, redelivered)
+        words = words[1:]
     if words[:1] == ["slow"]:
         await asyncio.sleep(float(words[1]))
     if words[:1] == ["gate"]:
