@@ -9,7 +9,9 @@ event, through the public API of :class:`~flask_ampalibe.inbox.Inbox` and
 
 - ``record``: one ``Inbox.record`` per event (one event per webhook request);
 - ``handle``: ``take``, then ``next_event(finished=...)`` until the user has nothing left, and the
-  bot's own ``get_temp`` + ``set_temp`` for each event.
+  bot's own ``get_temp`` + ``set_temp`` for each event, between the two: while the event is
+  handed out, as a handler runs them (since the state commits with the event, they are served by
+  the user's unit and written in ``next_event``'s finish transaction).
 
 ``--per-user 1`` (the default) records one event and drains it at once, like a chat where every
 message is answered before the next one; ``--per-user 10`` records ten per user first (bursts,

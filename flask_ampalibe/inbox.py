@@ -9,12 +9,11 @@ second time sees ``redelivered=True``.  An event whose handling was started
 :attr:`Inbox.max_attempts` times without ever finishing (each worker died on it) is marked
 failed instead of being tried forever, and so is one that cannot even be read back: a poison
 event never blocks its user's later events.  An event's outcome is committed on its own, so
-nothing that happens afterwards can undo the record of an event already handled; the user's
-state changes made while handling it (buffered by the store, see
-:class:`~flask_ampalibe.storage.Store`) are written in that same transaction, so both commit or
-neither does.  A worker reads
-several of its user's events at once (:data:`READ_AHEAD`) and starts them one by one without
-reading the inbox again; events read but not started stay ``pending``.
+nothing that happens afterwards can undo the record of an event already handled; the state
+changes its handler made (buffered by the store, see :class:`~flask_ampalibe.storage.Store`) are
+written in that same transaction, so both commit or neither does.  A worker reads several of its
+user's events at once (:data:`READ_AHEAD`) and starts them one by one without reading the inbox
+again; events read but not started stay ``pending``.
 
 Items of a webhook body that cannot be valid Messenger events (see
 :attr:`flask_ampalibe.events.Event.problem`) are stored as ``rejected`` with their reason, for

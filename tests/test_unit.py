@@ -7,6 +7,9 @@ committed), as another process would.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import select
 import threading
 import time
 from typing import Any, Callable
@@ -281,3 +284,38 @@ def test_bot_tester_reads_the_committed_state(tmp_path, graph):
         assert bot.query.get_temp(bot.user, "count") == 3
     finally:
         app.extensions["ampalibe"].executor.shutdown(timeout=5)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_reads_the_database_not_the_parents_units(bots):
+    app, router, hook, outside = bots("thread")
+    gate, parked = threading.Event(), threading.Event()
+
+    @router.command("/")
+    def main(sender_id, cmd, **extends):
+        app.extensions["ampalibe"].query.set_temp(sender_id, "n", "parent's, not committed")
+        parked.set()
+        assert gate.wait(20)
+
+    hook().send_text(USER, "hi")
+    assert parked.wait(20)
+    store = app.extensions["ampalibe"].store
+    assert store.get_temp(USER, "n") == "parent's, not committed"  # this process: the unit's
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write_end, json.dumps(store.get_temp(USER, "n")).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], 20)
+        assert ready, "the forked child did not report within 20 s"
+        assert json.loads(os.read(read_end, 4096)) is None
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+        gate.set()
+    wait_until(done(app, 1))
+    assert outside.get_temp(USER, "n") == "parent's, not committed"

@@ -218,6 +218,8 @@ class ThreadExecutor(Executor):
             except (RuntimeError, AttributeError):  # the pool is closed: shutdown timed out
                 logger.warning("event %s of user %s finished after shutdown; it will be handled again",
                                claimed.event.key, user_id)
+                if claimed.unit is not None:  # its state changes go with it
+                    self.inbox.store.close_unit(claimed.unit)
 
         future.add_done_callback(done)
 
