@@ -18,7 +18,8 @@ message is answered before the next one; ``--per-user 10`` records ten per user 
 the steady ``next_event`` path).  The base version (``--base``, a git revision) is exported with
 ``git archive``; each round runs both versions, alternately, in fresh processes, so a busy machine
 slows both alike.  Reported: median CPU µs per event (process time of a single-threaded process)
-and the ratio this checkout / base, plus SQL statements and transactions per event.
+and the ratio this checkout / base, plus SQL statements, write transactions (commits) and
+read-only transactions (rolled back) per event.
 """
 from __future__ import annotations
 
@@ -58,10 +59,11 @@ with engine.begin() as conn:  # the users already exist, as in bench/run.py's he
     conn.execute(sa.insert(metadata.tables["amp_user"]), [{"user_id": f"u{i}", "last_use": 0.0} for i in range(users)])
 bodies = [[parse_body(page_body(message_event(f"u{u}", "hi", mid=f"m.{u}.{n}", timestamp=1000 + n)))
            for n in range(per_user)] for u in range(users)]
-counts = {"statements": 0, "transactions": 0}
+counts = {"statements": 0, "transactions": 0, "reads": 0}
 if count_only:
     sa.event.listen(engine, "before_cursor_execute", lambda *a: counts.__setitem__("statements", counts["statements"] + 1))
     sa.event.listen(engine, "commit", lambda *a: counts.__setitem__("transactions", counts["transactions"] + 1))
+    sa.event.listen(engine, "rollback", lambda *a: counts.__setitem__("reads", counts["reads"] + 1))
 
 def handle(user):
     claimed = inbox.take(user, "bench", 30.0)
@@ -84,7 +86,8 @@ for u in range(users):
 n = users * per_user
 assert inbox.stats()["done"] == n, inbox.stats()
 print(json.dumps({"record_us": record / n * 1e6, "handle_us": handling / n * 1e6,
-                  "statements": counts["statements"] / n, "transactions": counts["transactions"] / n}))
+                  "statements": counts["statements"] / n, "transactions": counts["transactions"] / n,
+                  "reads": counts["reads"] / n}))
 """
 
 
@@ -136,14 +139,16 @@ def main() -> None:
     print(f"storage hot path, {args.users} users x {args.per_user} event(s), {args.rounds} rounds, "
           f"{(args.url or 'sqlite').split(':')[0]}; base = {args.base}; "
           f"load average {load_before[0]:.2f} -> {load_after[0]:.2f}, {time.strftime('%Y-%m-%d %H:%M')}")
-    print(f"{'':10}{'record µs/event':>18}{'handle µs/event':>18}{'total':>10}{'statements':>12}{'transactions':>14}")
+    print(f"{'':10}{'record µs/event':>18}{'handle µs/event':>18}{'total':>10}{'statements':>12}{'transactions':>14}"
+          f"{'read-only':>11}")
     medians = {}
     for name in ("base", "this"):
         rec = statistics.median(x["record_us"] for x in results[name])
         han = statistics.median(x["handle_us"] for x in results[name])
         medians[name] = (rec, han, rec + han)
         c = counts[name]
-        print(f"{name:10}{rec:18.0f}{han:18.0f}{rec + han:10.0f}{c['statements']:12.1f}{c['transactions']:14.1f}")
+        print(f"{name:10}{rec:18.0f}{han:18.0f}{rec + han:10.0f}{c['statements']:12.1f}{c['transactions']:14.1f}"
+              f"{c.get('reads', 0):11.1f}")
     b, t = medians["base"], medians["this"]
     print(f"{'this/base':10}{t[0] / b[0]:18.2f}{t[1] / b[1]:18.2f}{t[2] / b[2]:10.2f}")
 

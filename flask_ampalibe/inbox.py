@@ -97,6 +97,11 @@ class Claimed:
 class Inbox:
     """Inbox operations on a :class:`~flask_ampalibe.storage.Store`'s database.
 
+    The transaction that hands out an event (:meth:`take`, :meth:`next_event`) reads its user's
+    state into a unit of the store (:attr:`Claimed.unit`); the one that records its outcome
+    (:meth:`finish`, ``next_event(finished=...)``) writes the unit's buffered changes first.
+    :meth:`putback` and :meth:`release` drop them.
+
     :param store: the app's store (its engine and tables).
     :param max_attempts: how many times an event may be started without finishing (the worker
         handling it died, or was stopped past its graceful timeout) before it is marked failed.
