@@ -118,18 +118,18 @@ def test_1_done_is_committed_before_the_next_event_is_taken(bot, monkeypatch):
     # the "done" of the event just handled, or its reply would be sent again by the next worker.
     bot.hook.post(message_event("u", "one", timestamp=1), message_event("u", "two", timestamp=2))
     store, calls = bot.state.store, []
-    real_touch = store.touch_user
+    real_open = store.open_unit
 
-    def touch_once_then_fail(user_id, conn=None):
+    def read_once_then_fail(user_id, conn, touch):
         calls.append(user_id)
         if len(calls) == 2:
             raise OperationalError("SELECT", {}, Exception("connection lost"))
-        return real_touch(user_id, conn)
+        return real_open(user_id, conn, touch)
 
-    monkeypatch.setattr(store, "touch_user", touch_once_then_fail)
+    monkeypatch.setattr(store, "open_unit", read_once_then_fail)
     with pytest.raises(OperationalError):
         bot.drain("u")
-    monkeypatch.setattr(store, "touch_user", real_touch)
+    monkeypatch.setattr(store, "open_unit", real_open)
     assert bot.inbox.stats()["done"] == 1
     assert bot.inbox.claim("u", "other-worker", 30) is True  # the lease was given back
     bot.inbox.release("u", "other-worker")
