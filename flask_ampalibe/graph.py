@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
+from urllib.parse import urlencode
 
 import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
@@ -114,6 +115,10 @@ class GraphClient:
     #: Whether credentials and settings are still to be taken from the configured bot (see
     #: :meth:`_bind`): a ``Messenger()`` made without an access token.
     _unbound = False
+
+    #: The credentials (``_auth``'s items) and their encoded query string, built once per
+    #: credentials: requests would encode the same ``params`` again on every call.
+    _signed: tuple[tuple[tuple[str, str], ...], str] = ((), "")
 
     #: First backoff delay in seconds, doubled at each retry, capped by :attr:`backoff_max`.
     backoff_base = 0.5
@@ -227,9 +232,7 @@ class GraphClient:
             raise ConfigurationError(
                 f"{label}: no Page access token; set AMPALIBE_ACCESS_TOKEN (Configuration.ACCESS_TOKEN)."
             )
-        url = self.base_url + path
-        query = dict(self._auth)
-        query.update(params or {})
+        url, query = self._signed_url(path, params)
         headers = None
         if json_body is not None:
             data = self._dumps(json_body)  # once: every attempt sends the same bytes
@@ -295,6 +298,21 @@ class GraphClient:
             attempt += 1
             logger.warning("Graph %s: %s; retry %d of %d in %.2fs", label, reason, attempt, self.max_retries, delay)
             self.sleep(delay)
+
+    def _signed_url(self, path: str, params: Mapping[str, Any] | None) -> tuple[str, Mapping[str, Any] | None]:
+        """``path``'s URL carrying the credentials, and the ``params`` requests is left to add.
+
+        The credentials' query string is encoded once and again only when they change; requests
+        appends the call's own ``params`` after it, as it did when both went in one dict.  A call
+        whose ``params`` name a credential (they replaced it then) takes the old path.
+        """
+        credentials = tuple(self._auth.items())
+        signed = self._signed
+        if signed[0] != credentials:
+            signed = self._signed = (credentials, urlencode(credentials))
+        if params and not params.keys().isdisjoint(self._auth):
+            return self.base_url + path, {**self._auth, **params}
+        return f"{self.base_url}{path}?{signed[1]}", params or None
 
     def _count_error(self, error: GraphErrorInfo | None, failure: BaseException | None) -> None:
         if self.on_error is None or (error is None and failure is None):

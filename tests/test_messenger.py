@@ -441,3 +441,16 @@ def test_one_session_and_timeout_on_every_call(graph: FakeGraph) -> None:
     assert [c["timeout"] for c in calls] == [3.5, 3.5, 3.5]
     chat.close()  # not ours: left open
     session.close()
+
+
+def test_credentials_query_follows_the_credentials(chat: Messenger, graph: FakeGraph) -> None:
+    # The credentials' query string is encoded once per credentials (GraphClient._signed_url):
+    # new credentials must show at the next call, and a call's own params keep their old rules.
+    chat.send_text(USER, "one")
+    chat._auth = {"access_token": "rotated-token"}
+    chat.send_text(USER, "two")
+    assert [r.query for r in graph.requests] == [{"access_token": TOKEN, "appsecret_proof": PROOF},
+                                                 {"access_token": "rotated-token"}]
+    graph.clear()
+    chat._request("GET", "/me", label="page_id", params={"fields": "id", "access_token": "user-token"})
+    assert graph.requests[0].query == {"access_token": "user-token", "fields": "id"}
