@@ -297,8 +297,17 @@ _READ_ONLY = "ampalibe_read_only"
 
 
 def read_only(engine: Engine) -> Connection:
-    """A connection for reads only: on SQLite its transactions take no write lock.
+    """A connection for reads only.  Use as ``with read_only(engine) as conn: ...``.
 
-    Use as ``with read_only(engine) as conn: ...``.
+    SQLite: a deferred ``BEGIN`` that takes no write lock (its statements share one snapshot).
+    PostgreSQL: autocommit, each statement its own transaction, without the ``BEGIN`` and
+    ``ROLLBACK`` round trips around the reads.  At the isolation the engines use (``READ
+    COMMITTED``) each statement saw its own snapshot inside a transaction too.  MySQL/MariaDB keep a
+    transaction (ended by one ``ROLLBACK``): switching a pooled PyMySQL connection to autocommit and
+    back costs four statements (``SET AUTOCOMMIT`` twice, the isolation level and a ``COMMIT``).
     """
-    return engine.connect().execution_options(**{_READ_ONLY: True})
+    conn = engine.connect()
+    if engine.dialect.name == "postgresql":
+        # The switch is client-side in psycopg and pg8000: no statement is sent for it.
+        return conn.execution_options(isolation_level="AUTOCOMMIT")
+    return conn.execution_options(**{_READ_ONLY: True})

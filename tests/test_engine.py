@@ -1,0 +1,109 @@
+"""flask_ampalibe.engine.read_only on the server databases, seen from the server's own statement log.
+
+The other tests of the engines (pools, SQLite's write queue, settings per database) are in
+``test_storage.py``, which runs them on each backend.
+"""
+from __future__ import annotations
+
+import re
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from flask_ampalibe.engine import make_engine
+from flask_ampalibe.inbox import Inbox
+from flask_ampalibe.storage import Store
+
+APP_NAME = "amp_read_only_test"
+
+
+@contextmanager
+def postgresql_statements(server) -> Iterator[Callable[[], list[str]]]:
+    """The statements the server runs for connections named :data:`APP_NAME` from now on, read
+    from its log (``log_statement = 'all'`` while the block runs)."""
+    admin = server._admin()
+    try:
+        admin.execute("ALTER SYSTEM SET log_statement = 'all'")
+        admin.execute("ALTER SYSTEM SET log_line_prefix = '[%a] '")
+        admin.execute("SELECT pg_reload_conf()")
+        time.sleep(0.3)  # the server applies a reload asynchronously
+        start = server.log_path.stat().st_size
+
+        def statements() -> list[str]:
+            time.sleep(0.2)
+            with open(server.log_path, errors="replace") as fh:
+                fh.seek(start)
+                lines = fh.read().splitlines()
+            found = []
+            for line in lines:
+                m = re.match(rf"\[{APP_NAME}\] LOG:\s+(?:statement|execute [^:]*): (.*)", line)
+                if m:
+                    found.append(m.group(1).strip())
+            return found
+
+        yield statements
+    finally:
+        admin.execute("ALTER SYSTEM RESET log_statement")
+        admin.execute("ALTER SYSTEM RESET log_line_prefix")
+        admin.execute("SELECT pg_reload_conf()")
+        admin.close()
+
+
+@contextmanager
+def mariadb_statements(engine, server) -> Iterator[Callable[[], list[str]]]:
+    """The statements the server runs for ``engine``'s connections from now on, from its general
+    log (on while the block runs).  The pool's connections are identified by their thread ids."""
+    admin = server._admin()
+    cur = admin.cursor()
+    with engine.connect() as conn:  # a pooled connection; the reads below reuse it
+        thread_id = conn.connection.dbapi_connection.thread_id()
+    try:
+        cur.execute("SET GLOBAL log_output = 'TABLE'")
+        cur.execute("SET GLOBAL general_log = 1")
+        cur.execute("SELECT NOW(6)")
+        (start,) = cur.fetchone()
+
+        def statements() -> list[str]:
+            cur.execute("SELECT argument FROM mysql.general_log WHERE thread_id = %s AND event_time >= %s "
+                        "AND command_type = 'Query' ORDER BY event_time", (thread_id, start))
+            return [a.decode() if isinstance(a, bytes) else a for (a,) in cur.fetchall()]
+
+        yield statements
+    finally:
+        cur.execute("SET GLOBAL general_log = 0")
+        cur.execute("TRUNCATE TABLE mysql.general_log")
+        admin.close()
+
+
+def _kinds(statements: list[str]) -> list[str]:
+    """The first word of each statement; the pool's pre-ping (``;`` on psycopg) left out."""
+    return [s.split()[0].upper() for s in statements if s.strip(" ;")]
+
+
+def test_postgresql_reads_run_without_begin_or_rollback(postgresql_server) -> None:
+    # A URL of its own: a new engine whose connections carry the name the log is filtered on.
+    store = Store(make_engine(postgresql_server.url + f"?application_name={APP_NAME}"))
+    store.create_all()
+    inbox = Inbox(store)
+    store.set_temp("u1", "n", 41)
+    with postgresql_statements(postgresql_server) as statements:
+        assert store.get_temp("u1", "n") == 41
+        assert inbox.stats()["received"] == 0
+        reads = statements()
+        store.set_temp("u1", "n", 42)
+        writes = statements()[len(reads):]
+    assert _kinds(reads) == ["SELECT", "SELECT", "SELECT"], reads  # autocommit: no BEGIN, no ROLLBACK
+    assert _kinds(writes)[0] == "BEGIN" and _kinds(writes)[-1] == "COMMIT", writes  # writes keep theirs
+    assert store.get_temp("u1", "n") == 42
+
+
+def test_mariadb_reads_end_with_one_rollback(mariadb_server) -> None:
+    # PyMySQL starts no transaction with a statement of its own; a read costs one ROLLBACK, which
+    # is cheaper than switching a pooled connection to autocommit and back (four statements).
+    store = Store(make_engine(mariadb_server.url))
+    store.create_all()
+    store.set_temp("u1", "n", 41)
+    with mariadb_statements(store.engine, mariadb_server) as statements:
+        assert store.get_temp("u1", "n") == 41
+        reads = statements()
+    assert _kinds(reads) == ["SELECT", "ROLLBACK"], reads
