@@ -42,14 +42,22 @@ AMP_VENV = os.path.join(HERE, ".work", "ampvenv")
 #: plain bot capped at 8 handlers per process (the fixed pool of 8 threads before issue 15).
 #: flask_ampalibe_nogov: the plain bot without the executor's CPU governor.
 #: flask_ampalibe_pg, flask_ampalibe_mariadb: the plain bot on a throwaway PostgreSQL / MariaDB server
-#: of this machine (hello scenario only).
+#: of this machine (hello scenario only).  bare_ack, bare_e2e: the bare-Flask ceilings, which keep
+#: nothing; bare_durable, bare_durable_e2e: the same with the least a durable ack needs (one SQLite
+#: INSERT OR IGNORE per event committed before the 200; a handler thread sends and marks it done).
 SYSTEMS = ("flask_ampalibe", "flask_ampalibe_async", "flask_ampalibe_pool8", "flask_ampalibe_nogov",
-           "flask_ampalibe_pg", "flask_ampalibe_mariadb", "ampalibe", "ampalibe_nostate", "bare_ack", "bare_e2e")
+           "flask_ampalibe_pg", "flask_ampalibe_mariadb", "ampalibe", "ampalibe_nostate", "bare_ack", "bare_e2e",
+           "bare_durable", "bare_durable_e2e")
+#: the bare apps (bench/apps/bare_*.py) and the path each system's webhook is at
+BARE = {"bare_ack": "/", "bare_e2e": "/e2e", "bare_durable": "/durable", "bare_durable_e2e": "/durable_e2e"}
+#: systems that only acknowledge (no replies to wait for or count)
+ACK_ONLY = ("bare_ack", "bare_durable")
 FLASK_AMPALIBE = ("flask_ampalibe", "flask_ampalibe_async", "flask_ampalibe_pool8", "flask_ampalibe_nogov",
                   "flask_ampalibe_pg", "flask_ampalibe_mariadb")
 #: the systems whose database is a server (the others: an SQLite file), and which server
 SERVER_DATABASES = {"flask_ampalibe_pg": "postgresql", "flask_ampalibe_mariadb": "mariadb"}
-DEFAULT_SYSTEMS = "flask_ampalibe,flask_ampalibe_async,flask_ampalibe_pg,flask_ampalibe_mariadb,ampalibe,ampalibe_nostate,bare"
+DEFAULT_SYSTEMS = ("flask_ampalibe,flask_ampalibe_async,flask_ampalibe_pg,flask_ampalibe_mariadb,ampalibe,ampalibe_nostate,"
+                   "bare,bare_durable,bare_durable_e2e")
 #: hello10k: the hello bot with the slow scenario's 10,000 senders (its reference); slow: every
 #: handler waits 1 s first, 10,000 senders; sleep: 2 s, 1,000 senders.
 SCENARIOS = ("hello", "hello10k", "slow", "sleep", "redeliver", "users")
@@ -243,10 +251,12 @@ def start_system(system: str, rundir: str, graph: FakeGraph, sleep: float,
     logfile = os.path.join(rundir, "server.log")
     gargs, _ = gunicorn_args()
     gun = [sys.executable, "-m", "gunicorn", *gargs, "-b", f"127.0.0.1:{port}"]
-    if system in ("bare_ack", "bare_e2e"):
+    if system in BARE:
         env["PYTHONPATH"] = os.pathsep.join([os.path.join(HERE, "apps"), LIB])
-        srv = Server(system, gun + [f"{system}:app"], os.path.join(HERE, "apps"), env, port, logfile)
-        path = "/e2e" if system == "bare_e2e" else "/"
+        env["BENCH_DB_FILE"] = os.path.join(rundir, "bench.db")  # bare_durable's
+        module = system.removesuffix("_e2e") if system.startswith("bare_durable") else system
+        srv = Server(system, gun + [f"{module}:app"], os.path.join(HERE, "apps"), env, port, logfile)
+        path = BARE[system]
     elif system in FLASK_AMPALIBE:
         if system == "flask_ampalibe_async":
             env["BENCH_ASYNC"] = "1"
@@ -417,7 +427,7 @@ def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGrap
         with TreeMonitor(srv.pid) as mon, TreeMonitor(graph.proc.pid) as fgmon, dbmon_cm as dbmon:
             # warm-up: distinct mids ("m_w..."), handlers skip the sleep for them
             loadgen.run_load(url, warm, tool="python", connections=4, duration=cfg.warmup)
-            if system != "bare_ack":
+            if system not in ACK_ONLY:
                 drain(graph, 1, 10.0, quiet=1.0)  # at least one warm-up reply went through
             graph.reset()
             mon.mark()
@@ -441,7 +451,7 @@ def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGrap
                        acked_unique_min=acked_unique_min,
                        errors=load["socket_errors"] + load["status"]["4xx"] + load["status"]["5xx"]
                        + load["status"]["other"], wrapped=load.get("wrapped", 0))
-            if system == "bare_ack":
+            if system in ACK_ONLY:
                 st, drained = graph.stats(), "complete"
             else:
                 bound = cfg.drain
@@ -468,7 +478,7 @@ def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGrap
             others = machine_busy_s() - busy0 - mon.cpu_s - fgmon.cpu_s - db_cpu_s - res["loadgen_cpu_s"]
             res["other_cpu_pct"] = max(0.0, 100.0 * others / max(1e-6, (t_end - t0) * (os.cpu_count() or 1)))
             res["wall_s"] = t_end - t0
-            if system != "bare_ack":
+            if system not in ACK_ONLY:
                 replies = st["replies"]
                 # from the first to the last reply (wrk's start-up, loading the bodies, is not load), and
                 # never over less than the load's duration (a few replies then silence is not a rate)
@@ -679,6 +689,21 @@ def ceiling_rows(row, fa, back, bend) -> None:
         row("e2e replies/s flask_ampalibe / bare e2e ceiling", v, "≥ 0.80", v is not None and v >= 0.8)
 
 
+def durable_rows(row, results: list[dict], fa, back, bend) -> None:
+    """The hello bot against the durable references (informational, no target), and what
+    durability costs the bare apps."""
+    dur, dure = find(results, "bare_durable", "hello"), find(results, "bare_durable_e2e", "hello")
+    if fa and dur:
+        row("acked req/s flask_ampalibe / bare_durable", ratio(fa["acked_rps"], dur["acked_rps"]), "–", None)
+    if fa and dure:
+        row("e2e replies/s flask_ampalibe / bare_durable_e2e", ratio(fa.get("e2e_rps"), dure.get("e2e_rps")), "–", None)
+    if dur and back:
+        row("acked req/s bare_durable / bare ack ceiling", ratio(dur["acked_rps"], back["acked_rps"]), "–", None)
+    if dure and bend:
+        row("e2e replies/s bare_durable_e2e / bare e2e ceiling", ratio(dure.get("e2e_rps"), bend.get("e2e_rps")),
+            "–", None)
+
+
 def issue17_targets(L: list[str], results: list[dict], cfg) -> None:
     """The hot-path and database targets (issue 17): ratios of rows measured in the same run."""
     fa = find(results, "flask_ampalibe", "hello")
@@ -702,6 +727,7 @@ def issue17_targets(L: list[str], results: list[dict], cfg) -> None:
                 row(f"{measure}, hello: {label} / SQLite", v, "≥ 0.70" if targeted else "–",
                     (v is not None and v >= 0.7) if targeted else None)
     ceiling_rows(row, fa, back, bend)
+    durable_rows(row, results, fa, back, bend)
     if fa:
         row(f"p99 ack ms, hello, {cfg.connections} connections", fa["p99_ms"], "≤ 50", fa["p99_ms"] <= 50)
     for kind, r in on_server.items():
@@ -771,7 +797,7 @@ def write_report(path: str, cfg, results: list[dict], ceiling: dict, mach: dict,
         if r.get("pending"):
             lost = f"– ({r['pending']:,} pending)"
             e2e += " (not drained)"
-        reps = "–" if r["system"] == "bare_ack" else f"{fmt(r.get('replies'))} / {fmt(r['acked_unique_min'])}"
+        reps = "–" if r["system"] in ACK_ONLY else f"{fmt(r.get('replies'))} / {fmt(r['acked_unique_min'])}"
         cpu = f"{r['cpu_ms_per_event']:.2f}"
         if r.get("db_cpu_ms_per_event") is not None:
             cpu += f" + {r['db_cpu_ms_per_event']:.2f} db"
@@ -862,7 +888,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="flask_ampalibe benchmark (see bench/README.md)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny load, hello scenario only")
     p.add_argument("--systems", default=DEFAULT_SYSTEMS,
-                   help="comma list of " + ", ".join(SYSTEMS) + ", bare (= bare_ack,bare_e2e)")
+                   help="comma list of " + ", ".join(SYSTEMS) + ", bare (= bare_ack,bare_e2e); "
+                        "default: " + DEFAULT_SYSTEMS)
     p.add_argument("--scenarios", default=None, help="comma list of " + ", ".join(SCENARIOS))
     p.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     p.add_argument("--json", default=None, help="also write raw results as JSON here")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -21,26 +22,32 @@ pytestmark = [pytest.mark.bench, pytest.mark.timeout(120)]
 def test_quick_run_writes_numbers(tmp_path: Path) -> None:
     out, raw = tmp_path / "RESULTS.md", tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--systems", "flask_ampalibe,bare",
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--systems",
+         "flask_ampalibe,bare,bare_durable,bare_durable_e2e",
          "--out", str(out), "--json", str(raw), "--workdir", str(tmp_path / "work")],
         cwd=ROOT, capture_output=True, text=True, timeout=110,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = {r["system"]: r for r in json.loads(raw.read_text())["results"]}
-    assert set(results) == {"flask_ampalibe", "bare_ack", "bare_e2e"}
+    assert set(results) == {"flask_ampalibe", "bare_ack", "bare_e2e", "bare_durable", "bare_durable_e2e"}
     for name, r in results.items():
         assert "error" not in r, (name, r.get("error"))
         assert r["acked"] > 0 and r["acked_rps"] > 0, name
         assert r["peak_rss_mb"] > 0, name
-    for name in ("flask_ampalibe", "bare_e2e"):
+    for name in ("flask_ampalibe", "bare_e2e", "bare_durable_e2e"):
         assert results[name]["replies"] > 0, name
-    assert results["flask_ampalibe"]["duplicates"] == 0
+    for name in ("flask_ampalibe", "bare_durable_e2e"):
+        assert results[name]["duplicates"] == 0, name
+    # bare_durable recorded every acknowledged event, once
+    with sqlite3.connect(tmp_path / "work" / "bare_durable-hello" / "bench.db") as con:
+        assert con.execute("SELECT count(*) FROM event").fetchone()[0] >= results["bare_durable"]["acked_unique_min"]
 
     table = out.read_text()
     for name in results:
         row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
         assert re.search(r"\| [\d,]+ \| [\d.]+ \| [\d.]+ \|", row), row
     assert "flask_ampalibe / bare ack ceiling" in table
+    assert "flask_ampalibe / bare_durable |" in table and "flask_ampalibe / bare_durable_e2e |" in table
 
 
 def test_quick_run_on_postgresql(tmp_path: Path) -> None:
