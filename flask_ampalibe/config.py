@@ -23,6 +23,9 @@ PREFIX = "AMPALIBE_"
 
 #: Events handled at once per process when ``MAX_CONCURRENCY`` is not set.
 DEFAULT_MAX_CONCURRENCY = 256
+#: Database connections each process keeps for the handlers' statements (as many again at most
+#: under load); see ``AMPALIBE_DB_POOL_SIZE`` in the README.
+DEFAULT_DB_POOL_SIZE = 2
 
 #: The values of ``AMPALIBE_EXECUTOR``.
 EXECUTORS = ("thread", "inline", "worker", "celery")
@@ -34,6 +37,7 @@ _AMP_NAMES = {
     "APP_SECRET": "AMP_APP_SECRET", "ALLOW_UNSIGNED": "AMP_ALLOW_UNSIGNED", "GRAPH_URL": "AMP_GRAPH_URL",
     "GRAPH_VERSION": "AMP_GRAPH_VERSION", "APP_URL": "AMP_URL", "EXECUTOR": "AMP_EXECUTOR",
     "CELERY_BROKER_URL": "AMP_CELERY_BROKER_URL", "CELERY_REQUEUE_SECONDS": "AMP_CELERY_REQUEUE_SECONDS",
+    "DB_POOL_SIZE": "AMP_DB_POOL_SIZE",
 }
 
 #: Settings that are a number of seconds (or days); how to fix a bad value names an example.
@@ -116,6 +120,7 @@ class Settings:
     app_url: str | None = None
     executor: str = "thread"
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    db_pool_size: int = DEFAULT_DB_POOL_SIZE
     celery_broker_url: str | None = None
     celery_requeue_seconds: float = 30.0
     lease_seconds: float = 30.0
@@ -199,6 +204,9 @@ class Settings:
                 values[field.name] = _flag(value)
             elif field.name == "database_url" and hasattr(value, "render_as_string"):  # an sqlalchemy URL
                 values[field.name] = value.render_as_string(hide_password=False)
+            elif field.name == "db_pool_size":
+                values[field.name] = _positive(key, value, DEFAULT_DB_POOL_SIZE, "how many database connections "
+                                               "each process keeps for its handlers")
             elif field.name != "max_concurrency":
                 # An empty optional setting is unset; an empty required one takes its default.
                 if str(value) or field.name == "url_prefix":
@@ -272,6 +280,20 @@ def _number(key: str, value: Any) -> float:
             f"AMPALIBE_{key}={value!r} is not a number; set it to a number of "
             f"{'days' if key.endswith('DAYS') else 'seconds'}, e.g. {_FLOATS[key]}."
         ) from None
+
+
+def _positive(key: str, value: Any, example: int, meaning: str) -> int:
+    """A setting that is a positive whole number, or an error that says how to fix it."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise ConfigurationError(
+            f"{PREFIX}{key}={value!r} is not a positive whole number; set it (AMP_{key} in .env) to {meaning}, "
+            f"e.g. {example}."
+        )
+    return number
 
 
 def _cap(value: Any, former: Any) -> int:

@@ -5,9 +5,18 @@ a lock, the webhook's writes before the executor's, processes on a kernel lock o
 ``<db>-writelock`` file) instead of sleeping in SQLite's busy handler.  MySQL/MariaDB get
 utf8mb4 and ``pool_recycle``; server databases ``pool_pre_ping``.
 
-Each database has a second, small engine for the webhook (``make_engine(url, webhook=True)``):
-its inserts and the lease renewals never wait for a connection behind hundreds of handlers,
-whose statements share the main engine's pool.
+Each database has up to three engines per process, each with a pool of its own:
+
+- the main engine (``make_engine(url)``): the executor's and the handlers' statements.  Its
+  pool is small on purpose (``AMPALIBE_DB_POOL_SIZE``, 2 kept and as many again): hundreds of
+  handlers in flight borrow a connection per statement or transaction, and the pool is what
+  bounds how many of them work on the database at once.  More only add contention when the
+  database shares the machine's CPUs (its processes, SQLite's write lock, the GIL);
+- the webhook's engine (``make_engine(url, webhook=True)``): its inserts and the lease renewals
+  never wait for a connection behind the handlers;
+- the bot's own SQL (``make_engine(url, bot_sql=True)``, the DB-API connections of
+  :class:`~flask_ampalibe.model.Model`): a thread may keep one for a while (``self.db``), so
+  these never take one of the handlers' few.
 """
 from __future__ import annotations
 
@@ -22,6 +31,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from .config import DEFAULT_DB_POOL_SIZE
 from .errors import ConfigurationError
 from .forks import renew_in_child
 
@@ -30,29 +40,34 @@ try:
 except ImportError:  # pragma: no cover - Windows: SQLite's busy handler only
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["make_engine", "read_only", "background_writes"]
+__all__ = ["make_engine", "bot_sql_engine", "read_only", "background_writes"]
 
 logger = logging.getLogger(__name__)
 
-#: Connections kept per engine and process, extra ones opened under load, and how long (s) a
-#: thread may wait for one before an error.
-POOL_SIZE, POOL_OVERFLOW, POOL_TIMEOUT = 10, 20, 120.0
+#: How long (s) a thread may wait for a pooled connection before an error (waiting is queueing).
+POOL_TIMEOUT = 120.0
 #: The webhook's engine: connections kept and extra ones (gunicorn's 8 request threads, the
 #: lease renewals, room for more request threads).
 WEBHOOK_POOL_SIZE, WEBHOOK_POOL_OVERFLOW = 4, 28
+#: The bot's own SQL (Model's DB-API connections): kept, and extra ones.
+BOT_SQL_POOL_SIZE, BOT_SQL_POOL_OVERFLOW = 2, 30
 
-_engines: dict[tuple[str, bool], Engine] = {}
+_engines: dict[tuple[str, str], Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def make_engine(url: str, *, webhook: bool = False) -> Engine:
-    """The engine for ``url``, created once per process and URL, with settings that suit it.
+def make_engine(url: str, *, webhook: bool = False, bot_sql: bool = False, pool_size: int | None = None) -> Engine:
+    """The engine for ``url``, created once per process, URL and use, with settings that suit it.
 
     ``webhook=True``: the webhook's engine on the same database, with a pool of its own, so an
-    ack never queues for a connection behind the handlers (each in-flight handler may hold one
-    of the main pool's while it waits for SQLite's write lock).  SQLite files share their write
-    queue between both engines; an in-memory database has one engine only (a second one would
+    ack never queues for a connection behind the handlers.  ``bot_sql=True``: the engine of
+    :class:`~flask_ampalibe.model.Model`'s DB-API connections.  SQLite files share their write
+    queue between the engines; an in-memory database has one engine only (a second one would
     be another database).
+
+    :param pool_size: the main engine's connections kept (as many again at most under load;
+        default ``AMPALIBE_DB_POOL_SIZE``'s, 2).  The engine is made once: a later call with
+        another size gets the first one.
 
     SQLite: WAL mode, a 30 s busy timeout and ``BEGIN IMMEDIATE`` transactions, so several
     gunicorn workers can share one file; the threads of one process queue for the write lock
@@ -60,12 +75,29 @@ def make_engine(url: str, *, webhook: bool = False) -> Engine:
     Server databases: ``pool_pre_ping``, so a restarted server is reconnected transparently
     (a local SQLite file needs no ping: one ``SELECT 1`` less per transaction).
     """
+    use = "webhook" if webhook else "bot_sql" if bot_sql else "main"
     with _engines_lock:
-        key = (url, webhook and _has_file(url))
+        key = (url, use if use == "main" or _has_file(url) else "main")
         engine = _engines.get(key)
         if engine is None:
-            engine = _engines[key] = _create(*key)
+            engine = _engines[key] = _create(url, key[1], pool_size or DEFAULT_DB_POOL_SIZE)
         return engine
+
+
+def _forget_parent_connections() -> None:
+    """In a forked child: the pooled connections of the parent are not this process's to use."""
+    for engine in list(_engines.values()):
+        engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_forget_parent_connections)
+
+
+def bot_sql_engine(engine: Engine) -> Engine:
+    """The engine for the bot's own SQL on ``engine``'s database (itself for an in-memory one)."""
+    url = engine.url.render_as_string(hide_password=False)
+    return make_engine(url, bot_sql=True) if _has_file(url) else engine
 
 
 def _has_file(url: str) -> bool:
@@ -81,7 +113,7 @@ def _has_file(url: str) -> bool:
     return database not in ("", ":memory:") and not database.startswith("file:")
 
 
-def _create(url: str, webhook: bool) -> Engine:
+def _create(url: str, use: str, pool_size: int) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -91,12 +123,11 @@ def _create(url: str, webhook: bool) -> Engine:
     memory_db = backend == "sqlite" and parsed.database in (None, "", ":memory:")
     if not memory_db:
         # Hundreds of handlers per process, but each borrows a connection per statement or
-        # transaction (none holds one while it waits on the network): a few dozen serve them
-        # all.  Waiting for one is queueing, not an error, hence the long timeout.
-        if webhook:
-            kwargs.update(pool_size=WEBHOOK_POOL_SIZE, max_overflow=WEBHOOK_POOL_OVERFLOW, pool_timeout=POOL_TIMEOUT)
-        else:
-            kwargs.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_timeout=POOL_TIMEOUT)
+        # transaction (none holds one while it waits on the network): a few serve them all.
+        # Waiting for one is queueing, not an error, hence the long timeout.
+        sizes = {"webhook": (WEBHOOK_POOL_SIZE, WEBHOOK_POOL_OVERFLOW),
+                 "bot_sql": (BOT_SQL_POOL_SIZE, BOT_SQL_POOL_OVERFLOW)}.get(use, (pool_size, pool_size))
+        kwargs.update(pool_size=sizes[0], max_overflow=sizes[1], pool_timeout=POOL_TIMEOUT)
     if backend == "sqlite":
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False, "factory": _SQLiteConnection}
     elif backend in ("mysql", "mariadb"):

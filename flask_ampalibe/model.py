@@ -22,7 +22,7 @@ from typing import Any, Callable, TypeVar, cast
 
 from .config import Settings
 from .context import current_state
-from .engine import make_engine
+from .engine import bot_sql_engine, make_engine
 from .errors import ConfigurationError
 from .payload import Payload
 from .storage import Store
@@ -134,7 +134,9 @@ class Model:
         conn = getattr(self._local, "db", None)
         if conn is None:
             self.store.ensure()
-            conn = self._local.db = self.store.engine.raw_connection()
+            # An engine of its own: a thread may keep this connection, and a decorated method may
+            # call ``get_temp`` while it holds it; neither must take one of the handlers' few.
+            conn = self._local.db = bot_sql_engine(self.store.engine).raw_connection()
             self._local.cursor = None
         return conn
 

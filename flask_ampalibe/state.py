@@ -77,7 +77,7 @@ class AmpalibeState:
             os.makedirs(app.instance_path, exist_ok=True)
             url = f"sqlite:///{os.path.join(app.instance_path, 'ampalibe.db')}"
         self.database_url = url
-        self.store = Store(make_engine(url))
+        self.store = Store(make_engine(url, pool_size=settings.db_pool_size))
         #: Whether the database is reachable, as this process last saw it (see flask_ampalibe.dberrors).
         self.outage = outage_for(self.store.engine)
         self.inbox = Inbox(self.store, webhook_engine=make_engine(url, webhook=True))

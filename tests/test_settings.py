@@ -135,9 +135,11 @@ def test_init_app_takes_settings_built_elsewhere(tmp_path, router):
 def test_values_are_converted_to_their_types():
     loaded = Settings.load({"AMPALIBE_LEASE_SECONDS": "5", "AMPALIBE_ALLOW_UNSIGNED": "yes",
                             "AMPALIBE_MAX_CONCURRENCY": "40", "AMPALIBE_URL_PREFIX": "messenger/",
-                            "AMPALIBE_DASHBOARD_PATH": "ops", "AMPALIBE_EXECUTOR": "INLINE"})
+                            "AMPALIBE_DASHBOARD_PATH": "ops", "AMPALIBE_EXECUTOR": "INLINE",
+                            "AMPALIBE_DB_POOL_SIZE": "6"})
     assert loaded.lease_seconds == 5.0 and isinstance(loaded.lease_seconds, float)
-    assert loaded.allow_unsigned is True and loaded.max_concurrency == 40
+    assert loaded.allow_unsigned is True and loaded.max_concurrency == 40 and loaded.db_pool_size == 6
+    assert Settings.load(environ={"AMP_DB_POOL_SIZE": "3"}).db_pool_size == 3  # a project's .env name
     assert (loaded.url_prefix, loaded.dashboard_path, loaded.executor) == ("/messenger", "/ops/", "inline")
     assert Settings.load({}) == Settings()  # the defaults are the dataclass's
 
@@ -156,6 +158,8 @@ def test_settings_are_frozen(app, ext):
     ({"AMPALIBE_EXECUTOR": "rq"}, r"AMPALIBE_EXECUTOR='rq' is not known; use 'thread', 'inline'"),
     ({"AMPALIBE_EXECUTOR": "celery"}, r"set AMPALIBE_CELERY_BROKER_URL .*redis://"),
     ({"AMPALIBE_DASHBOARD_PATH": "/"}, r"AMPALIBE_DASHBOARD_PATH cannot be /.* use a folder"),
+    ({"AMPALIBE_DB_POOL_SIZE": "0"}, r"AMPALIBE_DB_POOL_SIZE='0' is not a positive whole number; set it "
+                                     r"\(AMP_DB_POOL_SIZE in \.env\) to how many database connections .* e\.g\. 2"),
 ])
 def test_a_bad_value_says_how_to_fix_it(config, message):
     with pytest.raises(ConfigurationError, match=message):

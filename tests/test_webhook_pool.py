@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 
 import flask_ampalibe
-from flask_ampalibe.engine import POOL_OVERFLOW, POOL_SIZE, make_engine
+from flask_ampalibe.engine import make_engine
 from flask_ampalibe.testing import FakeGraph, WebhookClient
 
 from conftest import SECRET, TOKEN, VERIFY
@@ -45,7 +45,8 @@ def test_the_webhook_answers_while_the_handlers_hold_every_connection_of_the_mai
     assert hook.send_text("u1", "first").status_code == 200
     graph.wait_for(1)  # the tables exist and the executor runs
     engine = app.extensions["ampalibe"].store.engine
-    held = [engine.connect() for _ in range(POOL_SIZE + POOL_OVERFLOW)]  # the main pool is empty now
+    size = app.extensions["ampalibe"].settings.db_pool_size
+    held = [engine.connect() for _ in range(2 * size)]  # the main pool is empty now (size kept, as many extra)
     answers: list[int] = []
     try:
         post = threading.Thread(target=lambda: answers.append(hook.send_text("u2", "second").status_code))
@@ -58,6 +59,40 @@ def test_the_webhook_answers_while_the_handlers_hold_every_connection_of_the_mai
     post.join()
     graph.wait_for(2)  # recorded, then handled once connections are free again
     assert graph.sent_texts("u2") == ["got second"]
+
+
+def test_the_handlers_pool_is_the_setting_and_the_bots_own_sql_has_connections_of_its_own(threaded, graph):
+    # The handlers' pool is small (it bounds how many work on the database at once); a Model
+    # method holding a DB-API connection, or a thread keeping ``self.db``, must not need one of it.
+    app, hook = threaded
+    assert hook.send_text("u1", "first").status_code == 200
+    graph.wait_for(1)
+    state = app.extensions["ampalibe"]
+    engine = state.store.engine
+    assert engine.pool.size() == state.settings.db_pool_size == 2
+
+    class Users(flask_ampalibe.Model):
+        @flask_ampalibe.Model.verif_db
+        def count(self) -> int:
+            self.cursor.execute("SELECT COUNT(*) FROM amp_user")
+            found = self.cursor.fetchall()[0][0]
+            self.db.commit()
+            return int(found) + (self.get_temp("u1", "missing") or 0)  # the store, meanwhile
+
+    held = [engine.connect() for _ in range(2 * state.settings.db_pool_size)]  # the handlers' pool is empty
+    answers: list[int] = []
+    try:
+        query = Users(store=state.store)
+        reader = threading.Thread(target=lambda: answers.append(query.count()))
+        reader.start()
+        reader.join(1)
+        assert reader.is_alive()  # get_temp waits for a handlers' connection, the raw SQL did not
+        held.pop().close()
+        reader.join(60)
+        assert not reader.is_alive() and answers == [1]
+    finally:
+        for conn in held:
+            conn.close()
 
 
 def test_an_in_memory_database_has_one_engine(tmp_path):
