@@ -8,8 +8,9 @@ become available to the others: delivery is at-least-once, and a handler that ru
 second time sees ``redelivered=True``.  An event whose handling was started
 :attr:`Inbox.max_attempts` times without ever finishing (each worker died on it) is marked
 failed instead of being tried forever, and so is one that cannot even be read back: a poison
-event never blocks its user's later events.  An event's outcome is committed on its own, so
-nothing that happens afterwards can undo the record of an event already handled; the state
+event never blocks its user's later events.  Nothing that happens after an event's outcome is
+written can undo the record of an event already handled (on SQLite the next step runs in a
+savepoint of the outcome's transaction, elsewhere the outcome is committed first); the state
 changes its handler made (buffered by the store, see :class:`~flask_ampalibe.storage.Store`) are
 written in that same transaction, so both commit or neither does.  A worker reads several of its
 user's events at once (:data:`READ_AHEAD`) and starts them one by one without reading the inbox
@@ -269,12 +270,20 @@ class Inbox:
         dies leaves them pending, their attempts uncounted.
 
         :param finished: an event this worker just handled, recorded as :meth:`finish` does, on
-            the same connection but committed first, on its own: whatever happens next cannot
-            undo it (and send its reply again).
+            the same connection; whatever happens next cannot undo it (and send its reply
+            again): server databases commit it first, on its own; SQLite takes the next step in
+            a savepoint of the same transaction (one write transaction per event instead of two).
         :param error: what ``finished``'s handler raised.
         :returns: the event, or ``None`` (nothing left, or the lease was lost to another worker).
         """
         with self.engine.connect() as conn:
+            if finished is not None and conn.dialect.name == "sqlite":
+                # One transaction, so one turn of the write lock per event: the step runs in a
+                # savepoint after the outcome, so its failure never undoes the outcome.  (Server
+                # databases commit first: a deadlock there rolls back the whole transaction.)
+                claimed = self._commit_finish(conn, finished, error,
+                                              lambda: self._step(conn, user_id, owner, seconds, finished))
+                return self._handed_out(claimed)
             if finished is not None:
                 self._commit_finish(conn, finished, error)
             with conn.begin():
@@ -389,13 +398,31 @@ class Inbox:
         with self.engine.connect() as conn:
             self._commit_finish(conn, claimed, error)
 
-    def _commit_finish(self, conn: Any, claimed: Claimed, error: BaseException | None) -> None:
-        """The outcome and the unit's writes in one transaction; the unit is done either way."""
+    def _commit_finish(self, conn: Any, claimed: Claimed, error: BaseException | None,
+                       then: Callable[[], Claimed | None] | None = None) -> Claimed | None:
+        """The outcome and the unit's writes in one transaction; the unit is done either way.
+
+        :param then: run in a savepoint of the same transaction once the outcome is written; what
+            it returns is returned, and what it raises is raised once the outcome is committed.
+        """
         unit = claimed.unit
+        failures: list[Exception] = []
+
+        def after() -> Claimed | None:
+            if then is None:
+                return None
+            try:
+                with conn.begin_nested():
+                    return then()
+            except Exception as exc:  # rolled back to the savepoint: the outcome stays
+                failures.append(exc)
+                return None
+
         try:
             try:
                 with conn.begin():
                     self._finish(conn, claimed, error, self.clock())
+                    result = after()
             except (DataError, UnicodeError) as exc:
                 if unit is None or not unit.has_writes:
                     raise
@@ -405,9 +432,13 @@ class Inbox:
                              claimed.event.key, claimed.event.sender_id, type(exc).__name__)
                 with conn.begin():
                     self._finish(conn, claimed, exc, self.clock())  # the unit is closed: no writes
+                    result = after()
         finally:
             if unit is not None:
                 self.store.close_unit(unit)
+        if failures:
+            raise failures[0]
+        return result
 
     def _finish(self, conn: Any, claimed: Claimed, error: BaseException | None, now: float) -> None:
         if claimed.unit is not None:  # the handler's state changes: they commit with the outcome, or neither does

@@ -308,6 +308,28 @@ def test_a_burst_is_read_from_the_inbox_twice_not_once_per_event(box):
     assert box.stats()["done"] == 10 and box.claim("u", "other", 30)  # and the lease is free
 
 
+def test_on_sqlite_finishing_an_event_and_taking_the_next_step_is_one_transaction(box, database_url):
+    # One turn of SQLite's write lock per handled event, not two; server databases commit the
+    # outcome first (a deadlock there would roll back the outcome with the step).
+    box.record(events(message_event("u", "a", mid="m.a", timestamp=1000), message_event("u", "b", mid="m.b",
+                                                                                            timestamp=2000)))
+    transactions = [0]
+
+    def begin(conn):
+        transactions[0] += 1
+
+    first = box.take("u", "w", 30)
+    sa.event.listen(box.engine, "begin", begin)
+    try:
+        second = box.next_event("u", "w", 30, finished=first)
+        assert second is not None and second.event.raw["message"]["text"] == "b"
+        assert box.next_event("u", "w", 30, finished=second) is None  # the last: the lease is given back
+    finally:
+        sa.event.remove(box.engine, "begin", begin)
+    assert transactions[0] == (2 if database_url.startswith("sqlite") else 4)
+    assert box.stats()["done"] == 2 and box.claim("u", "other", 30)
+
+
 def test_an_earlier_event_recorded_during_a_burst_comes_before_the_rest(box):
     box.record(events(*[message_event("u", f"m{i}", mid=f"m.{i}", timestamp=1000 + 10 * i) for i in range(5)]))
     first = box.take("u", "w", 30)
