@@ -225,7 +225,7 @@ class Proxy:
                     if not data:
                         return
                     (b if sock is a else a).sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: the proxy closed the socket meanwhile (fd -1)
             return
         finally:
             for sock in (a, b):
