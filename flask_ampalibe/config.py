@@ -205,6 +205,8 @@ class Settings:
             elif field.name == "database_url" and hasattr(value, "render_as_string"):  # an sqlalchemy URL
                 values[field.name] = value.render_as_string(hide_password=False)
             elif field.name == "db_pool_size":
+                if str(value) == "":  # empty: unset, as for the other settings
+                    continue
                 values[field.name] = _positive(key, value, DEFAULT_DB_POOL_SIZE, "how many database connections "
                                                "each process keeps for its handlers")
             elif field.name != "max_concurrency":
@@ -299,14 +301,5 @@ def _positive(key: str, value: Any, example: int, meaning: str) -> int:
 def _cap(value: Any, former: Any) -> int:
     """``MAX_CONCURRENCY`` (else its former name ``WORKER_THREADS``) as a positive whole number."""
     given = value if value not in (None, "") else former
-    try:
-        cap = int(given) if given not in (None, "") else DEFAULT_MAX_CONCURRENCY
-    except (TypeError, ValueError):
-        cap = 0
-    if cap < 1:
-        raise ConfigurationError(
-            f"AMPALIBE_MAX_CONCURRENCY={given!r} is not a positive whole number; set it "
-            f"(AMP_MAX_CONCURRENCY in .env) to how many events a process may handle at once, "
-            f"e.g. {DEFAULT_MAX_CONCURRENCY}."
-        )
-    return cap
+    return _positive("MAX_CONCURRENCY", given if given not in (None, "") else DEFAULT_MAX_CONCURRENCY,
+                     DEFAULT_MAX_CONCURRENCY, "how many events a process may handle at once")

@@ -140,6 +140,7 @@ def test_values_are_converted_to_their_types():
     assert loaded.lease_seconds == 5.0 and isinstance(loaded.lease_seconds, float)
     assert loaded.allow_unsigned is True and loaded.max_concurrency == 40 and loaded.db_pool_size == 6
     assert Settings.load(environ={"AMP_DB_POOL_SIZE": "3"}).db_pool_size == 3  # a project's .env name
+    assert Settings.load({"AMPALIBE_DB_POOL_SIZE": ""}).db_pool_size == 2  # empty: unset, the default
     assert (loaded.url_prefix, loaded.dashboard_path, loaded.executor) == ("/messenger", "/ops/", "inline")
     assert Settings.load({}) == Settings()  # the defaults are the dataclass's
 
