@@ -54,16 +54,18 @@ if not url.startswith("sqlite"):  # every table, the schema revision's too, or n
     existing.drop_all(engine)
 store = Store(engine)
 store.create_all()
-inbox = Inbox(store)
+inbox = Inbox(store, webhook_engine=make_engine(url, webhook=True))  # as the app makes it
 with engine.begin() as conn:  # the users already exist, as in bench/run.py's hello scenario
     conn.execute(sa.insert(metadata.tables["amp_user"]), [{"user_id": f"u{i}", "last_use": 0.0} for i in range(users)])
 bodies = [[parse_body(page_body(message_event(f"u{u}", "hi", mid=f"m.{u}.{n}", timestamp=1000 + n)))
            for n in range(per_user)] for u in range(users)]
 counts = {"statements": 0, "transactions": 0, "reads": 0}
 if count_only:
-    sa.event.listen(engine, "before_cursor_execute", lambda *a: counts.__setitem__("statements", counts["statements"] + 1))
-    sa.event.listen(engine, "commit", lambda *a: counts.__setitem__("transactions", counts["transactions"] + 1))
-    sa.event.listen(engine, "rollback", lambda *a: counts.__setitem__("reads", counts["reads"] + 1))
+    for counted in {engine, inbox.webhook_engine}:  # one engine on an SQLite file's
+        sa.event.listen(counted, "before_cursor_execute",
+                        lambda *a: counts.__setitem__("statements", counts["statements"] + 1))
+        sa.event.listen(counted, "commit", lambda *a: counts.__setitem__("transactions", counts["transactions"] + 1))
+        sa.event.listen(counted, "rollback", lambda *a: counts.__setitem__("reads", counts["reads"] + 1))
 
 def handle(user):
     claimed = inbox.take(user, "bench", 30.0)

@@ -3,7 +3,7 @@
 SQLite gets WAL mode, reads that take no lock and writers that queue (threads of a process on
 a lock, the webhook's writes before the executor's, processes on a kernel lock of a
 ``<db>-writelock`` file) instead of sleeping in SQLite's busy handler.  MySQL/MariaDB get
-utf8mb4 and ``pool_recycle``; server databases ``pool_pre_ping``.
+utf8mb4 and ``pool_recycle``; server databases ping a pooled connection that sat idle before use.
 
 Each database has up to three engines per process, each with a pool of its own:
 
@@ -24,12 +24,13 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 
 from .config import DEFAULT_DB_POOL_SIZE
 from .errors import ConfigurationError
@@ -72,8 +73,10 @@ def make_engine(url: str, *, webhook: bool = False, bot_sql: bool = False, pool_
     SQLite: WAL mode, a 30 s busy timeout and ``BEGIN IMMEDIATE`` transactions, so several
     gunicorn workers can share one file; the threads of one process queue for the write lock
     in Python (see :class:`_SQLiteConnection`).  MySQL/MariaDB: utf8mb4, ``pool_recycle``.
-    Server databases: ``pool_pre_ping``, so a restarted server is reconnected transparently
-    (a local SQLite file needs no ping: one ``SELECT 1`` less per transaction).
+    Server databases: a pooled connection that sat idle is pinged before use, so a restarted
+    server is reconnected transparently (see :func:`_ping_when_idle`; a local SQLite file needs
+    no ping).  PostgreSQL: the webhook's engine runs in autocommit (its writes are single
+    statements, see :meth:`~flask_ampalibe.inbox.Inbox.record`).
     """
     use = "webhook" if webhook else "bot_sql" if bot_sql else "main"
     with _engines_lock:
@@ -119,7 +122,7 @@ def _create(url: str, use: str, pool_size: int) -> Engine:
     except ArgumentError:
         raise ConfigurationError(f"DATABASE_URL {url!r} is not an SQLAlchemy URL (e.g. sqlite:///bot.db).") from None
     backend = parsed.get_backend_name()
-    kwargs: dict[str, Any] = {"pool_pre_ping": backend != "sqlite"}
+    kwargs: dict[str, Any] = {}
     memory_db = backend == "sqlite" and parsed.database in (None, "", ":memory:")
     if not memory_db:
         # Hundreds of handlers per process, but each borrows a connection per statement or
@@ -134,6 +137,10 @@ def _create(url: str, use: str, pool_size: int) -> Engine:
         if "charset" not in parsed.query:
             parsed = parsed.update_query_dict({"charset": "utf8mb4"})
         kwargs.update(pool_recycle=3600, isolation_level="READ COMMITTED")
+    elif backend == "postgresql" and use == "webhook":
+        # Its writes are single statements (the inbox and lease rows in one, see Inbox): no
+        # BEGIN and COMMIT round trips around them.
+        kwargs["isolation_level"] = "AUTOCOMMIT"
     try:
         engine = create_engine(parsed, **kwargs)
     except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
@@ -150,12 +157,48 @@ def _create(url: str, use: str, pool_size: int) -> Engine:
             f"The database driver of {parsed.drivername!r} is not installed ({exc}); "
             f"install the supported one with: pip install 'flask_ampalibe[{extra}]' and use a {driver}:// URL"
         ) from None
+    if backend != "sqlite":
+        _ping_when_idle(engine)
     if backend == "sqlite":
         database = parsed.database or ""
         memory = database in ("", ":memory:")
         plain_file = not memory and not database.startswith("file:")  # URI filenames: no queue file
         _sqlite_setup(engine, memory, os.path.abspath(database) + "-writelock" if plain_file else None)
     return engine
+
+
+#: A pooled connection unused for longer (s) is pinged before it is handed out.
+PING_AFTER_IDLE = 0.1
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a server database's pooled connection before use when it sat idle in the pool.
+
+    A restarted server (or a dropped network path) leaves dead connections in the pool; the
+    ping finds them and the pool opens a fresh one, so no statement fails for it.  Unlike
+    ``pool_pre_ping``, a connection used less than :data:`PING_AFTER_IDLE` ago is not pinged:
+    under load that is one round trip less per transaction.  A connection that worked that
+    recently and died since can only meet a server that is still down (a restart takes longer),
+    where a ping would not help either.  (A server that kills one connection on purpose can
+    still fail the statement that next uses it.)
+    """
+    clock = time.monotonic
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_conn: Any, record: Any) -> None:
+        record.info["ampalibe_idle_since"] = clock()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("ampalibe_idle_since")
+        if since is None or clock() - since <= PING_AFTER_IDLE:
+            return  # a new connection, or one that worked a moment ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(f"pooled connection found dead ({exc})") from exc
+        if alive is False:
+            raise DisconnectionError("pooled connection found dead")
 
 
 #: How long a thread waits for its process's SQLite write lock before it leaves the waiting to

@@ -183,8 +183,11 @@ class Inbox:
         for attempt in range(1, DEADLOCK_RETRIES + 1):
             try:
                 with self.webhook_engine.begin() as conn:
-                    insert_ignore(conn, inbox, rows)
-                    if users:
+                    if users and conn.dialect.name == "postgresql":  # one round trip (autocommit)
+                        params = {c: [r[c] for r in rows] for c in sql.RECORD_COLUMNS}
+                        conn.execute(sql.record_with_leases, {**params, "users": users})
+                    else:
+                        insert_ignore(conn, inbox, rows)
                         insert_ignore(conn, leases, [{"user_id": u, "owner": None, "expires_at": 0.0} for u in users])
                 break
             except DBAPIError as exc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, literal, or_, select
+from sqlalchemy import and_, bindparam, func, literal, null, or_, select
 
 from .tables import inbox, leases
 
@@ -79,3 +79,24 @@ give_up = (inbox.update().where(inbox.c.id == bindparam("event_id"))
 end = (inbox.update().where(inbox.c.id == bindparam("event_id"), inbox.c.status == RUNNING)
         .values(status=bindparam("outcome"), finished_at=bindparam("now"), error=bindparam("err")))
 any_unfinished = select(inbox.c.id).where(inbox.c.user_id == bindparam("uid"), unfinished).limit(1)
+
+
+def _record_with_leases() -> Any:
+    """PostgreSQL: the webhook's inbox rows and its users' lease rows, both skipping rows that
+    exist, in one statement, so that one round trip in autocommit is one atomic write.  The rows
+    arrive as one array per column (``unnest``): the same statement for any number of rows, so
+    SQLAlchemy compiles it once (a multi-row ``VALUES`` has no cache key)."""
+    from sqlalchemy.dialects.postgresql import ARRAY, insert
+
+    given = (func.unnest(*[bindparam(c, type_=ARRAY(inbox.c[c].type)) for c in RECORD_COLUMNS])
+             .table_valued(*RECORD_COLUMNS).render_derived())
+    events = (insert(inbox).from_select(RECORD_COLUMNS, select(*given.c))
+              .on_conflict_do_nothing().cte("recorded"))
+    users = func.unnest(bindparam("users", type_=ARRAY(leases.c.user_id.type))).table_valued("user_id").render_derived()
+    free = select(users.c.user_id, null(), literal(0.0))
+    return insert(leases).from_select(["user_id", "owner", "expires_at"], free).on_conflict_do_nothing().add_cte(events)
+
+
+#: The columns :data:`record_with_leases` takes, each as an array (and ``users``).
+RECORD_COLUMNS = tuple(c.name for c in inbox.c if c.name != "id")
+record_with_leases = _record_with_leases()

@@ -10,9 +10,11 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from flask_ampalibe.engine import make_engine
+from flask_ampalibe.engine import PING_AFTER_IDLE, make_engine
+from flask_ampalibe.events import parse_body
 from flask_ampalibe.inbox import Inbox
 from flask_ampalibe.storage import Store
+from flask_ampalibe.testing import message_event, page_body
 
 APP_NAME = "amp_read_only_test"
 
@@ -81,6 +83,7 @@ def _kinds(statements: list[str]) -> list[str]:
 
 
 def test_postgresql_reads_run_without_begin_or_rollback(postgresql_server) -> None:
+    postgresql_server.reset()  # no other test's events (the counts below start from none)
     # A URL of its own: a new engine whose connections carry the name the log is filtered on.
     store = Store(make_engine(postgresql_server.url + f"?application_name={APP_NAME}"))
     store.create_all()
@@ -95,6 +98,35 @@ def test_postgresql_reads_run_without_begin_or_rollback(postgresql_server) -> No
     assert _kinds(reads) == ["SELECT", "SELECT", "SELECT"], reads  # autocommit: no BEGIN, no ROLLBACK
     assert _kinds(writes)[0] == "BEGIN" and _kinds(writes)[-1] == "COMMIT", writes  # writes keep theirs
     assert store.get_temp("u1", "n") == 42
+
+
+def test_postgresql_webhook_write_is_one_statement_and_only_an_idle_connection_is_pinged(postgresql_server) -> None:
+    postgresql_server.reset()  # no other test's events
+    url = postgresql_server.url + f"?application_name={APP_NAME}"
+    store = Store(make_engine(url))
+    store.create_all()
+    inbox = Inbox(store, webhook_engine=make_engine(url, webhook=True))  # as the app makes them
+
+    def record(user: str, mid: str) -> None:
+        inbox.record(parse_body(page_body(message_event(user, "hi", mid=mid))))
+
+    record("u0", "m.0")  # the webhook engine's connection is made (and its first statements run)
+    with postgresql_statements(postgresql_server) as statements:
+        record("u1", "m.1")  # that connection sat idle while the log was set up
+        record("u2", "m.2")  # right after
+        first = statements()  # waits 0.2 s: idle past PING_AFTER_IDLE again
+        assert PING_AFTER_IDLE < 0.2
+        record("u1", "m.3")
+        later = statements()[len(first):]
+    # Autocommit and one statement each (inbox and lease rows): no BEGIN, no COMMIT.  Pinged only
+    # after idling (psycopg's ping is an empty statement), not when used a moment ago.
+    assert len(first) == 3 and not first[0].strip(" ;") and _kinds(first) == ["WITH", "WITH"], first
+    assert len(later) == 2 and not later[0].strip(" ;") and _kinds(later) == ["WITH"], later
+    stats = inbox.stats()
+    assert stats["received"] == 4 and stats["pending"] == 4
+    # The same statement wrote the lease rows: a user's lease is there to be claimed.
+    assert [c.event.raw["message"]["mid"] for c in (inbox.take(u, "w", 30) for u in ("u1", "u2"))] == ["m.1", "m.2"]
+    postgresql_server.reset()
 
 
 def test_mariadb_reads_end_with_one_rollback(mariadb_server) -> None:
