@@ -12,6 +12,8 @@ from sqlalchemy import and_, bindparam, func, literal, null, or_, select
 from .tables import inbox, leases
 
 PENDING, RUNNING, DONE, FAILED, REJECTED = "pending", "running", "done", "failed", "rejected"
+#: Every status an inbox row can have, in the order ``ampalibe inbox stats`` shows them.
+STATUSES = (PENDING, RUNNING, DONE, FAILED, REJECTED)
 #: How many of a user's ready events one step of the executor reads at once (see
 #: :meth:`flask_ampalibe.inbox.Inbox.next_event`).
 READ_AHEAD = 12

@@ -1,0 +1,131 @@
+"""What the inbox answers about its work as a whole: the users with work nobody is doing (the
+executors' sweeps) and the operators' views and actions (``ampalibe inbox …``, the dashboard,
+the health endpoint).  :class:`~flask_ampalibe.inbox.Inbox` has these methods; the per-event
+path (record, hand out, finish) is in :mod:`flask_ampalibe.inbox`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from sqlalchemy import and_, func, or_, select
+
+from .engine import read_only
+from .inbox_sql import DONE, FAILED, PENDING, REJECTED, RUNNING, STATUSES
+from .storage import Store
+from .tables import inbox, leases
+
+__all__ = ["InboxQueries"]
+
+
+class InboxQueries:
+    """The queries over every user's events; a base of :class:`~flask_ampalibe.inbox.Inbox`."""
+
+    store: Store
+    #: Epoch seconds (see :class:`~flask_ampalibe.inbox.Inbox`'s ``clock``).
+    clock: Callable[[], float]
+
+    @property
+    def engine(self) -> Any:
+        return self.store.engine
+
+    def ready_users(self, limit: int = 100) -> list[str]:
+        """Users with unfinished events whose lease is free or expired (work nobody is doing)."""
+        self.store.ensure()
+        now = self.clock()
+        with read_only(self.engine) as conn:
+            rows = conn.execute(
+                select(inbox.c.user_id).distinct()
+                .select_from(inbox.join(leases, leases.c.user_id == inbox.c.user_id))
+                .where(inbox.c.status.in_((PENDING, RUNNING)),
+                       or_(leases.c.owner.is_(None), leases.c.expires_at < now))
+                .limit(limit)
+            ).all()
+        return [r.user_id for r in rows]
+
+    def stalled_users(self, waiting_seconds: float, limit: int = 100) -> list[str]:
+        """Users with unfinished events that nobody is handling *and* nobody is about to.
+
+        Those whose lease expired (its holder died or hung), and those whose lease is free
+        while an unfinished event was recorded more than ``waiting_seconds`` ago (its wake-up
+        was lost).  Unlike :meth:`ready_users`, a user recorded a moment ago, whose wake-up is
+        still queued (the Celery executor's broker), is not among them.
+        """
+        self.store.ensure()
+        now = self.clock()
+        with read_only(self.engine) as conn:
+            rows = conn.execute(
+                select(inbox.c.user_id).distinct()
+                .select_from(inbox.join(leases, leases.c.user_id == inbox.c.user_id))
+                .where(inbox.c.status.in_((PENDING, RUNNING)),
+                       or_(and_(leases.c.owner.is_not(None), leases.c.expires_at < now),
+                           and_(leases.c.owner.is_(None), inbox.c.received_at < now - waiting_seconds)))
+                .limit(limit)
+            ).all()
+        return [r.user_id for r in rows]
+
+    # -- operators ------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counts by status and the age in seconds of the oldest unfinished event."""
+        self.store.ensure()
+        with read_only(self.engine) as conn:
+            counts: dict[str, int] = dict(
+                conn.execute(select(inbox.c.status, func.count()).group_by(inbox.c.status)).all())
+            oldest = conn.execute(
+                select(func.min(inbox.c.received_at)).where(inbox.c.status.in_((PENDING, RUNNING)))
+            ).scalar()
+        out: dict[str, Any] = {s: int(counts.get(s, 0)) for s in STATUSES}
+        out["received"] = sum(out.values())
+        out["oldest_pending_age"] = round(self.clock() - oldest, 3) if oldest else 0.0
+        return out
+
+    def failed(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The failed events, newest first, with their error."""
+        self.store.ensure()
+        with read_only(self.engine) as conn:
+            rows = conn.execute(
+                select(inbox.c.id, inbox.c.event_key, inbox.c.user_id, inbox.c.kind, inbox.c.attempts,
+                       inbox.c.error, inbox.c.finished_at)
+                .where(inbox.c.status == FAILED).order_by(inbox.c.id.desc()).limit(limit)
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+    def rejected(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The webhook items rejected at reception, newest first, with the reason and the item."""
+        self.store.ensure()
+        with read_only(self.engine) as conn:
+            rows = conn.execute(
+                select(inbox.c.id, inbox.c.event_key, inbox.c.user_id, inbox.c.kind, inbox.c.error,
+                       inbox.c.received_at, inbox.c.body)
+                .where(inbox.c.status == REJECTED).order_by(inbox.c.id.desc()).limit(limit)
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+    def replay(self, event_id: int | None = None) -> list[str]:
+        """Put one failed event (or all of them) back to pending; returns the users concerned."""
+        self.store.ensure()
+        where = [inbox.c.status == FAILED]
+        if event_id is not None:
+            where.append(inbox.c.id == event_id)
+        with self.engine.begin() as conn:
+            users = [r.user_id for r in conn.execute(select(inbox.c.user_id).distinct().where(*where)).all()]
+            conn.execute(inbox.update().where(*where).values(status=PENDING, error=None, attempts=0))
+        return users
+
+    def discard(self, event_id: int | None = None) -> int:
+        """Delete one failed event (or all of them) for good; returns how many."""
+        self.store.ensure()
+        where = [inbox.c.status == FAILED]
+        if event_id is not None:
+            where.append(inbox.c.id == event_id)
+        with self.engine.begin() as conn:
+            return conn.execute(inbox.delete().where(*where)).rowcount
+
+    def purge(self, older_than_seconds: float) -> int:
+        """Delete handled events finished, and rejected items received, more than
+        ``older_than_seconds`` ago (failed events stay until replayed)."""
+        self.store.ensure()
+        limit = self.clock() - older_than_seconds
+        with self.engine.begin() as conn:
+            return conn.execute(
+                inbox.delete().where(and_(inbox.c.status.in_((DONE, REJECTED)), inbox.c.finished_at < limit))
+            ).rowcount
