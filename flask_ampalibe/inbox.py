@@ -274,11 +274,11 @@ class Inbox(InboxQueries):
         """
         with self.engine.connect() as conn:
             if finished is not None and conn.dialect.name == "sqlite":
-                # One transaction, so one turn of the write lock per event: the step runs in a
-                # savepoint after the outcome, so its failure never undoes the outcome.  (Server
-                # databases commit first: a deadlock there rolls back the whole transaction.)
+                # One transaction, so one turn of the write lock per event: the step runs after
+                # the outcome, and its failure never undoes the outcome.  (Server databases
+                # commit first: a deadlock there rolls back the whole transaction.)
                 claimed = self._commit_finish(conn, finished, error,
-                                              lambda: self._step(conn, user_id, owner, seconds, finished))
+                                              lambda: self._sqlite_step(conn, user_id, owner, seconds, finished))
                 return self._handed_out(claimed)
             if finished is not None:
                 self._commit_finish(conn, finished, error)
@@ -286,8 +286,27 @@ class Inbox(InboxQueries):
                 claimed = self._step(conn, user_id, owner, seconds, finished)
         return self._handed_out(claimed)
 
-    def _step(self, conn: Any, user_id: str, owner: str, seconds: float, finished: Claimed | None) -> Claimed | None:
-        """:meth:`next_event`'s transaction after the outcome: start the next event, or give the lease back."""
+    def _sqlite_step(self, conn: Any, user_id: str, owner: str, seconds: float, finished: Claimed) -> Claimed | None:
+        """:meth:`_step` in the outcome's transaction on SQLite, where it must not undo the outcome.
+
+        After the user's last event read (nothing read ahead) the step is most often the single
+        statement that gives the lease back: run alone, since SQLite undoes a failed statement
+        without the rest of its transaction.  Anything more runs in a savepoint, so that a
+        failure halfway (an event started, then an error) is undone as a whole.
+        """
+        idle = not finished.ahead
+        if idle and conn.execute(sql.release_if_idle, {"uid": user_id, "holder": owner}).rowcount == 1:
+            return None
+        with conn.begin_nested():
+            return self._step(conn, user_id, owner, seconds, finished, release_tried=idle)
+
+    def _step(self, conn: Any, user_id: str, owner: str, seconds: float, finished: Claimed | None,
+              release_tried: bool = False) -> Claimed | None:
+        """:meth:`next_event`'s transaction after the outcome: start the next event, or give the lease back.
+
+        :param release_tried: the lease could not be given back a moment ago in this transaction
+            (:meth:`_sqlite_step`): do not try again.
+        """
         now = self.clock()
         if finished is not None and finished.ahead and _same_table_subqueries(conn.dialect):
             claimed = self._start_ahead(conn, user_id, owner, now + seconds / 2, finished.ahead)
@@ -298,7 +317,7 @@ class Inbox(InboxQueries):
         # and the release need no lock first; server databases renew (lock) the lease first.
         idle = {"uid": user_id, "holder": owner} if finished is not None and not finished.ahead else None
         serialized = conn.dialect.name == "sqlite"
-        if idle and serialized and conn.execute(sql.release_if_idle, idle).rowcount == 1:
+        if idle and serialized and not release_tried and conn.execute(sql.release_if_idle, idle).rowcount == 1:
             return None
         # Renewing the lease checks that it is still ours and, on server databases, locks
         # its row until the end of the transaction.
@@ -398,27 +417,16 @@ class Inbox(InboxQueries):
                        then: Callable[[], Claimed | None] | None = None) -> Claimed | None:
         """The outcome and the unit's writes in one transaction; the unit is done either way.
 
-        :param then: run in a savepoint of the same transaction once the outcome is written; what
-            it returns is returned, and what it raises is raised once the outcome is committed.
+        :param then: run in the same transaction once the outcome is written, without undoing it
+            when it fails (:meth:`_sqlite_step`); what it returns is returned, and what it raises
+            is raised once the outcome is committed.
         """
         unit = claimed.unit
-        failures: list[Exception] = []
-
-        def after() -> Claimed | None:
-            if then is None:
-                return None
-            try:
-                with conn.begin_nested():
-                    return then()
-            except Exception as exc:  # rolled back to the savepoint: the outcome stays
-                failures.append(exc)
-                return None
-
         try:
             try:
                 with conn.begin():
                     self._finish(conn, claimed, error, self.clock())
-                    result = after()
+                    result, failure = _attempt(then)
             except (DataError, UnicodeError) as exc:
                 if unit is None or not unit.has_writes:
                     raise
@@ -428,12 +436,12 @@ class Inbox(InboxQueries):
                              claimed.event.key, claimed.event.sender_id, type(exc).__name__)
                 with conn.begin():
                     self._finish(conn, claimed, exc, self.clock())  # the unit is closed: no writes
-                    result = after()
+                    result, failure = _attempt(then)
         finally:
             if unit is not None:
                 self.store.close_unit(unit)
-        if failures:
-            raise failures[0]
+        if failure is not None:
+            raise failure
         return result
 
     def _finish(self, conn: Any, claimed: Claimed, error: BaseException | None, now: float) -> None:
@@ -453,6 +461,16 @@ class Inbox(InboxQueries):
     @staticmethod
     def _has_work(conn: Any, user_id: str) -> bool:
         return conn.execute(sql.any_unfinished, {"uid": user_id}).first() is not None
+
+
+def _attempt(then: Callable[[], Claimed | None] | None) -> tuple[Claimed | None, Exception | None]:
+    """What ``then()`` returned, or the error it raised (``then`` may be ``None``: nothing to do)."""
+    if then is None:
+        return None, None
+    try:
+        return then(), None
+    except Exception as exc:  # the step undid its own part (see Inbox._sqlite_step); the outcome stays
+        return None, exc
 
 
 def _row(event: Event, now: float) -> dict[str, Any]:

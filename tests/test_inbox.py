@@ -331,6 +331,45 @@ def test_on_sqlite_finishing_an_event_and_taking_the_next_step_is_one_transactio
     assert box.stats()["done"] == 2 and box.claim("u", "other", 30)
 
 
+def test_on_sqlite_the_last_events_step_is_one_statement_and_its_failure_keeps_the_outcome(box, database_url):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("server databases commit the outcome first, in a transaction of its own")
+    box.record(events(message_event("u", "a", mid="m.a")))
+    first = box.take("u", "w", 30)
+    seen: list[str] = []
+
+    def watch(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement.split()[0].upper())
+
+    sa.event.listen(box.engine, "before_cursor_execute", watch)
+    try:
+        assert box.next_event("u", "w", 30, finished=first) is None
+    finally:
+        sa.event.remove(box.engine, "before_cursor_execute", watch)
+    # The outcome, then the lease given back: no SAVEPOINT / RELEASE around a single statement.
+    assert seen == ["UPDATE", "UPDATE"], seen
+    assert box.stats()["done"] == 1 and box.claim("u", "other", 30)
+    box.release("u", "other")
+
+    box.record(events(message_event("u", "b", mid="m.b")))
+    second = box.take("u", "w", 30)
+
+    def fail_release(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("UPDATE amp_lease SET owner"):
+            raise sa.exc.OperationalError(statement, parameters, Exception("disk I/O error"))
+
+    sa.event.listen(box.engine, "before_cursor_execute", fail_release)
+    try:
+        with pytest.raises(sa.exc.OperationalError):
+            box.next_event("u", "w", 30, finished=second)
+    finally:
+        sa.event.remove(box.engine, "before_cursor_execute", fail_release)
+    assert box.stats()["done"] == 2  # the outcome was committed all the same: no reply sent twice
+    assert not box.claim("u", "other", 30)  # the lease is still held (it expires, or is released)
+    box.release("u", "w")
+    assert box.claim("u", "other", 30)
+
+
 def test_an_earlier_event_recorded_during_a_burst_comes_before_the_rest(box):
     box.record(events(*[message_event("u", f"m{i}", mid=f"m.{i}", timestamp=1000 + 10 * i) for i in range(5)]))
     first = box.take("u", "w", 30)
