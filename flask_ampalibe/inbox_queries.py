@@ -30,17 +30,8 @@ class InboxQueries:
 
     def ready_users(self, limit: int = 100) -> list[str]:
         """Users with unfinished events whose lease is free or expired (work nobody is doing)."""
-        self.store.ensure()
         now = self.clock()
-        with read_only(self.engine) as conn:
-            rows = conn.execute(
-                select(inbox.c.user_id).distinct()
-                .select_from(inbox.join(leases, leases.c.user_id == inbox.c.user_id))
-                .where(inbox.c.status.in_((PENDING, RUNNING)),
-                       or_(leases.c.owner.is_(None), leases.c.expires_at < now))
-                .limit(limit)
-            ).all()
-        return [r.user_id for r in rows]
+        return self._unfinished_users(or_(leases.c.owner.is_(None), leases.c.expires_at < now), limit)
 
     def stalled_users(self, waiting_seconds: float, limit: int = 100) -> list[str]:
         """Users with unfinished events that nobody is handling *and* nobody is about to.
@@ -50,15 +41,19 @@ class InboxQueries:
         was lost).  Unlike :meth:`ready_users`, a user recorded a moment ago, whose wake-up is
         still queued (the Celery executor's broker), is not among them.
         """
-        self.store.ensure()
         now = self.clock()
+        return self._unfinished_users(
+            or_(and_(leases.c.owner.is_not(None), leases.c.expires_at < now),
+                and_(leases.c.owner.is_(None), inbox.c.received_at < now - waiting_seconds)), limit)
+
+    def _unfinished_users(self, lease_state: Any, limit: int) -> list[str]:
+        """Up to ``limit`` users with unfinished events whose lease row meets ``lease_state``."""
+        self.store.ensure()
         with read_only(self.engine) as conn:
             rows = conn.execute(
                 select(inbox.c.user_id).distinct()
                 .select_from(inbox.join(leases, leases.c.user_id == inbox.c.user_id))
-                .where(inbox.c.status.in_((PENDING, RUNNING)),
-                       or_(and_(leases.c.owner.is_not(None), leases.c.expires_at < now),
-                           and_(leases.c.owner.is_(None), inbox.c.received_at < now - waiting_seconds)))
+                .where(inbox.c.status.in_((PENDING, RUNNING)), lease_state)
                 .limit(limit)
             ).all()
         return [r.user_id for r in rows]
@@ -80,32 +75,25 @@ class InboxQueries:
 
     def failed(self, limit: int = 100) -> list[dict[str, Any]]:
         """The failed events, newest first, with their error."""
-        self.store.ensure()
-        with read_only(self.engine) as conn:
-            rows = conn.execute(
-                select(inbox.c.id, inbox.c.event_key, inbox.c.user_id, inbox.c.kind, inbox.c.attempts,
-                       inbox.c.error, inbox.c.finished_at)
-                .where(inbox.c.status == FAILED).order_by(inbox.c.id.desc()).limit(limit)
-            ).all()
-        return [dict(r._mapping) for r in rows]
+        return self._newest(FAILED, (inbox.c.attempts, inbox.c.error, inbox.c.finished_at), limit)
 
     def rejected(self, limit: int = 100) -> list[dict[str, Any]]:
         """The webhook items rejected at reception, newest first, with the reason and the item."""
+        return self._newest(REJECTED, (inbox.c.error, inbox.c.received_at, inbox.c.body), limit)
+
+    def _newest(self, status: str, details: tuple[Any, ...], limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` events in ``status``, newest first: who and what, then ``details``."""
         self.store.ensure()
         with read_only(self.engine) as conn:
             rows = conn.execute(
-                select(inbox.c.id, inbox.c.event_key, inbox.c.user_id, inbox.c.kind, inbox.c.error,
-                       inbox.c.received_at, inbox.c.body)
-                .where(inbox.c.status == REJECTED).order_by(inbox.c.id.desc()).limit(limit)
+                select(inbox.c.id, inbox.c.event_key, inbox.c.user_id, inbox.c.kind, *details)
+                .where(inbox.c.status == status).order_by(inbox.c.id.desc()).limit(limit)
             ).all()
         return [dict(r._mapping) for r in rows]
 
     def replay(self, event_id: int | None = None) -> list[str]:
         """Put one failed event (or all of them) back to pending; returns the users concerned."""
-        self.store.ensure()
-        where = [inbox.c.status == FAILED]
-        if event_id is not None:
-            where.append(inbox.c.id == event_id)
+        where = self._failed_where(event_id)
         with self.engine.begin() as conn:
             users = [r.user_id for r in conn.execute(select(inbox.c.user_id).distinct().where(*where)).all()]
             conn.execute(inbox.update().where(*where).values(status=PENDING, error=None, attempts=0))
@@ -113,12 +101,17 @@ class InboxQueries:
 
     def discard(self, event_id: int | None = None) -> int:
         """Delete one failed event (or all of them) for good; returns how many."""
+        where = self._failed_where(event_id)
+        with self.engine.begin() as conn:
+            return conn.execute(inbox.delete().where(*where)).rowcount
+
+    def _failed_where(self, event_id: int | None) -> list[Any]:
+        """The conditions for failed event ``event_id`` (every failed one for ``None``)."""
         self.store.ensure()
         where = [inbox.c.status == FAILED]
         if event_id is not None:
             where.append(inbox.c.id == event_id)
-        with self.engine.begin() as conn:
-            return conn.execute(inbox.delete().where(*where)).rowcount
+        return where
 
     def purge(self, older_than_seconds: float) -> int:
         """Delete handled events finished, and rejected items received, more than
