@@ -29,10 +29,13 @@ R = TypeVar("R")
 
 
 class _Waiter(Generic[T, R]):
-    __slots__ = ("item", "done", "result", "committed")
+    __slots__ = ("item", "wake", "done", "result", "committed")
 
-    def __init__(self, item: T) -> None:
+    def __init__(self, item: T, lock: threading.Lock) -> None:
         self.item = item
+        #: Notified when this caller's write ended or it may write next: each caller is woken on
+        #: its own, never all of them at every write (hundreds of threads may queue).
+        self.wake = threading.Condition(lock)
         self.done = False  # the write that carried this item has ended (committed or failed)
         self.committed = False
         self.result: R | None = None
@@ -46,42 +49,56 @@ class GroupCommit(Generic[T, R]):
         shared write.
     :param write_many: writes several callers' items in one transaction; returns one result per
         item, in order.
+    :param max_items: the most items one transaction carries (``None``: every item queued); the
+        callers left wait for the next write.  A cap bounds how long a transaction holds a lock
+        that others wait for.
     """
 
-    def __init__(self, write_alone: Callable[[T], R], write_many: Callable[[Sequence[T]], list[R]]) -> None:
+    def __init__(self, write_alone: Callable[[T], R], write_many: Callable[[Sequence[T]], list[R]],
+                 max_items: int | None = None) -> None:
         self.write_alone = write_alone
         self.write_many = write_many
+        self.max_items = max_items
         #: Writes run so far, and how many of them carried several callers' items (tests, the bench).
         self.writes = self.shared_writes = 0
         self._reset()
         renew_in_child(self._reset)  # a lock held by a parent's thread at the fork
 
     def _reset(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._queue: list[_Waiter[T, R]] = []
         self._writing = False
 
     @property
     def queued(self) -> int:
         """Callers waiting for the write in progress to end (their items not yet written)."""
-        with self._cond:
+        with self._lock:
             return len(self._queue)
+
+    def _take_batch(self, me: _Waiter[T, R]) -> list[_Waiter[T, R]]:
+        """Everything queued; or, past :attr:`max_items`, ``me`` and the oldest others (lock held)."""
+        if self.max_items is None or len(self._queue) <= self.max_items:
+            batch, self._queue = self._queue, []
+            return batch
+        self._queue.remove(me)
+        batch = [me, *self._queue[:self.max_items - 1]]
+        del self._queue[:self.max_items - 1]
+        return batch
 
     def submit(self, item: T) -> R:
         """Write ``item`` (with those of other callers waiting meanwhile); return once it is committed.
 
         :raises: what ``write_alone(item)`` raises.
         """
-        me: _Waiter[T, R] = _Waiter(item)
-        cond = self._cond
-        with cond:
+        me: _Waiter[T, R] = _Waiter(item, self._lock)
+        with self._lock:
             self._queue.append(me)
             while self._writing and not me.done:
-                cond.wait()
+                me.wake.wait()
             if me.done:  # written by another caller's transaction, or that transaction failed
                 batch: list[_Waiter[T, R]] = []
-            else:  # no write in progress: this caller writes everything queued
-                batch, self._queue = self._queue, []
+            else:  # no write in progress: this caller writes what is queued
+                batch = self._take_batch(me)
                 self._writing = True
                 self.writes += 1
         if not batch:
@@ -101,11 +118,13 @@ class GroupCommit(Generic[T, R]):
                 for waiter, result in zip(batch, results):
                     waiter.result, waiter.committed = result, True
         finally:
-            with cond:
+            with self._lock:
                 self._writing = False
                 for waiter in batch:
                     waiter.done = True
-                cond.notify_all()
+                    waiter.wake.notify()
+                if self._queue:  # the oldest caller left writes next
+                    self._queue[0].wake.notify()
         if me.committed:
             return me.result  # type: ignore[return-value]
         return self.write_alone(item)
