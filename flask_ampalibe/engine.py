@@ -41,7 +41,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: SQLite's busy handler only
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["make_engine", "bot_sql_engine", "read_only", "background_writes"]
+__all__ = ["make_engine", "bot_sql_engine", "read_only", "background_writes", "writers_waiting"]
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +204,62 @@ def _ping_when_idle(engine: Engine) -> None:
 #: How long a thread waits for its process's SQLite write lock before it leaves the waiting to
 #: SQLite's busy handler (a thread that opens a write transaction inside another one must not hang).
 _WRITE_LOCK_TIMEOUT = 30.0
+#: The longest a background writer (the executor's) lets waiting foreground writers (the
+#: webhook's) go first: background work is delayed, never starved.
+YIELD_SECONDS = 0.05
+
+
+class _TurnLock:
+    """A process's turn at an SQLite file's write lock, foreground writers first.
+
+    ``threading.Lock`` is not fair: a thread that holds the GIL takes a lock just released before
+    the thread woken for it has run, so the executor's steps could pass the webhook's write again
+    and again, and the ack would wait.  Here a background writer (:func:`background_writes`)
+    waits while a foreground one waits, up to :data:`YIELD_SECONDS`.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._held = False
+        self._urgent = 0  # foreground writers waiting
+        #: Threads waiting for the lock now (foreground and background).
+        self.waiting = 0
+
+    def locked(self) -> bool:
+        return self._held
+
+    @property
+    def urgent(self) -> bool:
+        """Whether a foreground writer waits."""
+        return self._urgent > 0
+
+    def acquire(self, background: bool = False, timeout: float = _WRITE_LOCK_TIMEOUT) -> bool:
+        with self._cond:
+            if not self._held and not (background and self._urgent):
+                self._held = True
+                return True
+            self.waiting += 1
+            try:
+                if background:
+                    yield_until = time.monotonic() + YIELD_SECONDS
+                    free = self._cond.wait_for(
+                        lambda: not self._held and (not self._urgent or time.monotonic() >= yield_until), timeout)
+                else:
+                    self._urgent += 1
+                    try:
+                        free = self._cond.wait_for(lambda: not self._held, timeout)
+                    finally:
+                        self._urgent -= 1
+            finally:
+                self.waiting -= 1
+            if free:
+                self._held = True
+            return free
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
 
 
 class _WriteLocks:
@@ -211,8 +267,14 @@ class _WriteLocks:
     parent may have held them at the fork, and that thread does not exist in the child).
 
     :param path: where the processes sharing a database file queue for it (``<db>-writelock``,
-        a POSIX record lock: the kernel wakes the next writer as soon as one commits, where
+        POSIX record locks: the kernel wakes the next writer as soon as one commits, where
         SQLite's busy handler would sleep 1-100 ms); ``None`` for in-memory databases.
+
+    The processes take turns: the kernel does not hand a record lock to the process woken for it
+    (the one that just unlocked may take it again first), so a writer announces that it waits
+    (a shared lock on byte 1) while it waits for the write lock (byte 0), and a process lets such
+    a waiter go first (it waits for byte 1 exclusively) before it takes byte 0.  Two busy workers
+    alternate, and a worker's webhook never waits behind a run of the other's transactions.
     """
 
     def __init__(self, path: str | None) -> None:
@@ -221,7 +283,7 @@ class _WriteLocks:
         renew_in_child(self._reset)
 
     def _reset(self) -> None:
-        self.write = threading.Lock()
+        self.write = _TurnLock()
         #: Background threads queue here first: only one of them at a time competes with the
         #: webhook's threads for :attr:`write`, so the ack waits less (see background_writes).
         self.background_gate = threading.Lock()
@@ -235,18 +297,38 @@ class _WriteLocks:
         try:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.lockf(self._fd, fcntl.LOCK_EX)
+            fd = self._fd
+            fcntl.lockf(fd, fcntl.LOCK_EX, 1, 1)  # after the writers that announced themselves
+            fcntl.lockf(fd, fcntl.LOCK_SH, 1, 1)  # announce this one (a lock's type changes at once)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, 1)
             return True
         except OSError as exc:  # read-only folder, no lock support: SQLite's busy handler only
             logger.warning("no inter-process write queue for SQLite (%s); relying on its busy timeout", exc)
             self._file_ok = False
             return False
 
+    def others_waiting(self) -> bool:
+        """Whether a foreground writer of this process, or a writer of another process, waits for
+        the write lock (call with it held)."""
+        if self.write.urgent:
+            return True
+        if self._fd is None or not self._file_ok:
+            return False
+        try:  # another process's waiter holds byte 1 (shared) while it waits
+            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 1)
+        except OSError:
+            return True
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, 1)
+        return False
+
     def unlock_file(self) -> None:
         if self._fd is None:  # lock_file did not lock
             return
         try:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, 0)
         except OSError:  # pragma: no cover - released with the process anyway
             logger.exception("could not release the SQLite write queue lock")
 
@@ -263,19 +345,18 @@ class _SQLiteConnection(sqlite3.Connection):
     """
 
     locks: _WriteLocks | None = None
-    _held: threading.Lock | None = None
+    _held: _TurnLock | None = None
     _file_locked = False
 
     def begin_write(self) -> None:
         locks = self.locks
         if locks is not None and self._held is None:
-            lock = locks.write
             if getattr(_background, "on", False):
                 with locks.background_gate:
-                    acquired = lock.acquire(timeout=_WRITE_LOCK_TIMEOUT)
+                    acquired = locks.write.acquire(background=True)
             else:
-                acquired = lock.acquire(timeout=_WRITE_LOCK_TIMEOUT)
-            self._held = lock if acquired else None
+                acquired = locks.write.acquire()
+            self._held = locks.write if acquired else None
             # Record locks belong to the process: only the holder of the thread lock may take it.
             self._file_locked = acquired and locks.lock_file()
         try:
@@ -368,6 +449,17 @@ def _sqlite_setup(engine: Engine, memory: bool, lock_path: str | None) -> None:
 
 
 _READ_ONLY = "ampalibe_read_only"
+
+
+def writers_waiting(conn: Connection) -> bool:
+    """Whether other writers wait for the SQLite write lock ``conn``'s transaction holds: a
+    foreground (webhook) thread of this process, or another process.  ``False`` elsewhere.
+
+    A transaction that does the work of several callers (the executor's shared steps) commits
+    early when someone waits, so the webhook's write waits for one step, not a whole batch."""
+    dbapi = getattr(conn.connection, "dbapi_connection", None)
+    locks = getattr(dbapi, "locks", None)
+    return locks is not None and getattr(dbapi, "_held", None) is not None and locks.others_waiting()
 
 
 def read_only(engine: Engine) -> Connection:

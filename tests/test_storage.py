@@ -4,13 +4,16 @@ The server backends are real throwaway servers from ``tests/dbservers.py``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import selectors
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -496,6 +499,77 @@ def test_sqlite_writers_of_other_processes_queue_on_the_writelock_file(tmp_path)
         assert not other_process_may_write()
     assert other_process_may_write()
     engine.dispose()
+
+
+def _wait_for(predicate, what):
+    deadline = time.monotonic() + 30
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def test_sqlite_the_webhooks_writes_go_before_waiting_background_writes(tmp_path, monkeypatch):
+    # threading.Lock is not fair; the executor's writes (background) let the webhook's go first.
+    monkeypatch.setattr(engines, "YIELD_SECONDS", 30.0)  # however long the background one waited
+    engine = make_engine(f"sqlite:///{tmp_path / 'turns.db'}")
+    order: list[str] = []
+
+    def write(who, background):
+        with (engines.background_writes() if background else contextlib.nullcontext()), engine.begin() as c:
+            order.append(who)
+            c.exec_driver_sql("INSERT INTO o VALUES (?)", (who,))
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE o (who TEXT)")
+        lock = conn.connection.dbapi_connection.locks.write
+        executor = threading.Thread(target=write, args=("executor", True))
+        executor.start()
+        _wait_for(lambda: lock.waiting == 1, "the background writer to wait")
+        assert not engines.writers_waiting(conn)  # a background writer waits: nobody to let go first
+        webhook = threading.Thread(target=write, args=("webhook", False))
+        webhook.start()
+        _wait_for(lambda: lock.waiting == 2, "the webhook's writer to wait")
+        assert engines.writers_waiting(conn)  # a shared transaction of the executor's commits early now
+    for t in (executor, webhook):
+        t.join(30)
+    assert order == ["webhook", "executor"]
+    engine.dispose()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX record locks")
+def test_sqlite_processes_take_turns_at_the_write_lock(tmp_path):
+    # The kernel does not hand a record lock to the process woken for it: without turns, the
+    # process that just committed takes the lock again before the waiting one runs.
+    db, wrote = tmp_path / "turns.db", tmp_path / "other-wrote"
+    engine = make_engine(f"sqlite:///{db}")
+    other = textwrap.dedent("""
+        import fcntl, os, sys, time
+        fd = os.open(sys.argv[1], os.O_RDWR)
+        fcntl.lockf(fd, fcntl.LOCK_SH, 1, 1)  # announce: waiting for the write lock
+        print("waiting", flush=True)
+        fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)  # the write lock
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, 1)
+        open(sys.argv[2], "w").close()
+        time.sleep(0.3)
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
+    """)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        proc = subprocess.Popen([sys.executable, "-c", other, f"{db}-writelock", str(wrote)], stdout=subprocess.PIPE,
+                                text=True)
+        with selectors.DefaultSelector() as sel:  # (select.select fails on descriptors over 1023)
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            assert sel.select(30) and proc.stdout.readline().strip() == "waiting"
+        assert engines.writers_waiting(conn)  # the other process's announcement is seen
+    try:
+        with engine.begin() as conn:  # the next write of this process comes after the other's turn
+            assert wrote.exists()
+            conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+        engine.dispose()
 
 
 def test_sqlite_writers_of_one_process_queue_instead_of_timing_out(tmp_path):
