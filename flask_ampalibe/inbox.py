@@ -14,7 +14,9 @@ savepoint of the outcome's transaction, elsewhere the outcome is committed first
 changes its handler made (buffered by the store, see :class:`~flask_ampalibe.storage.Store`) are
 written in that same transaction, so both commit or neither does.  A worker reads several of its
 user's events at once (:data:`READ_AHEAD`) and starts them one by one without reading the inbox
-again; events read but not started stay ``pending``.
+again; events read but not started stay ``pending``.  On SQLite the steps of a process's threads
+that arrive together share a transaction (up to :data:`STEP_BATCH`, committed sooner when another
+writer waits), as the webhook's writes do (:mod:`flask_ampalibe.groupcommit`).
 
 Items of a webhook body that cannot be valid Messenger events (see
 :attr:`flask_ampalibe.events.Event.problem`) are stored as ``rejected`` with their reason, for
@@ -22,25 +24,24 @@ operators; they are never handed out.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, Union
 
-from sqlalchemy.exc import DataError, DBAPIError
+from sqlalchemy.exc import DataError
 
-from .dberrors import is_deadlock
-from .engine import read_only
-from .events import Event, rejected_key
+from .engine import read_only, writers_waiting
+from .events import Event
 from .groupcommit import GroupCommit
-from .storage import Store, insert_ignore
+from .storage import Store
 from . import inbox_sql as sql
 from .inbox_sql import DONE, FAILED, PENDING, READ_AHEAD, REJECTED, RUNNING, STATUSES
 from .inbox_queries import InboxQueries
+from .inbox_record import InboxRecorder
 from .tables import inbox, leases
 from .unit import Unit
 
@@ -53,8 +54,9 @@ USER_STATE_KINDS = frozenset({"message", "postback"})
 
 logger = logging.getLogger(__name__)
 
-#: How many times the webhook's insert is tried when the database picks it as a deadlock victim.
-DEADLOCK_RETRIES = 3
+#: The most executor steps of concurrent threads one transaction carries on SQLite (see
+#: :attr:`Inbox.shares_steps`; it commits sooner when another writer waits).
+STEP_BATCH = 32
 
 def _same_table_subqueries(dialect: Any) -> bool:
     """Whether an ``UPDATE`` may read its own table in a subquery (not MySQL; MariaDB since 10.3)."""
@@ -92,7 +94,39 @@ class Claimed:
         return self.attempts > 1
 
 
-class Inbox(InboxQueries):
+#: A handler's state changes, to write with its event's outcome (see :meth:`Unit.take_writes`).
+Writes = tuple[dict[str, "str | None"], dict[str, Any]]
+
+
+@dataclass
+class Take:
+    """An executor's step: claim the user's lease and start their oldest event (:meth:`Inbox.take`)."""
+
+    user_id: str
+    owner: str
+    seconds: float
+
+
+@dataclass
+class Advance:
+    """An executor's step: record ``finished``'s outcome and start the user's next event
+    (:meth:`Inbox.next_event`)."""
+
+    user_id: str
+    owner: str
+    seconds: float
+    finished: Claimed
+    error: BaseException | None
+    writes: Writes | None
+
+
+Step = Union[Take, Advance]
+#: A step's event to handle next (or ``None``) and, for an :class:`Advance`, the error of its
+#: step after the outcome was committed.
+StepResult = tuple["Claimed | None", "Exception | None"]
+
+
+class Inbox(InboxRecorder, InboxQueries):
     """Inbox operations on a :class:`~flask_ampalibe.storage.Store`'s database.
 
     The transaction that hands out an event (:meth:`take`, :meth:`next_event`) reads its user's
@@ -122,80 +156,18 @@ class Inbox(InboxQueries):
         self.clock = clock
         self._group: GroupCommit[list[dict[str, Any]], list[str]] = GroupCommit(self._record_alone,
                                                                                 self._record_many)
-
-    # -- the webhook path -----------------------------------------------------------------
-    def record(self, events: Iterable[Event]) -> list[str]:
-        """Store ``events`` durably, ignoring those already known; return once they are committed.
-
-        Events with a :attr:`~flask_ampalibe.events.Event.problem` are stored as ``rejected``
-        with it, never to be handled.  Should the database still refuse an event's data (a
-        ``DataError``), each event is stored on its own and the refused ones are kept as
-        ``rejected``: one odd item never holds up the rest of its batch.
-
-        Concurrent calls in one process share a transaction (group commit, see
-        :mod:`flask_ampalibe.groupcommit`): a call that finds no write in progress commits at
-        once; those that arrive meanwhile are committed together by the next write.  A shared
-        write that fails is retried call by call, so each call meets only its own errors.
-
-        :returns: the users that have events to handle now (to wake the executor for).
-        """
-        self.store.ensure()
-        now = self.clock()
-        rows = [_row(ev, now) for ev in events]
-        if not rows:
-            return []
-        return self._group.submit(rows)
-
-    def _record_alone(self, rows: list[dict[str, Any]]) -> list[str]:
-        """One call's rows in a transaction of their own, item by item if the database refuses the batch."""
-        try:
-            self._insert(rows)
-            return _pending_users(rows)
-        except (DataError, UnicodeError):
-            logger.warning("the database refused a webhook batch's data; recording its %s items one by one",
-                           len(rows))
-        users: dict[str, None] = {}
-        for row in rows:
-            try:
-                self._insert([row])
-                users.update(dict.fromkeys(_pending_users([row])))
-            except (DataError, UnicodeError) as exc:
-                logger.warning("webhook item %s rejected: the database refused it (%s)", row["event_key"],
-                               type(exc).__name__)
-                self._insert([_refused_row(row, exc, row["received_at"])])
-        return list(users)
-
-    def _record_many(self, calls: Sequence[list[dict[str, Any]]]) -> list[list[str]]:
-        """The rows of several concurrent calls in one transaction; each call's users."""
-        self._insert([row for rows in calls for row in rows])
-        return [_pending_users(rows) for rows in calls]
-
-    def _insert(self, rows: list[dict[str, Any]]) -> None:
-        # Sorted, so that two processes inserting lease rows of the same users do not deadlock.
-        users = sorted({r["user_id"] for r in rows if r["status"] == PENDING})
-        for attempt in range(1, DEADLOCK_RETRIES + 1):
-            try:
-                with self.webhook_engine.begin() as conn:
-                    if users and conn.dialect.name == "postgresql":  # one round trip (autocommit)
-                        params = {c: [r[c] for r in rows] for c in sql.RECORD_COLUMNS}
-                        conn.execute(sql.record_with_leases, {**params, "users": users})
-                    else:
-                        insert_ignore(conn, inbox, rows)
-                        insert_ignore(conn, leases, [{"user_id": u, "owner": None, "expires_at": 0.0} for u in users])
-                break
-            except DBAPIError as exc:
-                # On MariaDB the inserts and the executor's updates of the same index can deadlock
-                # under load; the server rolled back, so writing again is safe (and beats a 503).
-                if attempt == DEADLOCK_RETRIES or not is_deadlock(exc):
-                    raise
-                logger.info("webhook insert chosen as a deadlock victim; writing it again (%s)", attempt)
-        if self.counters is not None and users:
-            self.counters.recorded(sum(1 for r in rows if r["status"] == PENDING))
+        #: Whether the executor's steps of concurrent threads (:meth:`take`, :meth:`next_event`
+        #: with an outcome) share transactions: on SQLite, whose one writer at a time makes each
+        #: transaction a turn of a lock every thread and process waits for.  Server databases lock
+        #: rows, not the file: there each step keeps its own transactions.
+        self.shares_steps = store.engine.dialect.name == "sqlite"
+        self._steps: GroupCommit[Step, StepResult] = GroupCommit(self._step_alone, self._steps_shared, STEP_BATCH)
 
     @property
-    def group_commit(self) -> GroupCommit[list[dict[str, Any]], list[str]]:
-        """The webhook's group commit (its ``writes`` and ``shared_writes`` counters show batching)."""
-        return self._group
+    def step_commit(self) -> GroupCommit[Step, StepResult]:
+        """The executor's steps' group commit on SQLite (:attr:`shares_steps`; ``writes`` and
+        ``shared_writes`` show the sharing)."""
+        return self._steps
 
     # -- leases ---------------------------------------------------------------------------
     def claim(self, user_id: str, owner: str, seconds: float) -> bool:
@@ -237,18 +209,25 @@ class Inbox(InboxQueries):
     def take(self, user_id: str, owner: str, seconds: float) -> Claimed | None:
         """Claim ``user_id``'s lease if it is free or expired and take their oldest unfinished event.
 
-        One transaction: :meth:`claim` and the first :meth:`next_event`.  When the user has no
-        event left the lease is given back at once.
+        One transaction: :meth:`claim` and the first :meth:`next_event` (on SQLite shared with
+        other threads' steps, see :attr:`shares_steps`).  When the user has no event left the
+        lease is given back at once.
 
         :returns: the event, or ``None`` (lease held by someone else, or nothing to do).
         """
-        now = self.clock()
-        with self.engine.begin() as conn:
-            taken = conn.execute(sql.claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
-            if taken.rowcount != 1:
-                return None
-            claimed = self._next(conn, user_id, owner, now)
+        step = Take(user_id, owner, seconds)
+        claimed, failure = self._steps.submit(step) if self.shares_steps else self._step_alone(step)
+        if failure is not None:  # a shared transaction failed, then this step alone
+            raise failure
         return self._handed_out(claimed)
+
+    def _take(self, conn: Any, step: Take) -> Claimed | None:
+        now = self.clock()
+        taken = conn.execute(sql.claim, {"uid": step.user_id, "now": now, "new_owner": step.owner,
+                                         "until": now + step.seconds})
+        if taken.rowcount != 1:
+            return None
+        return self._next(conn, step.user_id, step.owner, now)
 
     def next_event(self, user_id: str, owner: str, seconds: float, finished: Claimed | None = None,
                    error: BaseException | None = None) -> Claimed | None:
@@ -268,25 +247,79 @@ class Inbox(InboxQueries):
         :param finished: an event this worker just handled, recorded as :meth:`finish` does, on
             the same connection; whatever happens next cannot undo it (and send its reply
             again): server databases commit it first, on its own; SQLite takes the next step in
-            a savepoint of the same transaction (one write transaction per event instead of two).
+            a savepoint of the same transaction (one write transaction per event instead of two),
+            which other threads' steps share (:attr:`shares_steps`).
         :param error: what ``finished``'s handler raised.
         :returns: the event, or ``None`` (nothing left, or the lease was lost to another worker).
         """
+        if finished is None:
+            with self.engine.connect() as conn, conn.begin():
+                claimed = self._step(conn, user_id, owner, seconds, None)
+            return self._handed_out(claimed)
+        step = Advance(user_id, owner, seconds, finished, error, _writes_of(finished))
+        try:
+            claimed, failure = self._steps.submit(step) if self.shares_steps else self._step_alone(step)
+        finally:
+            self._close(finished)
+        claimed = self._handed_out(claimed)
+        if failure is not None:
+            raise failure
+        return claimed
+
+    # -- the executor's steps, alone or several threads' in one transaction (SQLite) --------
+    def _step_alone(self, step: Step) -> StepResult:
+        """One thread's step in transactions of its own."""
         with self.engine.connect() as conn:
-            if finished is not None and conn.dialect.name == "sqlite":
+            if not isinstance(step, Advance):
+                with conn.begin():
+                    return self._take(conn, step), None
+            if conn.dialect.name == "sqlite":
                 # One transaction, so one turn of the write lock per event: the step runs after
                 # the outcome, and its failure never undoes the outcome.  (Server databases
                 # commit first: a deadlock there rolls back the whole transaction.)
-                claimed = self._commit_finish(conn, finished, error,
-                                              lambda: self._sqlite_step(conn, user_id, owner, seconds, finished))
-                return self._handed_out(claimed)
-            if finished is not None:
-                self._commit_finish(conn, finished, error)
+                return self._commit_finish(conn, step.finished, step.error, step.writes,
+                                           self._sqlite_step, conn, step)
+            _, failure = self._commit_finish(conn, step.finished, step.error, step.writes)
+            if failure is not None:
+                return None, failure
             with conn.begin():
-                claimed = self._step(conn, user_id, owner, seconds, finished)
-        return self._handed_out(claimed)
+                return self._step(conn, step.user_id, step.owner, step.seconds, step.finished), None
 
-    def _sqlite_step(self, conn: Any, user_id: str, owner: str, seconds: float, finished: Claimed) -> Claimed | None:
+    def _steps_shared(self, steps: Sequence[Step]) -> list[StepResult]:
+        """Several threads' steps in one transaction (SQLite), each as it would run alone.
+
+        The transaction commits early, and the next steps go on in a new one, as soon as another
+        writer waits (the webhook's, or another process's: :func:`~flask_ampalibe.engine.writers_waiting`),
+        so an ack waits for one step, never for a whole batch.  Should a transaction fail, each of
+        its steps is run again alone and meets its own error (its caller raises it).
+        """
+        results: list[StepResult] = []
+        while len(results) < len(steps):
+            chunk: list[StepResult] = []
+            outcomes: list[str | None] = []
+            try:
+                with self.engine.connect() as conn, conn.begin():
+                    for step in steps[len(results):]:
+                        if isinstance(step, Advance):
+                            outcomes.append(self._finish(conn, step.finished, step.error, self.clock(), step.writes))
+                            chunk.append(_attempt(self._sqlite_step, conn, step))
+                        else:
+                            chunk.append((self._take(conn, step), None))
+                        if len(results) + len(chunk) < len(steps) and writers_waiting(conn):
+                            break
+            except Exception as exc:
+                # The transaction's steps: those done, and the one that raised (if one did).
+                failed = steps[len(results):len(results) + len(chunk) + 1]
+                logger.debug("executor steps shared by %s threads failed (%s); each runs again on its own",
+                             len(failed), type(exc).__name__)
+                results.extend(_alone(self._step_alone, step) for step in failed)
+                continue
+            results.extend(chunk)
+            for outcome in outcomes:
+                self._count(outcome)
+        return results
+
+    def _sqlite_step(self, conn: Any, step: Advance) -> Claimed | None:
         """:meth:`_step` in the outcome's transaction on SQLite, where it must not undo the outcome.
 
         After the user's last event read (nothing read ahead) the step is most often the single
@@ -294,11 +327,12 @@ class Inbox(InboxQueries):
         without the rest of its transaction.  Anything more runs in a savepoint, so that a
         failure halfway (an event started, then an error) is undone as a whole.
         """
+        user_id, owner, finished = step.user_id, step.owner, step.finished
         idle = not finished.ahead
         if idle and conn.execute(sql.release_if_idle, {"uid": user_id, "holder": owner}).rowcount == 1:
             return None
         with conn.begin_nested():
-            return self._step(conn, user_id, owner, seconds, finished, release_tried=idle)
+            return self._step(conn, user_id, owner, step.seconds, finished, release_tried=idle)
 
     def _step(self, conn: Any, user_id: str, owner: str, seconds: float, finished: Claimed | None,
               release_tried: bool = False) -> Claimed | None:
@@ -410,48 +444,55 @@ class Inbox(InboxQueries):
     def finish(self, claimed: Claimed, error: BaseException | None = None) -> None:
         """Mark an event handled, or failed with ``error``'s traceback, with the state changes of
         its handler (committed or dropped together)."""
-        with self.engine.connect() as conn:
-            self._commit_finish(conn, claimed, error)
-
-    def _commit_finish(self, conn: Any, claimed: Claimed, error: BaseException | None,
-                       then: Callable[[], Claimed | None] | None = None) -> Claimed | None:
-        """The outcome and the unit's writes in one transaction; the unit is done either way.
-
-        :param then: run in the same transaction once the outcome is written, without undoing it
-            when it fails (:meth:`_sqlite_step`); what it returns is returned, and what it raises
-            is raised once the outcome is committed.
-        """
-        unit = claimed.unit
         try:
-            try:
-                with conn.begin():
-                    self._finish(conn, claimed, error, self.clock())
-                    result, failure = _attempt(then)
-            except (DataError, UnicodeError) as exc:
-                if unit is None or not unit.has_writes:
-                    raise
-                # The database refused a value the handler set (a key too long for its column...):
-                # handling the event again would meet the same refusal, so it fails, without them.
-                logger.error("event %s of user %s failed: the database refused its state changes (%s)",
-                             claimed.event.key, claimed.event.sender_id, type(exc).__name__)
-                with conn.begin():
-                    self._finish(conn, claimed, exc, self.clock())  # the unit is closed: no writes
-                    result, failure = _attempt(then)
+            with self.engine.connect() as conn:
+                self._commit_finish(conn, claimed, error, _writes_of(claimed))
         finally:
-            if unit is not None:
-                self.store.close_unit(unit)
-        if failure is not None:
-            raise failure
+            self._close(claimed)
+
+    def _close(self, claimed: Claimed) -> None:
+        if claimed.unit is not None:
+            self.store.close_unit(claimed.unit)
+
+    def _commit_finish(self, conn: Any, claimed: Claimed, error: BaseException | None, writes: Writes | None,
+                       then: Callable[..., Claimed | None] | None = None, *args: Any) -> StepResult:
+        """The outcome and the handler's state changes (``writes``) in one transaction.
+
+        :param then: run (with ``args``) in the same transaction once the outcome is written,
+            without undoing it when it fails (:meth:`_sqlite_step`).
+        :returns: what ``then`` returned, and what it raised (the outcome is committed).
+        """
+        try:
+            with conn.begin():
+                outcome = self._finish(conn, claimed, error, self.clock(), writes)
+                result = _attempt(then, *args)
+        except (DataError, UnicodeError) as exc:
+            if not writes or not any(writes):
+                raise
+            # The database refused a value the handler set (a key too long for its column...):
+            # handling the event again would meet the same refusal, so it fails, without them.
+            logger.error("event %s of user %s failed: the database refused its state changes (%s)",
+                         claimed.event.key, claimed.event.sender_id, type(exc).__name__)
+            with conn.begin():
+                outcome = self._finish(conn, claimed, exc, self.clock(), None)
+                result = _attempt(then, *args)
+        self._count(outcome)
         return result
 
-    def _finish(self, conn: Any, claimed: Claimed, error: BaseException | None, now: float) -> None:
-        if claimed.unit is not None:  # the handler's state changes: they commit with the outcome, or neither does
-            self.store.flush_unit(conn, claimed.unit)
+    def _finish(self, conn: Any, claimed: Claimed, error: BaseException | None, now: float,
+                writes: Writes | None) -> str | None:
+        """Write the outcome (and the handler's state changes); returns it, or ``None`` when the
+        event was no longer running (its lease was lost and someone else finished it)."""
+        if writes is not None:  # the handler's state changes: they commit with the outcome, or neither does
+            self.store.write_unit(conn, claimed.event.sender_id, writes)
         values: dict[str, Any] = {"event_id": claimed.id, "outcome": DONE, "now": now, "err": None}
         if error is not None:
             values.update(outcome=FAILED, err="".join(traceback.format_exception(error))[-8000:])
-        if conn.execute(sql.end, values).rowcount and self.counters is not None:
-            self.counters.finished(values["outcome"])
+        return values["outcome"] if conn.execute(sql.end, values).rowcount else None
+
+    def _count(self, outcome: str | None) -> None:
+        if outcome is not None and self.counters is not None:
+            self.counters.finished(outcome)
 
     def has_work(self, user_id: str) -> bool:
         """Whether ``user_id`` has unfinished events."""
@@ -463,35 +504,24 @@ class Inbox(InboxQueries):
         return conn.execute(sql.any_unfinished, {"uid": user_id}).first() is not None
 
 
-def _attempt(then: Callable[[], Claimed | None] | None) -> tuple[Claimed | None, Exception | None]:
-    """What ``then()`` returned, or the error it raised (``then`` may be ``None``: nothing to do)."""
+def _attempt(then: Callable[..., Claimed | None] | None, *args: Any) -> StepResult:
+    """What ``then(*args)`` returned, or the error it raised (``then`` may be ``None``: nothing to do)."""
     if then is None:
         return None, None
     try:
-        return then(), None
+        return then(*args), None
     except Exception as exc:  # the step undid its own part (see Inbox._sqlite_step); the outcome stays
         return None, exc
 
 
-def _row(event: Event, now: float) -> dict[str, Any]:
-    if event.problem is None:
-        return {"event_key": event.key, "user_id": event.sender_id, "kind": event.kind, "timestamp": event.timestamp,
-                "body": event.to_json(), "status": PENDING, "attempts": 0, "error": None, "received_at": now,
-                "finished_at": None}
-    return {"event_key": event.key or rejected_key(event), "user_id": event.sender_id, "kind": event.kind,
-            "timestamp": event.timestamp, "body": event.to_json(), "status": REJECTED, "attempts": 0, "error": event.problem, "received_at": now,
-            "finished_at": now}
+def _alone(run: Callable[[Step], StepResult], step: Step) -> StepResult:
+    """``run(step)``, or what it raised (for its caller to raise)."""
+    try:
+        return run(step)
+    except Exception as exc:
+        return None, exc
 
 
-def _pending_users(rows: list[dict[str, Any]]) -> list[str]:
-    """The users of ``rows`` that have an event to handle, in order of first appearance."""
-    return list(dict.fromkeys(r["user_id"] for r in rows if r["status"] == PENDING))
-
-
-def _refused_row(row: dict[str, Any], exc: BaseException, now: float) -> dict[str, Any]:
-    """What is kept of an event the database refused: ASCII-only text, no id of the sender's."""
-    body = row["body"].encode("ascii", "backslashreplace").decode("ascii").replace("\x00", "\\x00")
-    return {**row, "event_key": "r:" + hashlib.sha256(body.encode()).hexdigest()[:48], "user_id": "",
-            "kind": row["kind"] if row["kind"].isascii() else "unknown", "body": body, "status": REJECTED,
-            "error": f"The database refused this item ({type(exc).__name__}); it was not handled.",
-            "finished_at": now}
+def _writes_of(claimed: Claimed) -> Writes | None:
+    """The state changes of ``claimed``'s handler, taken from its unit (which stops serving them)."""
+    return claimed.unit.take_writes() if claimed.unit is not None else None

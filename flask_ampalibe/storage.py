@@ -129,7 +129,7 @@ class Store:
     :meth:`del_temp`, :meth:`set_user_fields` (and :meth:`set_action`) are buffered in it,
     :meth:`get_temp`, :meth:`get_user` and :meth:`touch_user` see those writes, and the inbox
     writes them in the transaction that records the event's outcome
-    (:meth:`flush_unit`), so a worker that dies mid-handler leaves neither.  Values are
+    (:meth:`write_unit`), so a worker that dies mid-handler leaves neither.  Values are
     serialised when set, so a value JSON cannot encode still raises in the handler.  Units are
     kept by user id for the whole process (not per thread): ``ampalibe.offload`` and ``async
     def`` handlers reach the same one.  Pagination pages, :meth:`set_temps` and
@@ -200,16 +200,17 @@ class Store:
         if old is not None:
             old.close()
 
-    def flush_unit(self, conn: Connection, unit: Unit) -> None:
-        """Write ``unit``'s buffered writes in ``conn`` (the transaction of the event's outcome).
-        From now on the user's state is read from and written to the database again."""
-        written, fields = unit.take_writes()
+    def write_unit(self, conn: Connection, user_id: str,
+                   writes: tuple[dict[str, str | None], dict[str, Any]]) -> None:
+        """Write a unit's buffered writes (:meth:`Unit.take_writes`) in ``conn``, the transaction of
+        the event's outcome."""
+        written, fields = writes
         if fields:
-            upsert(conn, users, {"user_id": unit.user_id, **fields}, ["user_id"])
-        stored = [{"user_id": unit.user_id, "key": k, "value": v} for k, v in written.items() if v is not None]
+            upsert(conn, users, {"user_id": user_id, **fields}, ["user_id"])
+        stored = [{"user_id": user_id, "key": k, "value": v} for k, v in written.items() if v is not None]
         if stored:
             self._upsert_temps(conn, stored)
-        deleted = [{"uid": unit.user_id, "k": k} for k, v in written.items() if v is None]
+        deleted = [{"uid": user_id, "k": k} for k, v in written.items() if v is None]
         if deleted:
             conn.execute(_temp_delete, deleted)
 

@@ -401,3 +401,76 @@ def test_events_read_ahead_are_not_started_on_a_lease_about_to_lapse(box):
     assert _texts([third]) == ["m2"]
     clock.advance(15)  # +35 s: only alive because that step renewed it
     assert box.ready_users() == [] and box.take("u", "other", 30) is None
+
+
+# -- the executor's steps of concurrent threads share a transaction (SQLite) -----------------------------
+def _steps_queued_behind_a_write(box, steps):
+    """Run ``steps`` (callables) in threads while a write transaction holds SQLite: the first
+    thread's step waits for it alone, the others queue behind it; return their results by index."""
+    results, errors = {}, []
+
+    def run(n, step):
+        try:
+            results[n] = step()
+        except BaseException as exc:  # pragma: no cover - the assertion below shows it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n, step)) for n, step in enumerate(steps)]
+    commit = box.step_commit
+    writes = commit.writes
+    with box.engine.begin() as conn:  # holds the write lock: the first step waits for it
+        conn.execute(sa.text("UPDATE amp_lease SET expires_at = expires_at WHERE user_id = ''"))
+        threads[0].start()
+        deadline = time.monotonic() + 30
+        while commit.writes == writes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for t in threads[1:]:
+            t.start()
+        while commit.queued < len(threads) - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert commit.queued == len(threads) - 1
+    for t in threads:
+        t.join(30)
+    assert not errors
+    return [results[n] for n in range(len(steps))]
+
+
+def test_on_sqlite_concurrent_steps_share_one_transaction(box, database_url):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("server databases lock rows, not the file: each step has its own transaction")
+    users = [f"s{n}" for n in range(5)]
+    box.record(events(*[message_event(u, "first", mid=f"{u}.1", timestamp=1000) for u in users],
+                      *[message_event(u, "second", mid=f"{u}.2", timestamp=2000) for u in users[:3]]))
+    shared = box.step_commit.shared_writes
+    taken = _steps_queued_behind_a_write(box, [lambda u=u: box.take(u, "w", 30) for u in users])
+    assert box.step_commit.shared_writes == shared + 1  # the four queued takes went out together
+    assert [c.event.raw["message"]["text"] for c in taken] == ["first"] * 5
+    for n, u in enumerate(users):
+        box.store.set_temp(u, "n", n)  # buffered in the event's unit: written with its outcome
+    nxt = _steps_queued_behind_a_write(box, [lambda c=c, u=u: box.next_event(u, "w", 30, finished=c)
+                                             for u, c in zip(users, taken)])
+    assert box.step_commit.shared_writes == shared + 2
+    assert [c and c.event.raw["message"]["text"] for c in nxt] == ["second"] * 3 + [None] * 2
+    assert [box.store.get_temp(u, "n") for u in users] == list(range(5))  # committed with the outcomes
+    assert box.stats()["done"] == 5 and box.stats()["running"] == 3
+    assert not box.claim("s0", "other", 30) and box.claim("s4", "other", 30)  # held while running, else free
+
+
+def test_on_sqlite_a_refused_step_in_a_shared_transaction_fails_alone(box, database_url):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("server databases lock rows, not the file: each step has its own transaction")
+    users = ["g0", "g1", "bad", "g2"]
+    box.record(events(*[message_event(u, "hello", mid=f"{u}.1") for u in users]))
+    taken = [box.take(u, "w", 30) for u in users]
+    for u in users:
+        box.store.set_temp(u, "seen", True)
+    box.store.set_temp("bad", "key \ud800", 1)  # no database stores a lone surrogate: the shared write fails
+    shared = box.step_commit.shared_writes
+    nxt = _steps_queued_behind_a_write(box, [lambda c=c, u=u: box.next_event(u, "w", 30, finished=c)
+                                             for u, c in zip(users, taken)])
+    assert box.step_commit.shared_writes == shared + 1 and nxt == [None] * 4
+    # Written again one by one: the refused event failed without its state changes, the others are done.
+    assert [box.store.get_temp(u, "seen") for u in users] == [True, True, None, True]
+    failed = box.failed()
+    assert [f["user_id"] for f in failed] == ["bad"] and "UnicodeEncodeError" in failed[0]["error"]
+    assert box.stats()["done"] == 3 and all(box.claim(u, "other", 30) for u in users)
