@@ -454,7 +454,9 @@ def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGrap
             if system in ACK_ONLY:
                 st, drained = graph.stats(), "complete"
             else:
-                bound = cfg.drain
+                # Handlers that wait drain a backlog that grows with the ack rate: 2-s handlers
+                # at 512 in flight reply ~250/s to the ~16,000 events 15 s of acks leave.
+                bound = cfg.drain * (3 if scenario in SLEEPS else 1)
                 st, drained = drain(graph, acked_unique_min, bound, quiet=cfg.quiet)
             t_end = time.time()
             if spy:
@@ -905,7 +907,8 @@ def parse_args(argv=None):
                    help="record each server with py-spy during the load and drain (raw stacks in the work "
                         "dir, top frames in --json): gil = threads holding the GIL, active = all non-idle")
     p.add_argument("--drain", type=float, default=None,
-                   help="seconds a run may take to drain after the load (default 90, quick 15)")
+                   help="seconds a run may take to drain after the load (default 90, quick 15; three "
+                        "times that for slow and sleep)")
     p.add_argument("--workdir", default=None, help="default: bench/.work/runs (quick: a temp dir)")
     cfg = p.parse_args(argv)
     quick = cfg.quick
