@@ -108,19 +108,16 @@ class Take:
 
 
 @dataclass
-class Advance:
+class Advance(Take):
     """An executor's step: record ``finished``'s outcome and start the user's next event
     (:meth:`Inbox.next_event`)."""
 
-    user_id: str
-    owner: str
-    seconds: float
     finished: Claimed
     error: BaseException | None
     writes: Writes | None
 
 
-Step = Union[Take, Advance]
+Step = Union[Take, Advance]  # (an Advance is a Take with an outcome: tell them apart by Advance)
 #: A step's event to handle next (or ``None``) and, for an :class:`Advance`, the error of its
 #: step after the outcome was committed.
 StepResult = tuple["Claimed | None", "Exception | None"]
