@@ -6,7 +6,7 @@ measure end-to-end replies without a real network. Counters are read and reset o
 
 - ``GET /__stats`` -> JSON: replies, unique recipients, unique reply texts (the bench bots put the
   incoming ``mid`` in the text, so ``replies - unique_texts`` counts double handling), first/last
-  reply wall-clock time, other requests, bad requests.
+  reply wall-clock time, replies per wall-clock second, other requests, bad requests.
 - ``POST /__reset`` -> zero every counter.
 
 Run ``python bench/fakegraph.py --port 0`` : it prints ``READY <port>`` on stdout once listening.
@@ -38,6 +38,7 @@ class Counters:
         self.last = 0.0
         self.other = 0
         self.bad = 0
+        self.per_second: dict[int, int] = {}  # replies per wall-clock second (int(time.time()))
 
     def record(self, body: bytes) -> bytes:
         try:
@@ -53,6 +54,8 @@ class Counters:
             self.first = now
         self.last = now
         self.replies += 1
+        second = int(now)
+        self.per_second[second] = self.per_second.get(second, 0) + 1
         self.recipients.add(rid)
         if text is not None:
             self.texts.add(text)
@@ -67,6 +70,7 @@ class Counters:
             "last_reply": self.last,
             "other_requests": self.other,
             "bad_requests": self.bad,
+            "per_second": sorted(self.per_second.items()),
             "pid": os.getpid(),
         }
 

@@ -28,6 +28,8 @@ from typing import Iterator
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 LIB = REPO  # where flask_ampalibe is imported from (--library: compare another checkout)
+#: Extra environment of the servers (``--server-env NAME=VALUE``: experiments with a setting).
+SERVER_ENV: dict[str, str] = {}
 sys.path.insert(0, HERE)
 
 import loadgen  # noqa: E402
@@ -237,6 +239,7 @@ def ensure_ampalibe_venv() -> str:
 def base_env(graph: FakeGraph, sleep: float) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BENCH_", "AMPALIBE_", "AMP_"))}
     env.pop("PYTHONPATH", None)
+    env.update(SERVER_ENV)
     env.update(BENCH_APP_SECRET=SECRET, BENCH_VERIF_TOKEN=VERIF, BENCH_ACCESS_TOKEN=TOKEN,
                BENCH_GRAPH_URL=graph.url, BENCH_SLEEP=str(sleep), PYTHONUNBUFFERED="1")
     return env
@@ -495,6 +498,13 @@ def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGrap
                 # still arriving when the wait ended: pending, not lost
                 res["lost"] = None if drained == "bound" else missing
                 res["pending"] = missing if drained == "bound" else 0
+                # replies/s while the load ran and after it (the drain), from whole seconds
+                per_second = dict(st.get("per_second") or [])
+                during = [n for s_, n in per_second.items() if t0 <= s_ and s_ + 1 <= t_load]
+                after = [n for s_, n in per_second.items() if s_ >= t_load]
+                res["replies_rps_during_load"] = sum(during) / len(during) if during else 0.0
+                tail = st["last_reply"] - t_load if replies else 0.0
+                res["replies_rps_after_load"] = sum(after) / tail if after and tail > 1 else 0.0
             res["load_wall_s"] = t_load - t0
     finally:
         srv.stop()
@@ -910,6 +920,8 @@ def parse_args(argv=None):
                    help="seconds a run may take to drain after the load (default 90, quick 15; three "
                         "times that for slow and sleep)")
     p.add_argument("--workdir", default=None, help="default: bench/.work/runs (quick: a temp dir)")
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="set this in every server's environment (experiments: e.g. AMPALIBE_MAX_CONCURRENCY=512)")
     cfg = p.parse_args(argv)
     quick = cfg.quick
     cfg.duration = cfg.duration or (2 if quick else 15)
@@ -956,6 +968,11 @@ def plan(cfg) -> list[tuple[str, str]]:
 def main(argv=None) -> int:
     global LIB
     cfg = parse_args(argv)
+    for pair in cfg.server_env:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--server-env {pair!r}: write NAME=VALUE")
+        SERVER_ENV[name] = value
     if cfg.render:  # rewrite the report from a --json file of an earlier run, measuring nothing
         with open(cfg.render) as fh:
             saved = json.load(fh)
@@ -1015,7 +1032,8 @@ def main(argv=None) -> int:
                     traceback.print_exc()
             else:
                 log(f"  acked {r['acked_rps']:.0f}/s p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms "
-                    f"e2e {r.get('e2e_rps', 0):.0f}/s replies {r.get('replies', '-')} / {r['acked_unique_min']} "
+                    f"e2e {r.get('e2e_rps', 0):.0f}/s (load {r.get('replies_rps_during_load', 0):.0f}/s, "
+                    f"after {r.get('replies_rps_after_load', 0):.0f}/s) replies {r.get('replies', '-')} / {r['acked_unique_min']} "
                     f"dup {r.get('duplicates')} lost {r.get('lost')} err {r['errors']} "
                     f"cpu {r['cpu_ms_per_event']:.2f} ms/ev rss {r['peak_rss_mb']:.0f} MiB "
                     f"fg {r['fakegraph_cpu_pct']:.0f}% other {r['other_cpu_pct']:.0f}%")
