@@ -16,7 +16,7 @@ from flask import Flask
 import flask_ampalibe
 from flask_ampalibe.events import parse_body
 from flask_ampalibe.inbox import Inbox
-from flask_ampalibe.engine import make_engine
+from flask_ampalibe.engine import background_writes, make_engine, writers_waiting
 from flask_ampalibe.storage import Store
 from flask_ampalibe.testing import WebhookClient, message_event, page_body, read_event
 from conftest import SECRET, FakeClock
@@ -474,3 +474,43 @@ def test_on_sqlite_a_refused_step_in_a_shared_transaction_fails_alone(box, datab
     failed = box.failed()
     assert [f["user_id"] for f in failed] == ["bad"] and "UnicodeEncodeError" in failed[0]["error"]
     assert box.stats()["done"] == 3 and all(box.claim(u, "other", 30) for u in users)
+
+
+def _in_background(step, *args):
+    """``step(*args)`` as the executor runs it: its writes let the webhook's go first."""
+    with background_writes():
+        return step(*args)
+
+
+def test_on_sqlite_shared_steps_let_a_waiting_webhook_write_in_between(box, database_url):
+    # A shared transaction commits as soon as the webhook waits: its write goes between two
+    # takes, and the remaining takes go on after it, in a new transaction.
+    if not database_url.startswith("sqlite"):
+        pytest.skip("server databases lock rows, not the file: each step has its own transaction")
+    users = ["t0", "t1", "t2", "t3"]
+    box.record(events(*[message_event(u, "hi", mid=f"{u}.1") for u in users]))
+    order: list[str] = []
+    recorder: list[threading.Thread] = []
+
+    def watch(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT") and "amp_inbox" in statement:
+            order.append("webhook")
+        elif statement.startswith("UPDATE amp_inbox SET status") and "RETURNING" in statement:
+            order.append("start")
+            if order.count("start") == 2 and not recorder:  # the first of the queued takes
+                thread = threading.Thread(target=box.record, args=(events(message_event("new", "x", mid="new.1")),))
+                recorder.append(thread)
+                thread.start()
+                deadline = time.monotonic() + 10
+                while not writers_waiting(conn) and time.monotonic() < deadline:
+                    time.sleep(0.005)
+
+    sa.event.listen(box.engine, "before_cursor_execute", watch)
+    try:
+        taken = _steps_queued_behind_a_write(box, [lambda u=u: _in_background(box.take, u, "w", 30) for u in users])
+    finally:
+        sa.event.remove(box.engine, "before_cursor_execute", watch)
+    recorder[0].join(10)
+    assert [c.event.raw["message"]["text"] for c in taken] == ["hi"] * 4
+    assert order == ["start", "start", "webhook", "start", "start"], order
+    assert box.ready_users() == ["new"]

@@ -17,7 +17,7 @@ from ..dberrors import is_unavailable, outage_for
 from ..inbox import Claimed, Inbox
 from .base import Executor, Handle
 
-__all__ = ["ThreadExecutor"]
+__all__ = ["ThreadExecutor", "ensure_file_limit"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,40 @@ STEP_THREADS = 16
 #: The CPU governor (:meth:`ThreadExecutor._govern`): how often it looks, the process CPU use
 #: (in cores) above which it lowers the limit and below which it raises it, and the lowest limit.
 GOVERN_EVERY, CPU_HIGH, CPU_LOW, GOVERN_FLOOR = 0.25, 0.9, 0.6, 8
+
+
+#: Open files to allow per event in flight (its Graph API connection, one to the API its handler
+#: calls, a database connection), and for the rest of the process (see :func:`ensure_file_limit`).
+FILES_PER_EVENT, FILES_BASE = 3, 256
+
+
+def ensure_file_limit(max_concurrency: int) -> int:
+    """Raise this process's soft limit on open files (``ulimit -n``, often 1024) towards what
+    ``max_concurrency`` events in flight may need, as far as the hard limit allows; warn when
+    the hard limit is lower.  Never lowers it.
+
+    :returns: the soft limit now (``-1``: unlimited, or not a POSIX system).
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return -1
+    need = FILES_BASE + FILES_PER_EVENT * max_concurrency
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return soft
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:  # pragma: no cover - refused by the system
+            logger.warning("could not raise the open files limit from %s to %s: %s", soft, target, exc)
+    if soft < need:
+        logger.warning("open files limit %s is low for AMPALIBE_MAX_CONCURRENCY=%s (about %s wanted: a "
+                       "connection or two per handler in flight); raise it (ulimit -n, LimitNOFILE= in a "
+                       "systemd unit) or lower AMPALIBE_MAX_CONCURRENCY", soft, max_concurrency, need)
+    return soft
 
 
 class ThreadExecutor(Executor):
@@ -108,6 +142,7 @@ class ThreadExecutor(Executor):
         with self._lock:
             if self._pool is not None or self.stopping.is_set():
                 return
+            ensure_file_limit(self.max_concurrency)
             self._pool = ElasticPool(self.max_concurrency, "ampalibe")
             self._steps = ElasticPool(STEP_THREADS, "ampalibe-steps")
             self._sweeper = threading.Thread(target=self._upkeep, name="ampalibe-sweeper", daemon=True)
