@@ -791,13 +791,13 @@ def write_report(path: str, cfg, results: list[dict], ceiling: dict, mach: dict,
                  "their CPU ms/event column adds the database server's own CPU (`+ … db`).")
     L.append("- Hello bot: reads and writes one temp value of the user, sends one text reply (`Hello <mid>`).\n")
     L.append("## Results\n")
-    L.append("| system | scenario | acked req/s | p50 ms | p99 ms | e2e replies/s | replies / unique events | "
-             "dup | lost | errors | CPU ms/event | peak RSS MiB | peak RSS/worker MiB | fake Graph CPU % | "
+    L.append("| system | scenario | acked req/s | p50 ms | p99 ms | e2e replies/s | replies/s during load / after | "
+             "replies / unique events | dup | lost | errors | CPU ms/event | peak RSS MiB | peak RSS/worker MiB | fake Graph CPU % | "
              "other CPU % |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if "error" in r:
-            L.append(f"| {r['system']} | {r['scenario']} | failed: {r['error'][:120]} |||||||||||||")
+            L.append(f"| {r['system']} | {r['scenario']} | failed: {r['error'][:120]} ||||||||||||||")
             continue
         scen = r["scenario"]
         if r.get("sleep_s"):
@@ -810,14 +810,20 @@ def write_report(path: str, cfg, results: list[dict], ceiling: dict, mach: dict,
             lost = f"– ({r['pending']:,} pending)"
             e2e += " (not drained)"
         reps = "–" if r["system"] in ACK_ONLY else f"{fmt(r.get('replies'))} / {fmt(r['acked_unique_min'])}"
+        phases = "–"
+        if r["system"] not in ACK_ONLY and r.get("replies_rps_during_load") is not None:
+            phases = f"{r['replies_rps_during_load']:,.0f} / {r.get('replies_rps_after_load', 0):,.0f}"
         cpu = f"{r['cpu_ms_per_event']:.2f}"
         if r.get("db_cpu_ms_per_event") is not None:
             cpu += f" + {r['db_cpu_ms_per_event']:.2f} db"
         L.append(f"| {r['system']} | {scen} | {r['acked_rps']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {e2e} | "
-                 f"{reps} | {fmt(r.get('duplicates'))} | {lost} | {r['errors']:,} | "
+                 f"{phases} | {reps} | {fmt(r.get('duplicates'))} | {lost} | {r['errors']:,} | "
                  f"{cpu} | {r['peak_rss_mb']:.0f} | {fmt(r.get('peak_worker_rss_mb'))} | "
                  f"{r['fakegraph_cpu_pct']:.0f} | "
                  f"{r.get('other_cpu_pct', 0):.0f} |")
+    L.append("")
+    L.append("`replies/s during load / after`: replies per second at the fake Graph API while the load ran, and "
+             "from its end to the last reply (the drain). ")
     L.append("")
     L.append("`replies / unique events`: replies counted at the fake Graph API after draining, against the distinct "
              "events the server acknowledged (lower bound: requests still in flight when the load stopped may or may "
