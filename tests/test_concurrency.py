@@ -443,17 +443,16 @@ def test_the_graph_pool_keeps_a_connection_per_concurrent_send(caplog, pool_maxs
 
 
 _FILE_LIMIT_CHILD = r"""
-import logging, resource, sys, tempfile
+import logging, resource, sys
 logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(message)s")
 from flask_ampalibe.engine import make_engine
 from flask_ampalibe.executor import ThreadExecutor
 from flask_ampalibe.inbox import Inbox
 from flask_ampalibe.storage import Store
-soft, hard = int(sys.argv[1]), int(sys.argv[2])
+soft, hard, cap, db = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-folder = tempfile.mkdtemp()
-executor = ThreadExecutor(Inbox(Store(make_engine(f"sqlite:///{folder}/x.db"))), lambda claimed: None,
-                          max_concurrency=int(sys.argv[3]), lease_seconds=30, poll_seconds=30)
+executor = ThreadExecutor(Inbox(Store(make_engine(f"sqlite:///{db}"))), lambda claimed: None,
+                          max_concurrency=cap, lease_seconds=30, poll_seconds=30)
 executor.start()
 print("LIMIT", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 executor.shutdown(5)
@@ -465,16 +464,16 @@ executor.shutdown(5)
     (256, 1000, 512, 1000, True),  # as far as the hard limit allows, with a warning saying what to do
     (4096, 8192, 40, 4096, False),  # never lowered
 ])
-def test_the_executor_raises_the_open_files_limit_for_its_cap(soft, hard, cap, limit, warned):
+def test_the_executor_raises_the_open_files_limit_for_its_cap(tmp_path, soft, hard, cap, limit, warned):
     import resource
     import subprocess
     import sys
 
-    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] not in (resource.RLIM_INFINITY,) and \
-            resource.getrlimit(resource.RLIMIT_NOFILE)[1] < hard:
+    ours = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if ours != resource.RLIM_INFINITY and ours < hard:
         pytest.skip("this machine's hard limit on open files is lower than the test's")
-    out = subprocess.run([sys.executable, "-c", _FILE_LIMIT_CHILD, str(soft), str(hard), str(cap)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", _FILE_LIMIT_CHILD, str(soft), str(hard), str(cap),
+                          str(tmp_path / "x.db")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert f"LIMIT {limit}\n" in out.stdout
     assert ("open files limit 1000 is low for AMPALIBE_MAX_CONCURRENCY=512" in out.stdout) is warned, out.stdout

@@ -57,9 +57,10 @@ def ensure_file_limit(max_concurrency: int) -> int:
         except (ValueError, OSError) as exc:  # pragma: no cover - refused by the system
             logger.warning("could not raise the open files limit from %s to %s: %s", soft, target, exc)
     if soft < need:
-        logger.warning("open files limit %s is low for AMPALIBE_MAX_CONCURRENCY=%s (about %s wanted: a "
-                       "connection or two per handler in flight); raise it (ulimit -n, LimitNOFILE= in a "
-                       "systemd unit) or lower AMPALIBE_MAX_CONCURRENCY", soft, max_concurrency, need)
+        logger.warning("open files limit %s is low for AMPALIBE_MAX_CONCURRENCY=%s (about %s wanted: "
+                       "%s per handler in flight and %s more); raise it (ulimit -n, LimitNOFILE= in a "
+                       "systemd unit) or lower AMPALIBE_MAX_CONCURRENCY", soft, max_concurrency, need,
+                       FILES_PER_EVENT, FILES_BASE)
     return soft
 
 
