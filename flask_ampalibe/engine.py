@@ -274,7 +274,9 @@ class _WriteLocks:
     (the one that just unlocked may take it again first), so a writer announces that it waits
     (a shared lock on byte 1) while it waits for the write lock (byte 0), and a process lets such
     a waiter go first (it waits for byte 1 exclusively) before it takes byte 0.  Two busy workers
-    alternate, and a worker's webhook never waits behind a run of the other's transactions.
+    alternate, and a worker's webhook never waits behind a run of the other's transactions.  A
+    foreground (webhook) writer also holds byte 2 while it waits, so a transaction doing the
+    executor's work can tell an ack that waits from another worker's executor (:meth:`others_waiting`).
     """
 
     def __init__(self, path: str | None) -> None:
@@ -290,8 +292,12 @@ class _WriteLocks:
         self._fd: int | None = None  # opened on first use in each process
         self._file_ok = fcntl is not None and self.path is not None
 
-    def lock_file(self) -> bool:
-        """Wait for the other processes' writers (call with :attr:`write` held)."""
+    def lock_file(self, foreground: bool = True) -> bool:
+        """Wait for the other processes' writers (call with :attr:`write` held).
+
+        :param foreground: a webhook's write (not :func:`background_writes`): announced as such
+            while it waits.
+        """
         if not self._file_ok or self.path is None:
             return False
         try:
@@ -300,28 +306,34 @@ class _WriteLocks:
             fd = self._fd
             fcntl.lockf(fd, fcntl.LOCK_EX, 1, 1)  # after the writers that announced themselves
             fcntl.lockf(fd, fcntl.LOCK_SH, 1, 1)  # announce this one (a lock's type changes at once)
+            if foreground:
+                fcntl.lockf(fd, fcntl.LOCK_SH, 1, 2)  # ... as a webhook's write
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)
             finally:
-                fcntl.lockf(fd, fcntl.LOCK_UN, 1, 1)
+                fcntl.lockf(fd, fcntl.LOCK_UN, 2, 1)
             return True
         except OSError as exc:  # read-only folder, no lock support: SQLite's busy handler only
             logger.warning("no inter-process write queue for SQLite (%s); relying on its busy timeout", exc)
             self._file_ok = False
             return False
 
-    def others_waiting(self) -> bool:
+    def others_waiting(self, foreground: bool = False) -> bool:
         """Whether a foreground writer of this process, or a writer of another process, waits for
-        the write lock (call with it held)."""
+        the write lock (call with it held).
+
+        :param foreground: only another process's foreground (webhook) writers count.
+        """
         if self.write.urgent:
             return True
         if self._fd is None or not self._file_ok:
             return False
-        try:  # another process's waiter holds byte 1 (shared) while it waits
-            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 1)
+        byte = 2 if foreground else 1  # held (shared) by another process's waiters while they wait
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte)
         except OSError:
             return True
-        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, 1)
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, byte)
         return False
 
     def unlock_file(self) -> None:
@@ -351,14 +363,15 @@ class _SQLiteConnection(sqlite3.Connection):
     def begin_write(self) -> None:
         locks = self.locks
         if locks is not None and self._held is None:
-            if getattr(_background, "on", False):
+            background = getattr(_background, "on", False)
+            if background:
                 with locks.background_gate:
                     acquired = locks.write.acquire(background=True)
             else:
                 acquired = locks.write.acquire()
             self._held = locks.write if acquired else None
             # Record locks belong to the process: only the holder of the thread lock may take it.
-            self._file_locked = acquired and locks.lock_file()
+            self._file_locked = acquired and locks.lock_file(foreground=not background)
         try:
             self.execute("BEGIN IMMEDIATE")
         except BaseException:
@@ -451,15 +464,19 @@ def _sqlite_setup(engine: Engine, memory: bool, lock_path: str | None) -> None:
 _READ_ONLY = "ampalibe_read_only"
 
 
-def writers_waiting(conn: Connection) -> bool:
+def writers_waiting(conn: Connection, foreground: bool = False) -> bool:
     """Whether other writers wait for the SQLite write lock ``conn``'s transaction holds: a
     foreground (webhook) thread of this process, or another process.  ``False`` elsewhere.
 
     A transaction that does the work of several callers (the executor's shared steps) commits
-    early when someone waits, so the webhook's write waits for one step, not a whole batch."""
+    early when an ack waits, so the webhook's write waits for one step, not a whole batch.
+
+    :param foreground: count only foreground (webhook) writers, of this process or another; not
+        another process's :func:`background_writes`, which may wait for a whole batch.
+    """
     dbapi = getattr(conn.connection, "dbapi_connection", None)
     locks = getattr(dbapi, "locks", None)
-    return locks is not None and getattr(dbapi, "_held", None) is not None and locks.others_waiting()
+    return locks is not None and getattr(dbapi, "_held", None) is not None and locks.others_waiting(foreground)
 
 
 def read_only(engine: Engine) -> Connection:

@@ -15,8 +15,8 @@ changes its handler made (buffered by the store, see :class:`~flask_ampalibe.sto
 written in that same transaction, so both commit or neither does.  A worker reads several of its
 user's events at once (:data:`READ_AHEAD`) and starts them one by one without reading the inbox
 again; events read but not started stay ``pending``.  On SQLite the steps of a process's threads
-that arrive together share a transaction (up to :data:`STEP_BATCH`, committed sooner when another
-writer waits), as the webhook's writes do (:mod:`flask_ampalibe.groupcommit`).
+that arrive together share a transaction (up to :data:`STEP_BATCH`, committed sooner when a
+webhook's write waits), as the webhook's writes do (:mod:`flask_ampalibe.groupcommit`).
 
 Items of a webhook body that cannot be valid Messenger events (see
 :attr:`flask_ampalibe.events.Event.problem`) are stored as ``rejected`` with their reason, for
@@ -285,9 +285,10 @@ class Inbox(InboxRecorder, InboxQueries):
     def _steps_shared(self, steps: Sequence[Step]) -> list[StepResult]:
         """Several threads' steps in one transaction (SQLite), each as it would run alone.
 
-        The transaction commits early, and the next steps go on in a new one, as soon as another
-        writer waits (the webhook's, or another process's: :func:`~flask_ampalibe.engine.writers_waiting`),
-        so an ack waits for one step, never for a whole batch.  Should a transaction fail, each of
+        The transaction commits early, and the next steps go on in a new one, as soon as a webhook's
+        write waits (this process's or another's: :func:`~flask_ampalibe.engine.writers_waiting`),
+        so an ack waits for one step, never for a whole batch.  Another process's steps wait for
+        the batch: one turn of the lock per batch instead of one per step.  Should a transaction fail, each of
         its steps is run again alone and meets its own error (its caller raises it).
         """
         results: list[StepResult] = []
@@ -302,7 +303,7 @@ class Inbox(InboxRecorder, InboxQueries):
                             chunk.append(_attempt(self._sqlite_step, conn, step))
                         else:
                             chunk.append((self._take(conn, step), None))
-                        if len(results) + len(chunk) < len(steps) and writers_waiting(conn):
+                        if len(results) + len(chunk) < len(steps) and writers_waiting(conn, foreground=True):
                             break
             except Exception as exc:
                 # The transaction's steps: those done, and the one that raised (if one did).

@@ -6,6 +6,11 @@ server restarted under a running app.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import threading
 import time
 
@@ -514,3 +519,48 @@ def test_on_sqlite_shared_steps_let_a_waiting_webhook_write_in_between(box, data
     assert [c.event.raw["message"]["text"] for c in taken] == ["hi"] * 4
     assert order == ["start", "start", "webhook", "start", "start"], order
     assert box.ready_users() == ["new"]
+
+
+def test_on_sqlite_shared_steps_keep_their_turn_while_another_workers_executor_waits(box, database_url):
+    # Another process's executor (a background writer) waiting does not split the shared
+    # transaction: it waits for the batch, one turn of the lock instead of one per step.
+    if not database_url.startswith("sqlite") or sys.platform == "win32":
+        pytest.skip("SQLite's write lock shared by processes (POSIX record locks)")
+    users = ["k0", "k1", "k2", "k3"]
+    box.record(events(*[message_event(u, "hi", mid=f"{u}.1") for u in users]))
+    order: list[str] = []
+    other: list[subprocess.Popen] = []
+    child = textwrap.dedent("""
+        import sys
+        from flask_ampalibe.engine import background_writes, make_engine
+        with background_writes(), make_engine(f"sqlite:///{sys.argv[1]}").begin() as conn:
+            conn.exec_driver_sql("UPDATE amp_lease SET expires_at = expires_at WHERE user_id = ''")
+    """)
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(flask_ampalibe.__file__))}
+
+    def watch(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("UPDATE amp_inbox SET status") and "RETURNING" in statement:
+            order.append("start")
+            if order.count("start") == 2 and not other:  # the first of the queued takes
+                other.append(subprocess.Popen([sys.executable, "-c", child, box.engine.url.database], env=env))
+                deadline = time.monotonic() + 30
+                while not writers_waiting(conn) and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                assert writers_waiting(conn), "the other process never waited for the write lock"
+
+    def committed(conn):
+        order.append("commit")
+
+    sa.event.listen(box.engine, "before_cursor_execute", watch)
+    sa.event.listen(box.engine, "commit", committed)
+    try:
+        taken = _steps_queued_behind_a_write(box, [lambda u=u: _in_background(box.take, u, "w", 30) for u in users])
+    finally:
+        sa.event.remove(box.engine, "before_cursor_execute", watch)
+        sa.event.remove(box.engine, "commit", committed)
+        for proc in other:
+            if proc.wait(30) != 0:
+                proc.kill()
+    assert [c.event.raw["message"]["text"] for c in taken] == ["hi"] * 4
+    assert other and other[0].returncode == 0
+    assert order == ["commit", "start", "commit", "start", "start", "start", "commit"], order

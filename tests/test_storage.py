@@ -572,6 +572,41 @@ def test_sqlite_processes_take_turns_at_the_write_lock(tmp_path):
         engine.dispose()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX record locks")
+@pytest.mark.parametrize("kind", ["webhook", "background"])
+def test_sqlite_a_transaction_tells_another_process_webhook_write_from_its_executor(tmp_path, kind):
+    # The executor's shared steps commit early for an ack that waits, in any process, but not
+    # for another worker's executor: that one waits for the batch (one turn per batch).
+    db = tmp_path / "kinds.db"
+    engine = make_engine(f"sqlite:///{db}")
+    child = textwrap.dedent("""
+        import contextlib, sys
+        from flask_ampalibe.engine import background_writes, make_engine
+        engine = make_engine(f"sqlite:///{sys.argv[1]}")
+        with (background_writes() if sys.argv[2] == "background" else contextlib.nullcontext()):
+            with engine.begin() as conn:
+                conn.exec_driver_sql("INSERT INTO k VALUES (1)")
+    """)
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(engines.__file__))}
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE k (x INTEGER)")
+        assert not engines.writers_waiting(conn) and not engines.writers_waiting(conn, foreground=True)
+        proc = subprocess.Popen([sys.executable, "-c", child, str(db), kind], env=env)
+        try:
+            _wait_for(lambda: engines.writers_waiting(conn), "the other process to wait for the write lock")
+            if kind == "webhook":
+                _wait_for(lambda: engines.writers_waiting(conn, foreground=True), "its webhook write to be seen")
+            else:
+                assert not engines.writers_waiting(conn, foreground=True)
+        except BaseException:
+            proc.kill()
+            raise
+    assert proc.wait(30) == 0
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM k").scalar() == 1
+    engine.dispose()
+
+
 def test_sqlite_writers_of_one_process_queue_instead_of_timing_out(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'queue.db'}")
     with engine.begin() as conn:
