@@ -14,9 +14,9 @@ savepoint of the outcome's transaction, elsewhere the outcome is committed first
 changes its handler made (buffered by the store, see :class:`~flask_ampalibe.storage.Store`) are
 written in that same transaction, so both commit or neither does.  A worker reads several of its
 user's events at once (:data:`READ_AHEAD`) and starts them one by one without reading the inbox
-again; events read but not started stay ``pending``.  On SQLite the steps of a process's threads
-that arrive together share a transaction (up to :data:`STEP_BATCH`, committed sooner when a
-webhook's write waits), as the webhook's writes do (:mod:`flask_ampalibe.groupcommit`).
+again; events read but not started stay ``pending``.  The steps of a process's threads that
+arrive together share a transaction (:mod:`flask_ampalibe.inbox_steps`), as the webhook's writes
+do (:mod:`flask_ampalibe.groupcommit`).
 
 Items of a webhook body that cannot be valid Messenger events (see
 :attr:`flask_ampalibe.events.Event.problem`) are stored as ``rejected`` with their reason, for
@@ -30,11 +30,11 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable
 
 from sqlalchemy.exc import DataError
 
-from .engine import read_only, writers_waiting
+from .engine import read_only
 from .events import Event
 from .groupcommit import GroupCommit
 from .storage import Store
@@ -42,6 +42,7 @@ from . import inbox_sql as sql
 from .inbox_sql import DONE, FAILED, PENDING, READ_AHEAD, REJECTED, RUNNING, STATUSES
 from .inbox_queries import InboxQueries
 from .inbox_record import InboxRecorder
+from .inbox_steps import STEP_BATCH, Advance, InboxSteps, Step, StepResult, Take, Writes, _attempt
 from .tables import inbox, leases
 from .unit import Unit
 
@@ -54,9 +55,6 @@ USER_STATE_KINDS = frozenset({"message", "postback"})
 
 logger = logging.getLogger(__name__)
 
-#: The most executor steps of concurrent threads one transaction carries on SQLite (see
-#: :attr:`Inbox.shares_steps`; it commits sooner when another writer waits).
-STEP_BATCH = 32
 
 def _same_table_subqueries(dialect: Any) -> bool:
     """Whether an ``UPDATE`` may read its own table in a subquery (not MySQL; MariaDB since 10.3)."""
@@ -94,36 +92,9 @@ class Claimed:
         return self.attempts > 1
 
 
-#: A handler's state changes, to write with its event's outcome (see :meth:`Unit.take_writes`).
-Writes = tuple[dict[str, "str | None"], dict[str, Any]]
 
 
-@dataclass
-class Take:
-    """An executor's step: claim the user's lease and start their oldest event (:meth:`Inbox.take`)."""
-
-    user_id: str
-    owner: str
-    seconds: float
-
-
-@dataclass
-class Advance(Take):
-    """An executor's step: record ``finished``'s outcome and start the user's next event
-    (:meth:`Inbox.next_event`)."""
-
-    finished: Claimed
-    error: BaseException | None
-    writes: Writes | None
-
-
-Step = Union[Take, Advance]  # (an Advance is a Take with an outcome: tell them apart by Advance)
-#: A step's event to handle next (or ``None``) and, for an :class:`Advance`, the error of its
-#: step after the outcome was committed.
-StepResult = tuple["Claimed | None", "Exception | None"]
-
-
-class Inbox(InboxRecorder, InboxQueries):
+class Inbox(InboxSteps, InboxRecorder, InboxQueries):
     """Inbox operations on a :class:`~flask_ampalibe.storage.Store`'s database.
 
     The transaction that hands out an event (:meth:`take`, :meth:`next_event`) reads its user's
@@ -154,15 +125,19 @@ class Inbox(InboxRecorder, InboxQueries):
         self._group: GroupCommit[list[dict[str, Any]], list[str]] = GroupCommit(self._record_alone,
                                                                                 self._record_many)
         #: Whether the executor's steps of concurrent threads (:meth:`take`, :meth:`next_event`
-        #: with an outcome) share transactions: on SQLite, whose one writer at a time makes each
-        #: transaction a turn of a lock every thread and process waits for.  Server databases lock
-        #: rows, not the file: there each step keeps its own transactions.
-        self.shares_steps = store.engine.dialect.name == "sqlite"
-        self._steps: GroupCommit[Step, StepResult] = GroupCommit(self._step_alone, self._steps_shared, STEP_BATCH)
+        #: with an outcome) share transactions (up to :data:`STEP_BATCH` in one).  On SQLite,
+        #: whose one writer at a time makes each transaction a turn of a lock every thread and
+        #: process waits for (:meth:`_steps_shared`); on server databases, where a transaction
+        #: costs two round trips and a commit, and one transaction per event and step would take
+        #: three (:meth:`_steps_locked`).  ``False`` gives each step its own transactions.
+        self.shares_steps = True
+        serialized = store.engine.dialect.name == "sqlite"
+        self._steps: GroupCommit[Step, StepResult] = GroupCommit(
+            self._step_alone, self._steps_shared if serialized else self._steps_locked, STEP_BATCH)
 
     @property
     def step_commit(self) -> GroupCommit[Step, StepResult]:
-        """The executor's steps' group commit on SQLite (:attr:`shares_steps`; ``writes`` and
+        """The executor's steps' group commit (:attr:`shares_steps`; ``writes`` and
         ``shared_writes`` show the sharing)."""
         return self._steps
 
@@ -206,8 +181,8 @@ class Inbox(InboxRecorder, InboxQueries):
     def take(self, user_id: str, owner: str, seconds: float) -> Claimed | None:
         """Claim ``user_id``'s lease if it is free or expired and take their oldest unfinished event.
 
-        One transaction: :meth:`claim` and the first :meth:`next_event` (on SQLite shared with
-        other threads' steps, see :attr:`shares_steps`).  When the user has no event left the
+        One transaction: :meth:`claim` and the first :meth:`next_event` (shared with other
+        threads' steps, see :attr:`shares_steps`).  When the user has no event left the
         lease is given back at once.
 
         :returns: the event, or ``None`` (lease held by someone else, or nothing to do).
@@ -243,9 +218,12 @@ class Inbox(InboxRecorder, InboxQueries):
 
         :param finished: an event this worker just handled, recorded as :meth:`finish` does, on
             the same connection; whatever happens next cannot undo it (and send its reply
-            again): server databases commit it first, on its own; SQLite takes the next step in
-            a savepoint of the same transaction (one write transaction per event instead of two),
-            which other threads' steps share (:attr:`shares_steps`).
+            again).  Steps of other threads that arrive together share the transaction
+            (:attr:`shares_steps`).  SQLite takes the next step in a savepoint of the outcome's
+            transaction (one write transaction per event instead of two).  Server databases
+            take it in the same transaction when it is shared, and should anything in that
+            transaction fail, run each of its steps again on its own, the outcome committed
+            first; a step alone commits its outcome first.
         :param error: what ``finished``'s handler raised.
         :returns: the event, or ``None`` (nothing left, or the lease was lost to another worker).
         """
@@ -262,75 +240,6 @@ class Inbox(InboxRecorder, InboxQueries):
         if failure is not None:
             raise failure
         return claimed
-
-    # -- the executor's steps, alone or several threads' in one transaction (SQLite) --------
-    def _step_alone(self, step: Step) -> StepResult:
-        """One thread's step in transactions of its own."""
-        with self.engine.connect() as conn:
-            if not isinstance(step, Advance):
-                with conn.begin():
-                    return self._take(conn, step), None
-            if conn.dialect.name == "sqlite":
-                # One transaction, so one turn of the write lock per event: the step runs after
-                # the outcome, and its failure never undoes the outcome.  (Server databases
-                # commit first: a deadlock there rolls back the whole transaction.)
-                return self._commit_finish(conn, step.finished, step.error, step.writes,
-                                           self._sqlite_step, conn, step)
-            _, failure = self._commit_finish(conn, step.finished, step.error, step.writes)
-            if failure is not None:
-                return None, failure
-            with conn.begin():
-                return self._step(conn, step.user_id, step.owner, step.seconds, step.finished), None
-
-    def _steps_shared(self, steps: Sequence[Step]) -> list[StepResult]:
-        """Several threads' steps in one transaction (SQLite), each as it would run alone.
-
-        The transaction commits early, and the next steps go on in a new one, as soon as a webhook's
-        write waits (this process's or another's: :func:`~flask_ampalibe.engine.writers_waiting`),
-        so an ack waits for one step, never for a whole batch.  Another process's steps wait for
-        the batch: one turn of the lock per batch instead of one per step.  Should a transaction fail, each of
-        its steps is run again alone and meets its own error (its caller raises it).
-        """
-        results: list[StepResult] = []
-        while len(results) < len(steps):
-            chunk: list[StepResult] = []
-            outcomes: list[str | None] = []
-            try:
-                with self.engine.connect() as conn, conn.begin():
-                    for step in steps[len(results):]:
-                        if isinstance(step, Advance):
-                            outcomes.append(self._finish(conn, step.finished, step.error, self.clock(), step.writes))
-                            chunk.append(_attempt(self._sqlite_step, conn, step))
-                        else:
-                            chunk.append((self._take(conn, step), None))
-                        if len(results) + len(chunk) < len(steps) and writers_waiting(conn, foreground=True):
-                            break
-            except Exception as exc:
-                # The transaction's steps: those done, and the one that raised (if one did).
-                failed = steps[len(results):len(results) + len(chunk) + 1]
-                logger.debug("executor steps shared by %s threads failed (%s); each runs again on its own",
-                             len(failed), type(exc).__name__)
-                results.extend(_alone(self._step_alone, step) for step in failed)
-                continue
-            results.extend(chunk)
-            for outcome in outcomes:
-                self._count(outcome)
-        return results
-
-    def _sqlite_step(self, conn: Any, step: Advance) -> Claimed | None:
-        """:meth:`_step` in the outcome's transaction on SQLite, where it must not undo the outcome.
-
-        After the user's last event read (nothing read ahead) the step is most often the single
-        statement that gives the lease back: run alone, since SQLite undoes a failed statement
-        without the rest of its transaction.  Anything more runs in a savepoint, so that a
-        failure halfway (an event started, then an error) is undone as a whole.
-        """
-        user_id, owner, finished = step.user_id, step.owner, step.finished
-        idle = not finished.ahead
-        if idle and conn.execute(sql.release_if_idle, {"uid": user_id, "holder": owner}).rowcount == 1:
-            return None
-        with conn.begin_nested():
-            return self._step(conn, user_id, owner, step.seconds, finished, release_tried=idle)
 
     def _step(self, conn: Any, user_id: str, owner: str, seconds: float, finished: Claimed | None,
               release_tried: bool = False) -> Claimed | None:
@@ -500,24 +409,6 @@ class Inbox(InboxRecorder, InboxQueries):
     @staticmethod
     def _has_work(conn: Any, user_id: str) -> bool:
         return conn.execute(sql.any_unfinished, {"uid": user_id}).first() is not None
-
-
-def _attempt(then: Callable[..., Claimed | None] | None, *args: Any) -> StepResult:
-    """What ``then(*args)`` returned, or the error it raised (``then`` may be ``None``: nothing to do)."""
-    if then is None:
-        return None, None
-    try:
-        return then(*args), None
-    except Exception as exc:  # the step undid its own part (see Inbox._sqlite_step); the outcome stays
-        return None, exc
-
-
-def _alone(run: Callable[[Step], StepResult], step: Step) -> StepResult:
-    """``run(step)``, or what it raised (for its caller to raise)."""
-    try:
-        return run(step)
-    except Exception as exc:
-        return None, exc
 
 
 def _writes_of(claimed: Claimed) -> Writes | None:

@@ -93,7 +93,14 @@ class InboxRecorder:
                         conn.execute(sql.record_with_leases, {**params, "users": users})
                     else:
                         insert_ignore(conn, inbox, rows)
-                        insert_ignore(conn, leases, [{"user_id": u, "owner": None, "expires_at": 0.0} for u in users])
+                        new = users
+                        if users and conn.dialect.name != "sqlite":
+                            # Only the users without a lease row: MySQL/MariaDB's duplicate check
+                            # waits for the executor's transactions that update the rows it meets.
+                            # (A plain read takes no lock; SQLite has no row locks.)
+                            known = set(conn.execute(sql.leases_of, {"users": users}).scalars())
+                            new = [u for u in users if u not in known]
+                        insert_ignore(conn, leases, [{"user_id": u, "owner": None, "expires_at": 0.0} for u in new])
                 break
             except DBAPIError as exc:
                 # On MariaDB the inserts and the executor's updates of the same index can deadlock

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, literal, null, or_, select
+from sqlalchemy import and_, bindparam, exists, func, literal, null, or_, select
 
 from .tables import inbox, leases
 
@@ -80,6 +80,8 @@ give_up = (inbox.update().where(inbox.c.id == bindparam("event_id"))
 # that outcome stands.
 end = (inbox.update().where(inbox.c.id == bindparam("event_id"), inbox.c.status == RUNNING)
         .values(status=bindparam("outcome"), finished_at=bindparam("now"), error=bindparam("err")))
+#: The users of a list that have a lease row.
+leases_of = select(leases.c.user_id).where(leases.c.user_id.in_(bindparam("users", expanding=True)))
 any_unfinished = select(inbox.c.id).where(inbox.c.user_id == bindparam("uid"), unfinished).limit(1)
 
 
@@ -87,15 +89,23 @@ def _record_with_leases() -> Any:
     """PostgreSQL: the webhook's inbox rows and its users' lease rows, both skipping rows that
     exist, in one statement, so that one round trip in autocommit is one atomic write.  The rows
     arrive as one array per column (``unnest``): the same statement for any number of rows, so
-    SQLAlchemy compiles it once (a multi-row ``VALUES`` has no cache key)."""
+    SQLAlchemy compiles it once (a multi-row ``VALUES`` has no cache key).
+
+    Rows that exist are skipped by a ``NOT EXISTS`` on the statement's snapshot before the
+    ``ON CONFLICT`` check (which stays, for rows inserted concurrently): the unique check waits
+    for any transaction that is updating the row it meets, and the executor's transactions
+    update the leases (and the inbox rows) of the users they handle, so the ack would wait for
+    them."""
     from sqlalchemy.dialects.postgresql import ARRAY, insert
 
     given = (func.unnest(*[bindparam(c, type_=ARRAY(inbox.c[c].type)) for c in RECORD_COLUMNS])
              .table_valued(*RECORD_COLUMNS).render_derived())
-    events = (insert(inbox).from_select(RECORD_COLUMNS, select(*given.c))
-              .on_conflict_do_nothing().cte("recorded"))
+    known = inbox.alias("known")
+    new_events = select(*given.c).where(~exists().where(known.c.event_key == given.c.event_key))
+    events = insert(inbox).from_select(RECORD_COLUMNS, new_events).on_conflict_do_nothing().cte("recorded")
     users = func.unnest(bindparam("users", type_=ARRAY(leases.c.user_id.type))).table_valued("user_id").render_derived()
-    free = select(users.c.user_id, null(), literal(0.0))
+    held = leases.alias("held")
+    free = select(users.c.user_id, null(), literal(0.0)).where(~exists().where(held.c.user_id == users.c.user_id))
     return insert(leases).from_select(["user_id", "owner", "expires_at"], free).on_conflict_do_nothing().add_cte(events)
 
 

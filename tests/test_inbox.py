@@ -408,10 +408,11 @@ def test_events_read_ahead_are_not_started_on_a_lease_about_to_lapse(box):
     assert box.ready_users() == [] and box.take("u", "other", 30) is None
 
 
-# -- the executor's steps of concurrent threads share a transaction (SQLite) -----------------------------
-def _steps_queued_behind_a_write(box, steps):
-    """Run ``steps`` (callables) in threads while a write transaction holds SQLite: the first
-    thread's step waits for it alone, the others queue behind it; return their results by index."""
+# -- the executor's steps of concurrent threads share a transaction ------------------------------------
+def _steps_queued_behind_a_write(box, steps, first_user=""):
+    """Run ``steps`` (callables) in threads while a write transaction holds SQLite (on a server
+    database: the lease row of ``first_user``, the first step's user): the first thread's step
+    waits for it alone, the others queue behind it; return their results by index."""
     results, errors = {}, []
 
     def run(n, step):
@@ -424,7 +425,7 @@ def _steps_queued_behind_a_write(box, steps):
     commit = box.step_commit
     writes = commit.writes
     with box.engine.begin() as conn:  # holds the write lock: the first step waits for it
-        conn.execute(sa.text("UPDATE amp_lease SET expires_at = expires_at WHERE user_id = ''"))
+        conn.execute(sa.text("UPDATE amp_lease SET expires_at = expires_at WHERE user_id = :u"), {"u": first_user})
         threads[0].start()
         deadline = time.monotonic() + 30
         while commit.writes == writes and time.monotonic() < deadline:
@@ -440,30 +441,81 @@ def _steps_queued_behind_a_write(box, steps):
     return [results[n] for n in range(len(steps))]
 
 
-def test_on_sqlite_concurrent_steps_share_one_transaction(box, database_url):
-    if not database_url.startswith("sqlite"):
-        pytest.skip("server databases lock rows, not the file: each step has its own transaction")
+def test_concurrent_steps_share_one_transaction(box, database_url):
+    # SQLite: one turn of its write lock for several steps; server databases: one BEGIN and one
+    # COMMIT for several steps, whose rows are locked in the order of their users (two workers'
+    # transactions never wait for each other in a cycle), whatever order the threads came in.
     users = [f"s{n}" for n in range(5)]
     box.record(events(*[message_event(u, "first", mid=f"{u}.1", timestamp=1000) for u in users],
                       *[message_event(u, "second", mid=f"{u}.2", timestamp=2000) for u in users[:3]]))
-    shared = box.step_commit.shared_writes
-    taken = _steps_queued_behind_a_write(box, [lambda u=u: box.take(u, "w", 30) for u in users])
+    shared, commits = box.step_commit.shared_writes, []
+
+    def committed(conn):
+        commits.append(conn)
+
+    sa.event.listen(box.engine, "commit", committed)
+    taken = _steps_queued_behind_a_write(box, [lambda u=u: box.take(u, "w", 30) for u in users], users[0])
     assert box.step_commit.shared_writes == shared + 1  # the four queued takes went out together
+    assert len(commits) == 3  # the test's own transaction, the first take alone, then the four others
+    del commits[:]
     assert [c.event.raw["message"]["text"] for c in taken] == ["first"] * 5
     for n, u in enumerate(users):
         box.store.set_temp(u, "n", n)  # buffered in the event's unit: written with its outcome
-    nxt = _steps_queued_behind_a_write(box, [lambda c=c, u=u: box.next_event(u, "w", 30, finished=c)
-                                             for u, c in zip(users, taken)])
+    renewed: list[str] = []
+
+    def watch(conn, cursor, statement, parameters, context, executemany):
+        bound = context.compiled_parameters[0] if context.compiled_parameters else {}
+        if statement.startswith("UPDATE amp_lease") and "uid" in bound:
+            renewed.append(bound["uid"])
+
+    sa.event.listen(box.engine, "before_cursor_execute", watch)
+    try:
+        order = [4, 0, 3, 2, 1]  # the first step alone, then the others queued in no particular order
+        nxt = _steps_queued_behind_a_write(box, [lambda c=taken[n], u=users[n]: box.next_event(u, "w", 30, finished=c)
+                                                 for n in order], users[4])
+    finally:
+        sa.event.remove(box.engine, "before_cursor_execute", watch)
+        sa.event.remove(box.engine, "commit", committed)
+    nxt = [nxt[order.index(n)] for n in range(5)]
     assert box.step_commit.shared_writes == shared + 2
+    shared_part = list(dict.fromkeys(u for u in renewed if u != "s4"))
+    if database_url.startswith("sqlite"):  # one writer at a time: no row locks, any order
+        assert sorted(shared_part) == users[:4], renewed
+    else:
+        assert shared_part == users[:4], renewed
+    # The test's transaction, the first step alone (on server databases its outcome committed
+    # first, then its step), then the four others.
+    assert len(commits) == (3 if database_url.startswith("sqlite") else 4), len(commits)
     assert [c and c.event.raw["message"]["text"] for c in nxt] == ["second"] * 3 + [None] * 2
     assert [box.store.get_temp(u, "n") for u in users] == list(range(5))  # committed with the outcomes
     assert box.stats()["done"] == 5 and box.stats()["running"] == 3
     assert not box.claim("s0", "other", 30) and box.claim("s4", "other", 30)  # held while running, else free
 
 
-def test_on_sqlite_a_refused_step_in_a_shared_transaction_fails_alone(box, database_url):
-    if not database_url.startswith("sqlite"):
-        pytest.skip("server databases lock rows, not the file: each step has its own transaction")
+def test_the_webhook_does_not_wait_for_an_executor_transaction_on_the_same_user(box, database_url):
+    # A shared steps' transaction updates the lease rows (and event rows) of its users until it
+    # commits; their new events are recorded meanwhile, without waiting for it: the ack's
+    # duplicate checks skip rows that exist instead of waiting to see whether they change.
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite has one writer at a time: every write waits for the one in progress")
+    box.record(events(message_event("w", "first", mid="w.1", timestamp=1000)))
+    assert box.take("w", "worker", 30) is not None
+    later = [message_event("w", "second", mid="w.2", timestamp=2000)]
+    if database_url.startswith("postgresql"):  # a redelivery of the running event too
+        later.append(message_event("w", "first", mid="w.1", timestamp=1000))
+    done = threading.Event()
+    recorder = threading.Thread(target=lambda: (box.record(events(*later)), done.set()))
+    with box.engine.begin() as conn:  # as an executor's transaction holds them
+        conn.execute(sa.text("UPDATE amp_lease SET expires_at = expires_at WHERE user_id = 'w'"))
+        conn.execute(sa.text("UPDATE amp_inbox SET attempts = attempts WHERE user_id = 'w'"))
+        recorder.start()
+        recorded_meanwhile = done.wait(20)
+    recorder.join(30)
+    assert recorded_meanwhile, "the webhook's write waited for the executor's transaction"
+    assert box.stats()["pending"] == 1 and box.stats()["running"] == 1
+
+
+def test_a_refused_step_in_a_shared_transaction_fails_alone(box, database_url):
     users = ["g0", "g1", "bad", "g2"]
     box.record(events(*[message_event(u, "hello", mid=f"{u}.1") for u in users]))
     taken = [box.take(u, "w", 30) for u in users]
@@ -472,7 +524,7 @@ def test_on_sqlite_a_refused_step_in_a_shared_transaction_fails_alone(box, datab
     box.store.set_temp("bad", "key \ud800", 1)  # no database stores a lone surrogate: the shared write fails
     shared = box.step_commit.shared_writes
     nxt = _steps_queued_behind_a_write(box, [lambda c=c, u=u: box.next_event(u, "w", 30, finished=c)
-                                             for u, c in zip(users, taken)])
+                                             for u, c in zip(users, taken)], users[0])
     assert box.step_commit.shared_writes == shared + 1 and nxt == [None] * 4
     # Written again one by one: the refused event failed without its state changes, the others are done.
     assert [box.store.get_temp(u, "seen") for u in users] == [True, True, None, True]
