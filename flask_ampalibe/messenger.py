@@ -29,11 +29,11 @@ from .compat import accept_119_keywords, configured_chat, environ_token
 from .envelope import SEND_KWARGS, envelope, extra_fields
 from .errors import ConfigurationError, GraphConnectionError, GraphError, GraphTimeout, LimitError
 from .graph import TRANSIENT_CODES, GraphErrorInfo, graph_error
+from .notifications import Notifications
 from .page import PageClient
 from .pagination import PAGE_COMMAND, PAGE_PREFIX, PageStore
 from .text import split_text
-from .ui import (BUTTON_TEXT_MAX, ELEMENT_BUTTONS_MAX, NOTIFICATION_TITLE_MAX, QUICK_REPLIES_MAX, TEXT_LIMIT, Action,
-                 Filetype)
+from .ui import BUTTON_TEXT_MAX, ELEMENT_BUTTONS_MAX, QUICK_REPLIES_MAX, TEXT_LIMIT, Action, Filetype
 
 __all__ = ["Messenger", "GraphError", "GraphTimeout", "GraphConnectionError", "GraphErrorInfo", "graph_error",
            "split_text", "Action", "Filetype", "PageStore", "PAGE_PREFIX", "TRANSIENT_CODES"]
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 # -- the client -------------------------------------------------------------------------------
 @accept_119_keywords  # chat.send_text(sender_id=..., text=...), as Ampalibe 1.1.9 names them
-class Messenger(PageClient):
+class Messenger(Notifications, PageClient):
     """A client of the Messenger Send API and Messenger Profile API.
 
     :param access_token: the Page access token (an empty one makes every call raise
@@ -445,60 +445,6 @@ class Messenger(PageClient):
             raise LimitError(f"send_product_template got {len(extras)} quick replies; Messenger shows at most "
                              f"{QUICK_REPLIES_MAX}, one of them taken by the next-page button. Send fewer.")
         return pagination.product_page(self, dest_id, elements, extras, label, kwargs)
-
-    # -- notifications -----------------------------------------------------------------------------
-    def send_onetime_notification_request(self, dest_id: str, title: str | None, payload: Any,
-                                          **kwargs: Any) -> requests.Response:
-        """Ask the user for one message outside the 24-hour window (one-time notification).
-
-        When the user accepts, the opt-in event carries a ``one_time_notif_token``; send the
-        notification with any send method and ``one_time_notif_token=token``.
-
-        Example::
-
-            chat.send_onetime_notification_request(sender_id, "Tell me when it is back", Payload("/notify"))
-
-        Without a title (``None`` or empty) it is "Notification request", as in Ampalibe 1.1.9.
-        """
-        title = title or "Notification request"
-        ui.check_length(title, NOTIFICATION_TITLE_MAX, "The notification title", "Shorten it.")
-        ui.check_payload(payload, "The notification payload")
-        message = {"attachment": {"type": "template",
-                                  "payload": {"template_type": "one_time_notif_req", "title": title, "payload": payload}}}
-        return self._send(dest_id, message, kwargs, "send_onetime_notification_request")
-
-    def send_recurring_notification_optin(self, dest_id: str, optin: Mapping[str, Any],
-                                          **kwargs: Any) -> requests.Response:
-        """Ask the user to opt in to recurring notifications (Marketing Messages).
-
-        :param optin: a :class:`~flask_ampalibe.ui.RecurringNotificationOptin` (or the template
-            payload as a dict).
-        """
-        payload = dict(optin)
-        payload.setdefault("template_type", "notification_messages")
-        ui.check_length(payload.get("title"), NOTIFICATION_TITLE_MAX, "The notification title", "Shorten it.")
-        message = {"attachment": {"type": "template", "payload": payload}}
-        return self._send(dest_id, message, kwargs, "send_recurring_notification_optin")
-
-    def send_recurring_notification(self, token: str, message: Any, **kwargs: Any) -> requests.Response:
-        """Send a recurring notification with the ``notification_messages_token`` of an opt-in.
-
-        :param message: a text, a Send API ``message`` object (dict), or, as in Ampalibe 1.1.9, a
-            list of :class:`~flask_ampalibe.ui.Element` (or dicts), sent as a ``notification_messages``
-            template.
-        """
-        if isinstance(message, Mapping):
-            content: Any = message
-        elif isinstance(message, (list, tuple)):
-            for element in message:
-                ui.check_element(element)
-            content = {"attachment": {"type": "template", "payload": {
-                "template_type": "notification_messages", "elements": list(message)}}}
-        else:
-            content = {"text": str(message)}
-            ui.check_length(content["text"], TEXT_LIMIT - 1, "The notification text", "Shorten it.")
-        return self._send(None, content, {**kwargs, "notification_messages_token": token},
-                          "send_recurring_notification")
 
     # -- anything else -------------------------------------------------------------------------------
     def send_custom(self, custom_json: Mapping[str, Any], endpoint: str = "/messages") -> requests.Response:
