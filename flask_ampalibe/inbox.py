@@ -10,7 +10,8 @@ second time sees ``redelivered=True``.  An event whose handling was started
 failed instead of being tried forever, and so is one that cannot even be read back: a poison
 event never blocks its user's later events.  Nothing that happens after an event's outcome is
 written can undo the record of an event already handled (on SQLite the next step runs in a
-savepoint of the outcome's transaction, elsewhere the outcome is committed first); the state
+savepoint of the outcome's transaction; on a server database a failure there rolls both back and
+the outcome is then committed on its own first); the state
 changes its handler made (buffered by the store, see :class:`~flask_ampalibe.storage.Store`) are
 written in that same transaction, so both commit or neither does.  A worker reads several of its
 user's events at once (:data:`READ_AHEAD`) and starts them one by one without reading the inbox
@@ -42,7 +43,7 @@ from . import inbox_sql as sql
 from .inbox_sql import DONE, FAILED, PENDING, READ_AHEAD, REJECTED, RUNNING, STATUSES
 from .inbox_queries import InboxQueries
 from .inbox_record import InboxRecorder
-from .inbox_steps import STEP_BATCH, Advance, InboxSteps, Step, StepResult, Take, Writes, _attempt
+from .inbox_steps import STEP_BATCH, Advance, InboxSteps, Step, StepResult, Take, Writes, attempt
 from .tables import inbox, leases
 from .unit import Unit
 
@@ -90,8 +91,6 @@ class Claimed:
     def redelivered(self) -> bool:
         """Whether an earlier attempt may have run (a worker died while handling it)."""
         return self.attempts > 1
-
-
 
 
 class Inbox(InboxSteps, InboxRecorder, InboxQueries):
@@ -372,7 +371,7 @@ class Inbox(InboxSteps, InboxRecorder, InboxQueries):
         try:
             with conn.begin():
                 outcome = self._finish(conn, claimed, error, self.clock(), writes)
-                result = _attempt(then, *args)
+                result = attempt(then, *args)
         except (DataError, UnicodeError) as exc:
             if not writes or not any(writes):
                 raise
@@ -382,7 +381,7 @@ class Inbox(InboxSteps, InboxRecorder, InboxQueries):
                          claimed.event.key, claimed.event.sender_id, type(exc).__name__)
             with conn.begin():
                 outcome = self._finish(conn, claimed, exc, self.clock(), None)
-                result = _attempt(then, *args)
+                result = attempt(then, *args)
         self._count(outcome)
         return result
 

@@ -23,7 +23,7 @@ from . import inbox_sql as sql
 if TYPE_CHECKING:
     from .inbox import Claimed
 
-__all__ = ["InboxSteps", "Take", "Advance", "Step", "StepResult", "Writes", "STEP_BATCH"]
+__all__ = ["InboxSteps", "Take", "Advance", "Step", "StepResult", "Writes", "STEP_BATCH", "attempt"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class InboxSteps:
                     for step in steps[len(results):]:
                         if isinstance(step, Advance):
                             outcomes.append(self._finish(conn, step.finished, step.error, self.clock(), step.writes))
-                            chunk.append(_attempt(self._sqlite_step, conn, step))
+                            chunk.append(attempt(self._sqlite_step, conn, step))
                         else:
                             chunk.append((self._take(conn, step), None))
                         if len(results) + len(chunk) < len(steps) and writers_waiting(conn, foreground=True):
@@ -178,7 +178,7 @@ class InboxSteps:
             return self._step(conn, user_id, owner, step.seconds, finished, release_tried=idle)
 
 
-def _attempt(then: Callable[..., Claimed | None] | None, *args: Any) -> StepResult:
+def attempt(then: Callable[..., Claimed | None] | None, *args: Any) -> StepResult:
     """What ``then(*args)`` returned, or the error it raised (``then`` may be ``None``: nothing to do)."""
     if then is None:
         return None, None
