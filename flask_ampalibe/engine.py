@@ -34,6 +34,7 @@ from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 
 from .config import DEFAULT_DB_POOL_SIZE
 from .errors import ConfigurationError
+from . import checkpoint
 from .forks import renew_in_child
 
 try:
@@ -377,6 +378,8 @@ class _SQLiteConnection(sqlite3.Connection):
         except BaseException:
             self._release()
             raise
+        if locks is not None and locks.path is not None:
+            checkpoint.written(locks.path[:-len("-writelock")])
 
     def _release(self) -> None:
         held, self._held = self._held, None
@@ -444,6 +447,8 @@ def _sqlite_setup(engine: Engine, memory: bool, lock_path: str | None) -> None:
         cursor = dbapi_conn.cursor()
         if not memory:
             cursor.execute("PRAGMA journal_mode=WAL")
+            if lock_path is not None:  # checkpoints in a thread, not in a writer's COMMIT (checkpoint)
+                cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()

@@ -218,11 +218,8 @@ def served(tmp_path: Path, graph: Any) -> Iterator[Callable[..., Gunicorn]]:
 
 
 # -- a) many users at once, across workers -------------------------------------------------------
-def test_many_users_on_two_workers_each_list_complete_in_order_without_duplicates(served, graph, database_url):
-    # On every database: on the server ones, the executor's steps of both workers' threads share
-    # transactions that lock the rows of many users at once.
-    on_sqlite = database_url.startswith("sqlite")
-    server = served() if on_sqlite else served(DATABASE_URL=database_url)
+def test_many_users_on_two_workers_each_list_complete_in_order_without_duplicates(served, graph):
+    server = served()
     project = server.project
     users = [f"u{n:02d}" for n in range(20)]
     per_user = 15
@@ -272,10 +269,9 @@ def test_many_users_on_two_workers_each_list_complete_in_order_without_duplicate
     assert not any(t.is_alive() for t in [*senders, redeliverer])
     assert len(statuses) >= len(users) * per_user // 4 + len(redeliver) and set(statuses) == {200}
 
-    if on_sqlite:
-        with contextlib.closing(sqlite3.connect(project / "bot.db")) as db:
-            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    inbox = project_inbox(project) if on_sqlite else Inbox(Store(make_engine(database_url)))
+    with contextlib.closing(sqlite3.connect(project / "bot.db")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    inbox = project_inbox(project)
     stats = wait_until(all_handled(inbox, len(users) * per_user), 45, "every event to be handled")
     assert stats["done"] == stats["received"] == len(users) * per_user and stats["failed"] == 0
 

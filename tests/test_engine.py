@@ -139,3 +139,23 @@ def test_mariadb_reads_end_with_one_rollback(mariadb_server) -> None:
         assert store.get_temp("u1", "n") == 41
         reads = statements()
     assert _kinds(reads) == ["SELECT", "ROLLBACK"], reads
+
+
+def test_sqlite_checkpoints_run_in_a_thread_of_their_own_not_in_a_writers_commit(tmp_path) -> None:
+    # A commit that grows the WAL past SQLite's mark would copy it back into the file (and fsync)
+    # while holding the write lock every writer waits for; the library's connections leave that
+    # to a checkpoint thread, which copies the pages back on its own soon after the commit.
+    path = tmp_path / "checkpoints.db"
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+            conn.exec_driver_sql("CREATE TABLE t (x BLOB)")
+        with engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO t VALUES (zeroblob(2000000))")  # ~490 pages, in the WAL
+        deadline = time.monotonic() + 30
+        while path.stat().st_size < 2_000_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.stat().st_size >= 2_000_000, "the WAL was never checkpointed into the database file"
+    finally:
+        engine.dispose()
