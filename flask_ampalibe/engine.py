@@ -1,9 +1,9 @@
 """Engines: one per database URL and process, with settings that suit each database.
 
-SQLite gets WAL mode, reads that take no lock and writers that queue (threads of a process on
-a lock, the webhook's writes before the executor's, processes on a kernel lock of a
-``<db>-writelock`` file) instead of sleeping in SQLite's busy handler.  MySQL/MariaDB get
-utf8mb4 and ``pool_recycle``; server databases ping a pooled connection that sat idle before use.
+SQLite gets WAL mode (checkpoints in a thread: :mod:`flask_ampalibe.checkpoint`), reads that
+take no lock and writers that queue (threads of a process on a lock, the webhook's writes first,
+processes on a kernel lock of ``<db>-writelock``) instead of sleeping in SQLite's busy handler.
+MySQL/MariaDB: utf8mb4, ``pool_recycle``; server databases ping a connection that sat idle.
 
 Each database has up to three engines per process, each with a pool of its own:
 
@@ -202,11 +202,10 @@ def _ping_when_idle(engine: Engine) -> None:
             raise DisconnectionError("pooled connection found dead")
 
 
-#: How long a thread waits for its process's SQLite write lock before it leaves the waiting to
-#: SQLite's busy handler (a thread that opens a write transaction inside another one must not hang).
+#: How long a thread waits for its process's SQLite write lock before leaving it to SQLite's busy
+#: handler (a thread that opens a write transaction inside another one must not hang).
 _WRITE_LOCK_TIMEOUT = 30.0
-#: The longest a background writer (the executor's) lets waiting foreground writers (the
-#: webhook's) go first: background work is delayed, never starved.
+#: The longest a background (executor's) writer lets waiting foreground (webhook's) writers go first.
 YIELD_SECONDS = 0.05
 
 
@@ -282,6 +281,7 @@ class _WriteLocks:
 
     def __init__(self, path: str | None) -> None:
         self.path = path
+        self.database = path[:-len("-writelock")] if path is not None else None  # the database file
         self._reset()
         renew_in_child(self._reset)
 
@@ -378,8 +378,8 @@ class _SQLiteConnection(sqlite3.Connection):
         except BaseException:
             self._release()
             raise
-        if locks is not None and locks.path is not None:
-            checkpoint.written(locks.path[:-len("-writelock")])
+        if locks is not None and locks.database is not None:
+            checkpoint.written(locks.database)
 
     def _release(self) -> None:
         held, self._held = self._held, None
@@ -426,8 +426,7 @@ def background_writes() -> Iterator[None]:
         _background.on = before
 
 
-#: The write queue of each SQLite file, shared by its engines: POSIX record locks belong to the
-#: process, so two lock files of one database in one process would not exclude each other.
+#: The write queue of each SQLite file, shared by its engines (POSIX record locks belong to the process).
 _write_locks: dict[str, _WriteLocks] = {}
 
 
@@ -447,7 +446,7 @@ def _sqlite_setup(engine: Engine, memory: bool, lock_path: str | None) -> None:
         cursor = dbapi_conn.cursor()
         if not memory:
             cursor.execute("PRAGMA journal_mode=WAL")
-            if lock_path is not None:  # checkpoints in a thread, not in a writer's COMMIT (checkpoint)
+            if lock_path is not None:  # checkpoints in a thread, not in a writer's COMMIT
                 cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")

@@ -123,21 +123,19 @@ class Inbox(InboxSteps, InboxRecorder, InboxQueries):
         self.clock = clock
         self._group: GroupCommit[list[dict[str, Any]], list[str]] = GroupCommit(self._record_alone,
                                                                                 self._record_many)
-        #: Whether the executor's steps of concurrent threads (:meth:`take`, :meth:`next_event`
-        #: with an outcome) share transactions (up to :data:`STEP_BATCH` in one).  On SQLite,
-        #: whose one writer at a time makes each transaction a turn of a lock every thread and
-        #: process waits for (:meth:`_steps_shared`); on server databases, where a transaction
-        #: costs two round trips and a commit, and one transaction per event and step would take
-        #: three (:meth:`_steps_locked`).  ``False`` gives each step its own transactions.
-        self.shares_steps = True
+        # The executor's steps of concurrent threads (:meth:`take`, :meth:`next_event` with an
+        # outcome) share transactions (up to STEP_BATCH in one).  On SQLite, whose one writer at a
+        # time makes each transaction a turn of a lock every thread and process waits for
+        # (_steps_shared); on server databases, where a transaction costs two round trips and a
+        # commit, and one transaction per event and step would take three (_steps_locked).
         serialized = store.engine.dialect.name == "sqlite"
         self._steps: GroupCommit[Step, StepResult] = GroupCommit(
             self._step_alone, self._steps_shared if serialized else self._steps_locked, STEP_BATCH)
 
     @property
     def step_commit(self) -> GroupCommit[Step, StepResult]:
-        """The executor's steps' group commit (:attr:`shares_steps`; ``writes`` and
-        ``shared_writes`` show the sharing)."""
+        """The executor's steps' group commit (``writes`` and ``shared_writes`` show the sharing;
+        see :mod:`flask_ampalibe.inbox_steps`)."""
         return self._steps
 
     # -- leases ---------------------------------------------------------------------------
@@ -181,13 +179,13 @@ class Inbox(InboxSteps, InboxRecorder, InboxQueries):
         """Claim ``user_id``'s lease if it is free or expired and take their oldest unfinished event.
 
         One transaction: :meth:`claim` and the first :meth:`next_event` (shared with other
-        threads' steps, see :attr:`shares_steps`).  When the user has no event left the
+        threads' steps, see :attr:`step_commit`).  When the user has no event left the
         lease is given back at once.
 
         :returns: the event, or ``None`` (lease held by someone else, or nothing to do).
         """
         step = Take(user_id, owner, seconds)
-        claimed, failure = self._steps.submit(step) if self.shares_steps else self._step_alone(step)
+        claimed, failure = self._steps.submit(step)
         if failure is not None:  # a shared transaction failed, then this step alone
             raise failure
         return self._handed_out(claimed)
@@ -218,7 +216,7 @@ class Inbox(InboxSteps, InboxRecorder, InboxQueries):
         :param finished: an event this worker just handled, recorded as :meth:`finish` does, on
             the same connection; whatever happens next cannot undo it (and send its reply
             again).  Steps of other threads that arrive together share the transaction
-            (:attr:`shares_steps`).  SQLite takes the next step in a savepoint of the outcome's
+            (:attr:`step_commit`).  SQLite takes the next step in a savepoint of the outcome's
             transaction (one write transaction per event instead of two).  Server databases
             take it in the same transaction when it is shared, and should anything in that
             transaction fail, run each of its steps again on its own, the outcome committed
@@ -232,7 +230,7 @@ class Inbox(InboxSteps, InboxRecorder, InboxQueries):
             return self._handed_out(claimed)
         step = Advance(user_id, owner, seconds, finished, error, _writes_of(finished))
         try:
-            claimed, failure = self._steps.submit(step) if self.shares_steps else self._step_alone(step)
+            claimed, failure = self._steps.submit(step)
         finally:
             self._close(finished)
         claimed = self._handed_out(claimed)

@@ -28,7 +28,7 @@ __all__ = ["InboxSteps", "Take", "Advance", "Step", "StepResult", "Writes", "STE
 logger = logging.getLogger(__name__)
 
 #: The most executor steps of concurrent threads one transaction carries (see
-#: :attr:`Inbox.shares_steps`; on SQLite it commits sooner when a webhook's write waits).
+#: :attr:`Inbox.step_commit`; on SQLite it commits sooner when a webhook's write waits).
 STEP_BATCH = 32
 
 #: A handler's state changes, to write with its event's outcome (see :meth:`Unit.take_writes`).
