@@ -35,12 +35,7 @@ from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 from .config import DEFAULT_DB_POOL_SIZE
 from .errors import ConfigurationError
 from . import checkpoint
-from .forks import renew_in_child
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: SQLite's busy handler only
-    fcntl = None  # type: ignore[assignment]
+from .writequeue import TurnLock, WriteLocks
 
 __all__ = ["make_engine", "bot_sql_engine", "read_only", "background_writes", "writers_waiting"]
 
@@ -202,150 +197,6 @@ def _ping_when_idle(engine: Engine) -> None:
             raise DisconnectionError("pooled connection found dead")
 
 
-#: How long a thread waits for its process's SQLite write lock before leaving it to SQLite's busy
-#: handler (a thread that opens a write transaction inside another one must not hang).
-_WRITE_LOCK_TIMEOUT = 30.0
-#: The longest a background (executor's) writer lets waiting foreground (webhook's) writers go first.
-YIELD_SECONDS = 0.05
-
-
-class _TurnLock:
-    """A process's turn at an SQLite file's write lock, foreground writers first.
-
-    ``threading.Lock`` is not fair: a thread that holds the GIL takes a lock just released before
-    the thread woken for it has run, so the executor's steps could pass the webhook's write again
-    and again, and the ack would wait.  Here a background writer (:func:`background_writes`)
-    waits while a foreground one waits, up to :data:`YIELD_SECONDS`.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._held = False
-        self._urgent = 0  # foreground writers waiting
-        #: Threads waiting for the lock now (foreground and background).
-        self.waiting = 0
-
-    def locked(self) -> bool:
-        return self._held
-
-    @property
-    def urgent(self) -> bool:
-        """Whether a foreground writer waits."""
-        return self._urgent > 0
-
-    def acquire(self, background: bool = False, timeout: float = _WRITE_LOCK_TIMEOUT) -> bool:
-        with self._cond:
-            if not self._held and not (background and self._urgent):
-                self._held = True
-                return True
-            self.waiting += 1
-            try:
-                if background:
-                    yield_until = time.monotonic() + YIELD_SECONDS
-                    free = self._cond.wait_for(
-                        lambda: not self._held and (not self._urgent or time.monotonic() >= yield_until), timeout)
-                else:
-                    self._urgent += 1
-                    try:
-                        free = self._cond.wait_for(lambda: not self._held, timeout)
-                    finally:
-                        self._urgent -= 1
-            finally:
-                self.waiting -= 1
-            if free:
-                self._held = True
-            return free
-
-    def release(self) -> None:
-        with self._cond:
-            self._held = False
-            self._cond.notify_all()
-
-
-class _WriteLocks:
-    """The per-process locks of one SQLite engine; a forked child gets new ones (a thread of the
-    parent may have held them at the fork, and that thread does not exist in the child).
-
-    :param path: where the processes sharing a database file queue for it (``<db>-writelock``,
-        POSIX record locks: the kernel wakes the next writer as soon as one commits, where
-        SQLite's busy handler would sleep 1-100 ms); ``None`` for in-memory databases.
-
-    The processes take turns: the kernel does not hand a record lock to the process woken for it
-    (the one that just unlocked may take it again first), so a writer announces that it waits
-    (a shared lock on byte 1) while it waits for the write lock (byte 0), and a process lets such
-    a waiter go first (it waits for byte 1 exclusively) before it takes byte 0.  Two busy workers
-    alternate, and a worker's webhook never waits behind a run of the other's transactions.  A
-    foreground (webhook) writer also holds byte 2 while it waits, so a transaction doing the
-    executor's work can tell an ack that waits from another worker's executor (:meth:`others_waiting`).
-    """
-
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self.database = path[:-len("-writelock")] if path is not None else None  # the database file
-        self._reset()
-        renew_in_child(self._reset)
-
-    def _reset(self) -> None:
-        self.write = _TurnLock()
-        #: Background threads queue here first: only one of them at a time competes with the
-        #: webhook's threads for :attr:`write`, so the ack waits less (see background_writes).
-        self.background_gate = threading.Lock()
-        self._fd: int | None = None  # opened on first use in each process
-        self._file_ok = fcntl is not None and self.path is not None
-
-    def lock_file(self, foreground: bool = True) -> bool:
-        """Wait for the other processes' writers (call with :attr:`write` held).
-
-        :param foreground: a webhook's write (not :func:`background_writes`): announced as such
-            while it waits.
-        """
-        if not self._file_ok or self.path is None:
-            return False
-        try:
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            fd = self._fd
-            fcntl.lockf(fd, fcntl.LOCK_EX, 1, 1)  # after the writers that announced themselves
-            fcntl.lockf(fd, fcntl.LOCK_SH, 1, 1)  # announce this one (a lock's type changes at once)
-            if foreground:
-                fcntl.lockf(fd, fcntl.LOCK_SH, 1, 2)  # ... as a webhook's write
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)
-            finally:
-                fcntl.lockf(fd, fcntl.LOCK_UN, 2, 1)
-            return True
-        except OSError as exc:  # read-only folder, no lock support: SQLite's busy handler only
-            logger.warning("no inter-process write queue for SQLite (%s); relying on its busy timeout", exc)
-            self._file_ok = False
-            return False
-
-    def others_waiting(self, foreground: bool = False) -> bool:
-        """Whether a foreground writer of this process, or a writer of another process, waits for
-        the write lock (call with it held).
-
-        :param foreground: only another process's foreground (webhook) writers count.
-        """
-        if self.write.urgent:
-            return True
-        if self._fd is None or not self._file_ok:
-            return False
-        byte = 2 if foreground else 1  # held (shared) by another process's waiters while they wait
-        try:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte)
-        except OSError:
-            return True
-        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, byte)
-        return False
-
-    def unlock_file(self) -> None:
-        if self._fd is None:  # lock_file did not lock
-            return
-        try:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, 0)
-        except OSError:  # pragma: no cover - released with the process anyway
-            logger.exception("could not release the SQLite write queue lock")
-
-
 class _SQLiteConnection(sqlite3.Connection):
     """A pysqlite connection whose write transactions take its engine's per-process lock.
 
@@ -357,8 +208,8 @@ class _SQLiteConnection(sqlite3.Connection):
     (or the connection closed), so no thread of this process ever waits inside SQLite.
     """
 
-    locks: _WriteLocks | None = None
-    _held: _TurnLock | None = None
+    locks: WriteLocks | None = None
+    _held: TurnLock | None = None
     _file_locked = False
 
     def begin_write(self) -> None:
@@ -379,7 +230,7 @@ class _SQLiteConnection(sqlite3.Connection):
             self._release()
             raise
         if locks is not None and locks.database is not None:
-            checkpoint.written(locks.database)
+            checkpoint.written(locks.database, locks.all_writers_held)
 
     def _release(self) -> None:
         held, self._held = self._held, None
@@ -427,14 +278,14 @@ def background_writes() -> Iterator[None]:
 
 
 #: The write queue of each SQLite file, shared by its engines (POSIX record locks belong to the process).
-_write_locks: dict[str, _WriteLocks] = {}
+_write_locks: dict[str, WriteLocks] = {}
 
 
 def _sqlite_setup(engine: Engine, memory: bool, lock_path: str | None) -> None:
     if lock_path is None:
-        locks = _WriteLocks(None)
+        locks = WriteLocks(None)
     else:
-        locks = _write_locks.get(lock_path) or _write_locks.setdefault(lock_path, _WriteLocks(lock_path))
+        locks = _write_locks.get(lock_path) or _write_locks.setdefault(lock_path, WriteLocks(lock_path))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, record: Any) -> None:

@@ -6,10 +6,13 @@ The other tests of the engines (pools, SQLite's write queue, settings per databa
 from __future__ import annotations
 
 import re
+import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
+from flask_ampalibe import checkpoint
 from flask_ampalibe.engine import PING_AFTER_IDLE, make_engine
 from flask_ampalibe.events import parse_body
 from flask_ampalibe.inbox import Inbox
@@ -158,4 +161,47 @@ def test_sqlite_checkpoints_run_in_a_thread_of_their_own_not_in_a_writers_commit
             time.sleep(0.05)
         assert path.stat().st_size >= 2_000_000, "the WAL was never checkpointed into the database file"
     finally:
+        engine.dispose()
+
+
+def test_sqlite_log_is_emptied_under_steady_writes_and_keeps_every_row(tmp_path, monkeypatch) -> None:
+    # Passive checkpoints never start the log over while writers keep adding to it: the -wal file
+    # would grow for as long as the writes last.  Past the limit the checkpoint thread holds the
+    # writers a moment and empties it.
+    monkeypatch.setattr(checkpoint, "WAL_LIMIT", 1_000_000)
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_EVERY", 0.05)
+    path = tmp_path / "steady.db"
+    wal = Path(f"{path}-wal")
+    engine = make_engine(f"sqlite:///{path}")
+    stop = threading.Event()
+    rows = [0, 0]  # written by each thread
+
+    def write(n: int) -> None:
+        while not stop.is_set():
+            with engine.begin() as conn:
+                conn.exec_driver_sql("INSERT INTO t VALUES (?, zeroblob(8000))", (n,))
+            rows[n] += 1
+            time.sleep(0.001)
+
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (n INTEGER, x BLOB)")
+        writers = [threading.Thread(target=write, args=(n,)) for n in range(2)]
+        for thread in writers:
+            thread.start()
+        sizes, until = [], time.monotonic() + 3  # a few turns of the checkpoint thread, whatever its last sleep
+        while (time.monotonic() < until or sum(rows) < 2_000) and time.monotonic() < until + 60:
+            time.sleep(0.02)  # 16 MB or more through the log
+            sizes.append(wal.stat().st_size if wal.exists() else 0)
+        stop.set()
+        for thread in writers:
+            thread.join(30)
+        assert sum(rows) >= 2_000
+        emptied = sum(1 for before, after in zip(sizes, sizes[1:]) if after < before / 2)
+        assert emptied >= 2 and max(sizes) < sum(rows) * 8_000 / 2, f"the log grew to {max(sizes):,} bytes"
+        with engine.connect() as conn:
+            counts = dict(conn.exec_driver_sql("SELECT n, count(*) FROM t GROUP BY n").all())
+        assert counts == {0: rows[0], 1: rows[1]}
+    finally:
+        stop.set()
         engine.dispose()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from flask_ampalibe import engine as engines, schema, storage, tables
+from flask_ampalibe import engine as engines, schema, storage, tables, writequeue
 from flask_ampalibe.errors import ConfigurationError
 from flask_ampalibe.engine import make_engine
 from flask_ampalibe.storage import Store
@@ -510,7 +510,7 @@ def _wait_for(predicate, what):
 
 def test_sqlite_the_webhooks_writes_go_before_waiting_background_writes(tmp_path, monkeypatch):
     # threading.Lock is not fair; the executor's writes (background) let the webhook's go first.
-    monkeypatch.setattr(engines, "YIELD_SECONDS", 30.0)  # however long the background one waited
+    monkeypatch.setattr(writequeue, "YIELD_SECONDS", 30.0)  # however long the background one waited
     engine = make_engine(f"sqlite:///{tmp_path / 'turns.db'}")
     order: list[str] = []
 
