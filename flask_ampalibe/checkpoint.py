@@ -39,8 +39,9 @@ CHECKPOINT_EVERY = 0.5
 IDLE_AFTER = 5.0
 #: Size of a ``-wal`` file above which it is emptied (see the module's docstring).
 WAL_LIMIT = 32 * 1024 * 1024
-#: Milliseconds the emptying checkpoint waits for readers of the log (the writers wait as long).
-TRUNCATE_WAIT_MS = 200
+#: Milliseconds the emptying checkpoint waits for readers of the log (the writers wait as long),
+#: and seconds before it tries again when a reader kept it from emptying the log.
+TRUNCATE_WAIT_MS, TRUNCATE_RETRY = 100, 5.0
 
 #: Holds every writer of a file while entered; gives whether it could
 #: (:meth:`flask_ampalibe.writequeue.WriteLocks.all_writers_held`).
@@ -58,6 +59,7 @@ class _Checkpointer:
     def _reset(self) -> None:
         self.written: dict[str, float] = {}  # file -> when a transaction of this process last wrote it
         self.holders: dict[str, HoldWriters] = {}
+        self.empty_after: dict[str, float] = {}  # file -> when the log may be emptied again
         self._started = False
         self._lock = threading.Lock()
 
@@ -83,13 +85,14 @@ class _Checkpointer:
                         conn = conns[path] = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
                         conn.execute("PRAGMA busy_timeout=1000")
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    if _size(path + "-wal") > WAL_LIMIT:
+                    if _size(path + "-wal") > WAL_LIMIT and now >= self.empty_after.get(path, 0.0):
                         self._empty_log(conn, path)
                 except sqlite3.Error as exc:  # busy, or the file went away: the next turn tries again
                     logger.debug("checkpoint of %s failed: %s", path, exc)
                 if now - last > IDLE_AFTER and self.written.get(path) == last:
                     self.written.pop(path, None)  # written again later: registered again
                     self.holders.pop(path, None)
+                    self.empty_after.pop(path, None)
                     if conn is not None:
                         conns.pop(path, None)
                         conn.close()
@@ -100,15 +103,17 @@ class _Checkpointer:
         if hold is None:
             return
         with hold() as held:
-            if not held:  # the writers did not let go within the write queue's timeout
+            # Not if the writers did not let go in time, or another process emptied it meanwhile.
+            if not held or _size(path + "-wal") <= WAL_LIMIT:
                 return
             conn.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
             try:
                 busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
             finally:
                 conn.execute("PRAGMA busy_timeout=1000")
-            if busy:  # a reader kept its snapshot: the next turn tries again
-                logger.debug("could not empty the log of %s yet: a reader uses it", path)
+        if busy:  # a reader kept its snapshot: do not hold the writers again at every turn
+            self.empty_after[path] = time.monotonic() + TRUNCATE_RETRY
+            logger.debug("could not empty the log of %s yet: a reader uses it", path)
 
 
 def _size(path: str) -> int:

@@ -39,8 +39,9 @@ class TurnLock:
 
     ``threading.Lock`` is not fair: a thread that holds the GIL takes a lock just released before
     the thread woken for it has run, so the executor's steps could pass the webhook's write again
-    and again, and the ack would wait.  Here a background writer (:func:`background_writes`)
-    waits while a foreground one waits, up to :data:`YIELD_SECONDS`.
+    and again, and the ack would wait.  Here a background writer (the executor's, see
+    :func:`~flask_ampalibe.engine.background_writes`) waits while a foreground one waits, up to
+    :data:`YIELD_SECONDS`; the checkpoint that empties the log (``first``) goes before all.
     """
 
     def __init__(self) -> None:
@@ -121,7 +122,7 @@ class WriteLocks:
     def _reset(self) -> None:
         self.write = TurnLock()
         #: Background threads queue here first: only one of them at a time competes with the
-        #: webhook's threads for :attr:`write`, so the ack waits less (see background_writes).
+        #: webhook's threads for :attr:`write`, so the ack waits less (see engine.background_writes).
         self.background_gate = threading.Lock()
         self._fd: int | None = None  # opened on first use in each process
         self._file_ok = fcntl is not None and self.path is not None
@@ -129,7 +130,7 @@ class WriteLocks:
     def lock_file(self, foreground: bool = True) -> bool:
         """Wait for the other processes' writers (call with :attr:`write` held).
 
-        :param foreground: a webhook's write (not :func:`background_writes`): announced as such
+        :param foreground: a webhook's write (not the executor's): announced as such
             while it waits.
         """
         if not self._file_ok or self.path is None:
