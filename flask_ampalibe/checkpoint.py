@@ -12,8 +12,8 @@ what no reader still needs and never blocks the writers (nor they it).  A file n
 
 A ``PASSIVE`` checkpoint never starts the log over: SQLite does that when a writer begins after
 a checkpoint copied the whole log, and under steady writes another writer has always added to it
-first, so the ``-wal`` file would grow for as long as the load lasts (400 MB in a one-minute
-benchmark, and every lookup of a page in the log got slower).  Once it is over :data:`WAL_LIMIT`
+first, so the ``-wal`` file would grow for as long as the load lasts (400-560 MB after one
+minute of the benchmark).  Once it is over :data:`WAL_LIMIT`
 bytes, the thread holds every writer of every process for a moment (ahead of the writers waiting
 in :mod:`~flask_ampalibe.writequeue`) and runs a ``TRUNCATE`` checkpoint: the pages the last
 ``PASSIVE`` one left, then the log emptied (5-15 ms measured).
