@@ -13,9 +13,9 @@ what no reader still needs and never blocks the writers (nor they it).  A file n
 A ``PASSIVE`` checkpoint never starts the log over: SQLite does that when a writer begins after
 a checkpoint copied the whole log, and under steady writes another writer has always added to it
 first, so the ``-wal`` file would grow for as long as the load lasts (400-560 MB after one
-minute of the benchmark).  Once it is over :data:`WAL_LIMIT`
-bytes, the thread holds every writer of every process for a moment (ahead of the writers waiting
-in :mod:`~flask_ampalibe.writequeue`) and runs a ``TRUNCATE`` checkpoint: the pages the last
+minute of the benchmark).  Once it is over :data:`WAL_LIMIT` bytes, the thread holds every
+writer of every process for a moment (ahead of the writers waiting in
+:mod:`~flask_ampalibe.writequeue`) and runs a ``TRUNCATE`` checkpoint: the pages the last
 ``PASSIVE`` one left, then the log emptied (5-15 ms measured).
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Callable, ContextManager
 
 from .forks import renew_in_child
+from .writequeue import WriteLocks
 
 __all__ = ["CHECKPOINT_EVERY", "IDLE_AFTER", "WAL_LIMIT", "written"]
 
@@ -43,9 +43,16 @@ WAL_LIMIT = 32 * 1024 * 1024
 #: and seconds before it tries again when a reader kept it from emptying the log.
 TRUNCATE_WAIT_MS, TRUNCATE_RETRY = 100, 5.0
 
-#: Holds every writer of a file while entered; gives whether it could
-#: (:meth:`flask_ampalibe.writequeue.WriteLocks.all_writers_held`).
-HoldWriters = Callable[[], ContextManager[bool]]
+
+class _File:
+    """A database file this process wrote lately."""
+
+    __slots__ = ("queue", "last_write", "empty_after")
+
+    def __init__(self, queue: WriteLocks) -> None:
+        self.queue = queue  # its write queue: holds every writer while the log is emptied
+        self.last_write = time.monotonic()
+        self.empty_after = 0.0  # when the log may be emptied again (a reader kept it busy)
 
 
 class _Checkpointer:
@@ -57,16 +64,16 @@ class _Checkpointer:
         renew_in_child(self._reset)
 
     def _reset(self) -> None:
-        self.written: dict[str, float] = {}  # file -> when a transaction of this process last wrote it
-        self.holders: dict[str, HoldWriters] = {}
-        self.empty_after: dict[str, float] = {}  # file -> when the log may be emptied again
+        self.files: dict[str, _File] = {}
         self._started = False
         self._lock = threading.Lock()
 
-    def wrote(self, path: str, hold_writers: HoldWriters) -> None:
-        self.written[path] = time.monotonic()
-        if path not in self.holders:
-            self.holders[path] = hold_writers
+    def wrote(self, path: str, queue: WriteLocks) -> None:
+        known = self.files.get(path)
+        if known is None:
+            self.files[path] = _File(queue)
+        else:
+            known.last_write = time.monotonic()
         if not self._started:
             with self._lock:
                 if not self._started:
@@ -78,42 +85,39 @@ class _Checkpointer:
         while True:
             time.sleep(CHECKPOINT_EVERY)
             now = time.monotonic()
-            for path, last in list(self.written.items()):
+            for path, file in list(self.files.items()):
+                last = file.last_write
                 conn = conns.get(path)
                 try:
                     if conn is None:
                         conn = conns[path] = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
                         conn.execute("PRAGMA busy_timeout=1000")
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    if _size(path + "-wal") > WAL_LIMIT and now >= self.empty_after.get(path, 0.0):
-                        self._empty_log(conn, path)
+                    if _size(path + "-wal") > WAL_LIMIT and now >= file.empty_after:
+                        _empty_log(conn, path, file)
                 except sqlite3.Error as exc:  # busy, or the file went away: the next turn tries again
                     logger.debug("checkpoint of %s failed: %s", path, exc)
-                if now - last > IDLE_AFTER and self.written.get(path) == last:
-                    self.written.pop(path, None)  # written again later: registered again
-                    self.holders.pop(path, None)
-                    self.empty_after.pop(path, None)
+                if now - last > IDLE_AFTER and file.last_write == last:
+                    self.files.pop(path, None)  # written again later: registered again
                     if conn is not None:
                         conns.pop(path, None)
                         conn.close()
 
-    def _empty_log(self, conn: sqlite3.Connection, path: str) -> None:
-        """Copy the rest of ``path``'s log into it and empty the log, every writer held meanwhile."""
-        hold = self.holders.get(path)
-        if hold is None:
+
+def _empty_log(conn: sqlite3.Connection, path: str, file: _File) -> None:
+    """Copy the rest of ``path``'s log into it and empty the log, every writer held meanwhile."""
+    with file.queue.all_writers_held() as held:
+        # Not if the writers did not let go in time, or another process emptied it meanwhile.
+        if not held or _size(path + "-wal") <= WAL_LIMIT:
             return
-        with hold() as held:
-            # Not if the writers did not let go in time, or another process emptied it meanwhile.
-            if not held or _size(path + "-wal") <= WAL_LIMIT:
-                return
-            conn.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
-            try:
-                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-            finally:
-                conn.execute("PRAGMA busy_timeout=1000")
-        if busy:  # a reader kept its snapshot: do not hold the writers again at every turn
-            self.empty_after[path] = time.monotonic() + TRUNCATE_RETRY
-            logger.debug("could not empty the log of %s yet: a reader uses it", path)
+        conn.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
+        try:
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        finally:
+            conn.execute("PRAGMA busy_timeout=1000")
+    if busy:  # a reader kept its snapshot: do not hold the writers again at every turn
+        file.empty_after = time.monotonic() + TRUNCATE_RETRY
+        logger.debug("could not empty the log of %s yet: a reader uses it", path)
 
 
 def _size(path: str) -> int:
@@ -126,7 +130,7 @@ def _size(path: str) -> int:
 _checkpointer = _Checkpointer()
 
 
-def written(path: str, hold_writers: HoldWriters) -> None:
-    """A write transaction of this process is starting on the SQLite file ``path``;
-    ``hold_writers()`` holds every writer of that file (of every process) while it is entered."""
-    _checkpointer.wrote(path, hold_writers)
+def written(path: str, queue: WriteLocks) -> None:
+    """A write transaction of this process is starting on the SQLite file ``path``, whose writers
+    (of every process) queue in ``queue``."""
+    _checkpointer.wrote(path, queue)

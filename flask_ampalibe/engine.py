@@ -230,7 +230,7 @@ class _SQLiteConnection(sqlite3.Connection):
             self._release()
             raise
         if locks is not None and locks.database is not None:
-            checkpoint.written(locks.database, locks.all_writers_held)
+            checkpoint.written(locks.database, locks)
 
     def _release(self) -> None:
         held, self._held = self._held, None
