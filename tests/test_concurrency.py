@@ -422,6 +422,45 @@ def test_the_governor_raises_the_limit_again_while_every_admitted_handler_waits(
         assert executor.shutdown(10)
 
 
+def test_an_idle_process_takes_up_the_users_a_busy_one_has_not_started(local_inbox):
+    # Two executors on one database, as two gunicorn workers: every user was notified to the busy
+    # one (its webhook took the requests), whose one slot is stuck.  The idle one's sweep takes up
+    # users as long as it finds them, as fast as its slots free up: not 100 per poll_seconds
+    # (here 30 s, so the old sweeper would have taken up 100 of the 300 within the wait below).
+    base = int(time.time() * 1000)
+    users = record(local_inbox, *[message_event(f"u{n}", f"{n}-{i}", timestamp=base + i)
+                                  for n in range(300) for i in range(2)])
+    gate, handled, lock = threading.Event(), [], threading.Lock()
+
+    def stuck(claimed: Claimed) -> None:
+        gate.wait(60)
+        with lock:
+            handled.append(("busy", text_of(claimed)))
+
+    def idle_handle(claimed: Claimed) -> None:
+        with lock:
+            handled.append(("idle", text_of(claimed)))
+
+    busy = ThreadExecutor(local_inbox, stuck, max_concurrency=1, lease_seconds=30, poll_seconds=30)
+    idle = ThreadExecutor(local_inbox, idle_handle, max_concurrency=50, lease_seconds=30, poll_seconds=30)
+    try:
+        busy.notify(users)
+        wait_until(lambda: busy.in_flight == 1 and handled == [] and local_inbox.stats()["running"] == 1, 20,
+                   "the busy process to be stuck on its first user")
+        idle.start()
+        wait_until(lambda: local_inbox.stats()["done"] == 598, 20, "the idle process to take up the other 299 users")
+        gate.set()
+        wait_until(lambda: local_inbox.stats()["done"] == 600, 30, "the stuck user's events")
+    finally:
+        gate.set()
+        assert busy.shutdown(10) and idle.shutdown(10)
+    texts = [text for _, text in handled]
+    assert sorted(texts) == sorted(f"{n}-{i}" for n in range(300) for i in range(2))  # each once
+    for n in range(300):  # each user's two events in order, whoever handled them
+        assert texts.index(f"{n}-0") < texts.index(f"{n}-1")
+    assert sum(who == "busy" for who, _ in handled) == 2  # its stuck user's
+
+
 @pytest.mark.parametrize("pool_maxsize, full", [(40, False), (2, True)])
 def test_the_graph_pool_keeps_a_connection_per_concurrent_send(caplog, pool_maxsize, full):
     from flask_ampalibe import Messenger

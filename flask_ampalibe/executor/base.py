@@ -29,6 +29,10 @@ Handle = Callable[[Claimed], "BaseException | None"]
 PURGE_EVERY = 600.0
 #: The longest pause between two tries while the database is unreachable (the pauses double).
 MAX_BACKOFF = 60.0
+#: Users a sweep takes up at least; an executor with more free slots takes up that many.
+SWEEP_USERS = 100
+#: After a sweep that found work, how often to look for a free slot to sweep again.
+SWEEP_AGAIN = 0.25
 
 class Executor:
     """Base class: runs :meth:`drain` for users that have events.
@@ -177,8 +181,9 @@ class Executor:
             return exc
 
     def sweep(self) -> int:
-        """Pick up events nobody is handling (missed wake-ups, expired leases); returns users woken."""
-        users = self.inbox.ready_users()
+        """Pick up events nobody is handling (missed wake-ups, expired leases, users another
+        worker has queued but not started); returns users woken."""
+        users = self.inbox.ready_users(max(SWEEP_USERS, self.room()))
         if users:
             self.notify(users)
         return len(users)
@@ -186,6 +191,13 @@ class Executor:
     def leased_users(self) -> list[str]:
         """The users whose events this process is handling now (their leases are renewed)."""
         return []
+
+    #: Whether this executor runs events in slots of its own (see :meth:`room`).
+    has_slots = False
+
+    def room(self) -> int:
+        """How many more users this process could start now (for executors that have slots)."""
+        return 0
 
     def tick(self) -> None:
         """Called by the upkeep loop at each of its ticks (for executors that adjust themselves)."""
@@ -197,31 +209,39 @@ class Executor:
         # Renewing well inside the lease keeps it through a slow database or a busy moment; a
         # lease that lapses while its handler still runs lets another worker run the event too.
         tick = max(0.05, min(self.poll_seconds, self.lease_seconds / 3))
-        next_sweep = next_purge = time.monotonic()
+        next_renew = next_sweep = next_purge = swept = time.monotonic()
+        found = False  # whether the last sweep found work
         outage = outage_for(self.inbox.engine)
         backoff = tick
         while True:
             now = time.monotonic()
-            pause = tick
             try:
-                self.tick()
-                users = self.leased_users()
-                if users:
-                    # Only the users being handled: a lease left behind (its release failed in a
-                    # database outage) must expire, or its user would wait as long as we are busy.
-                    # Not a background write: with hundreds of handler threads queued for SQLite's
-                    # write lock, a renewal behind them would let leases lapse (and events run twice).
-                    self.inbox.renew(self.owner, self.lease_seconds, users)
+                if now >= next_renew:
+                    next_renew = now + tick
+                    self.tick()
+                    users = self.leased_users()
+                    if users:
+                        # Only the users being handled: a lease left behind (its release failed in a
+                        # database outage) must expire, or its user would wait as long as we are busy.
+                        # Not a background write: with hundreds of handler threads queued for SQLite's
+                        # write lock, a renewal behind them would let leases lapse (and events run twice).
+                        self.inbox.renew(self.owner, self.lease_seconds, users)
                 with background_writes():
                     if now >= next_sweep:
-                        next_sweep = now + self.poll_seconds
-                        self.sweep()
+                        if found and self.room() <= 0 and now < swept + self.poll_seconds:
+                            next_sweep = now + SWEEP_AGAIN  # no slot free yet for more
+                        else:
+                            # Work found (another worker's queue, say): look again as soon as a slot is free.
+                            found, swept = self.sweep() > 0 and self.has_slots, now
+                            next_sweep = now + (SWEEP_AGAIN if found else self.poll_seconds)
                     if now >= next_purge:
                         next_purge = now + PURGE_EVERY
                         self.inbox.purge(self.retention_seconds)
                 backoff = tick
+                pause = max(0.0, min(next_renew, next_sweep) - time.monotonic())
                 outage.succeeded()
             except Exception as exc:
+                pause = tick
                 if is_unavailable(exc) or isinstance(exc, SchemaError):
                     # The database is down (or not upgraded): one line per try, at growing intervals,
                     # instead of a traceback every tick.  Events stay recorded; the webhook answers 503.

@@ -291,6 +291,12 @@ class ThreadExecutor(Executor):
         with self._lock:
             return list(self._active)
 
+    has_slots = True
+
+    def room(self) -> int:
+        with self._lock:
+            return max(0, self.limit - self._in_flight - len(self._waiting))
+
     def tick(self) -> None:
         """Let the governor raise the limit again even when no handler ends (all of them wait)."""
         with self._lock:
