@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+import pytest
+
 from flask_ampalibe import checkpoint
 from flask_ampalibe.engine import PING_AFTER_IDLE, make_engine
 from flask_ampalibe.events import parse_body
@@ -164,10 +166,11 @@ def test_sqlite_checkpoints_run_in_a_thread_of_their_own_not_in_a_writers_commit
         engine.dispose()
 
 
-def test_sqlite_log_is_emptied_under_steady_writes_and_keeps_every_row(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("pause", [0.001, 0.0], ids=["paced", "back_to_back"])
+def test_sqlite_log_is_emptied_under_steady_writes_and_keeps_every_row(tmp_path, monkeypatch, pause) -> None:
     # Passive checkpoints never start the log over while writers keep adding to it: the -wal file
     # would grow for as long as the writes last.  Past the limit the checkpoint thread holds the
-    # writers a moment and empties it.
+    # writers a moment and empties it, also between writers that follow each other back to back.
     monkeypatch.setattr(checkpoint, "WAL_LIMIT", 1_000_000)
     monkeypatch.setattr(checkpoint, "CHECKPOINT_EVERY", 0.05)
     path = tmp_path / "steady.db"
@@ -181,7 +184,7 @@ def test_sqlite_log_is_emptied_under_steady_writes_and_keeps_every_row(tmp_path,
             with engine.begin() as conn:
                 conn.exec_driver_sql("INSERT INTO t VALUES (?, zeroblob(8000))", (n,))
             rows[n] += 1
-            time.sleep(0.001)
+            time.sleep(pause)
 
     try:
         with engine.begin() as conn:
