@@ -422,11 +422,11 @@ def test_the_governor_raises_the_limit_again_while_every_admitted_handler_waits(
         assert executor.shutdown(10)
 
 
-def test_an_idle_process_takes_up_the_users_a_busy_one_has_not_started(local_inbox):
-    # Two executors on one database, as two gunicorn workers: every user was notified to the busy
-    # one (its webhook took the requests), whose one slot is stuck.  The idle one's sweep takes up
-    # users as long as it finds them, as fast as its slots free up: not 100 per poll_seconds
-    # (here 30 s, so the old sweeper would have taken up 100 of the 300 within the wait below).
+def test_an_ampalibe_worker_takes_up_users_as_fast_as_its_slots_free_up(local_inbox):
+    # Two executors on one database: a web worker's, notified of every user, whose one slot is
+    # stuck, and an ``ampalibe worker``'s, which only its sweeps give work.  That one takes up
+    # users as long as its sweeps find them, as fast as its slots free up: not 100 per
+    # poll_seconds (here 30 s, so 100 of the 300 users within the wait below).
     base = int(time.time() * 1000)
     users = record(local_inbox, *[message_event(f"u{n}", f"{n}-{i}", timestamp=base + i)
                                   for n in range(300) for i in range(2)])
@@ -442,7 +442,8 @@ def test_an_idle_process_takes_up_the_users_a_busy_one_has_not_started(local_inb
             handled.append(("idle", text_of(claimed)))
 
     busy = ThreadExecutor(local_inbox, stuck, max_concurrency=1, lease_seconds=30, poll_seconds=30)
-    idle = ThreadExecutor(local_inbox, idle_handle, max_concurrency=50, lease_seconds=30, poll_seconds=30)
+    idle = ThreadExecutor(local_inbox, idle_handle, max_concurrency=50, lease_seconds=30, poll_seconds=30,
+                          fed_by_sweeps=True)  # as ``ampalibe worker`` makes it
     try:
         busy.notify(users)
         wait_until(lambda: busy.in_flight == 1 and handled == [] and local_inbox.stats()["running"] == 1, 20,

@@ -29,9 +29,10 @@ Handle = Callable[[Claimed], "BaseException | None"]
 PURGE_EVERY = 600.0
 #: The longest pause between two tries while the database is unreachable (the pauses double).
 MAX_BACKOFF = 60.0
-#: Users a sweep takes up at least; an executor with more free slots takes up that many.
+#: Users a sweep takes up (at least, for an executor fed by sweeps: as many as its free slots).
 SWEEP_USERS = 100
-#: After a sweep that found work, how often to look for a free slot to sweep again.
+#: After a sweep that found work, how often an executor fed by sweeps looks for a free slot to
+#: sweep again.
 SWEEP_AGAIN = 0.25
 
 class Executor:
@@ -181,9 +182,9 @@ class Executor:
             return exc
 
     def sweep(self) -> int:
-        """Pick up events nobody is handling (missed wake-ups, expired leases, users another
-        worker has queued but not started); returns users woken."""
-        users = self.inbox.ready_users(max(SWEEP_USERS, self.room()))
+        """Pick up events nobody is handling (missed wake-ups, expired leases, and all the work of
+        an executor :attr:`fed_by_sweeps`); returns users woken."""
+        users = self.inbox.ready_users(max(SWEEP_USERS, self.room()) if self.fed_by_sweeps else SWEEP_USERS)
         if users:
             self.notify(users)
         return len(users)
@@ -192,11 +193,14 @@ class Executor:
         """The users whose events this process is handling now (their leases are renewed)."""
         return []
 
-    #: Whether this executor runs events in slots of its own (see :meth:`room`).
-    has_slots = False
+    #: Whether only its sweeps give this executor work (nothing notifies it: ``ampalibe worker``).
+    #: A sweep then takes up as many users as it has free slots (:meth:`room`), and while sweeps
+    #: find work the next one comes as soon as a slot is free.
+    fed_by_sweeps = False
 
     def room(self) -> int:
-        """How many more users this process could start now (for executors that have slots)."""
+        """How many more users this process could start now, nothing of its own waiting (for
+        executors that have slots)."""
         return 0
 
     def tick(self) -> None:
@@ -231,8 +235,8 @@ class Executor:
                         if found and self.room() <= 0 and now < swept + self.poll_seconds:
                             next_sweep = now + SWEEP_AGAIN  # no slot free yet for more
                         else:
-                            # Work found (another worker's queue, say): look again as soon as a slot is free.
-                            found, swept = self.sweep() > 0 and self.has_slots, now
+                            # Work found: look again as soon as a slot is free.
+                            found, swept = self.sweep() > 0 and self.fed_by_sweeps, now
                             next_sweep = now + (SWEEP_AGAIN if found else self.poll_seconds)
                     if now >= next_purge:
                         next_purge = now + PURGE_EVERY

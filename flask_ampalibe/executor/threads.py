@@ -91,6 +91,8 @@ class ThreadExecutor(Executor):
         name).  Each plain handler in flight holds a thread (see the README for the memory cost).
     :param govern: lower the number of events admitted at once while the process's CPU is
         saturated (handlers that compute rather than wait), so the webhook's acks stay fast.
+    :param fed_by_sweeps: nothing notifies this executor, its sweeps find all its work
+        (``ampalibe worker``; see :attr:`Executor.fed_by_sweeps`).
     """
 
     #: The governor's clocks (tests replace them): wall time, and this process's CPU time.
@@ -98,8 +100,9 @@ class ThreadExecutor(Executor):
     cpu_clock: Callable[[], float] = staticmethod(time.process_time)
 
     def __init__(self, inbox: Inbox, handle: Handle, max_concurrency: int | None = None, threads: int | None = None,
-                 govern: bool = True, **kwargs: float) -> None:
+                 govern: bool = True, fed_by_sweeps: bool = False, **kwargs: float) -> None:
         super().__init__(inbox, handle, **kwargs)
+        self.fed_by_sweeps = fed_by_sweeps
         cap = max_concurrency if max_concurrency is not None else threads
         self.max_concurrency = max(1, int(cap if cap is not None else DEFAULT_MAX_CONCURRENCY))
         #: Events admitted at once now: ``max_concurrency``, lowered while the process's CPU is
@@ -291,11 +294,9 @@ class ThreadExecutor(Executor):
         with self._lock:
             return list(self._active)
 
-    has_slots = True
-
     def room(self) -> int:
-        with self._lock:
-            return max(0, self.limit - self._in_flight - len(self._waiting))
+        with self._lock:  # free slots, and nothing queued here to fill them first
+            return 0 if self._waiting else max(0, self.limit - self._in_flight)
 
     def tick(self) -> None:
         """Let the governor raise the limit again even when no handler ends (all of them wait)."""
