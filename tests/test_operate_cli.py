@@ -249,3 +249,25 @@ def test_worker_process_handles_events_and_stops_gracefully(tmp_path, graph):
     assert inbox.store.get_temp("u", "seen") == ["first", "slow 2 second", "third", "fourth"]
     assert graph.sent_texts("u") == ["first", "slow 2 second", "third", "fourth"]
     assert not any(m["redelivered"] for m in markers(project))
+
+
+def test_worker_process_takes_up_users_as_fast_as_its_slots_free_up(tmp_path, graph):
+    # Only its sweeps give ``ampalibe worker`` work.  Once a sweep finds users it sweeps again as
+    # soon as a slot is free: with AMPALIBE_POLL_SECONDS=30, a sweep of 100 users per poll would
+    # leave 200 of these 300 users waiting for half a minute.
+    project = make_project(tmp_path / "bot")
+    env = project_env(graph.url, AMPALIBE_EXECUTOR="worker", AMPALIBE_POLL_SECONDS="30")
+    inbox = project_inbox(project)
+    inbox.record(parse_body(page_body(*[message_event(f"u{n}", f"hi {n}") for n in range(300)])))
+    proc = _worker(project, env)
+    try:
+        wait_until(lambda: inbox.stats()["done"] == 300, 20, "the worker to handle all 300 users")
+        code, output = _stop(proc, signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert code == 0, output
+    finished = [m["user"] for m in markers(project) if m["phase"] == "finished"]
+    assert sorted(finished) == sorted(f"u{n}" for n in range(300))  # each once
+    assert all(graph.sent_texts(f"u{n}") == [f"hi {n}"] for n in range(300))
