@@ -35,6 +35,7 @@ SWEEP_USERS = 100
 #: sweep again.
 SWEEP_AGAIN = 0.25
 
+
 class Executor:
     """Base class: runs :meth:`drain` for users that have events.
 
@@ -44,6 +45,11 @@ class Executor:
     :param poll_seconds: how often abandoned work is looked for (thread and worker executors).
     :param retention_seconds: how long handled events are kept.
     """
+
+    #: Whether only its sweeps give this executor work (nothing notifies it: ``ampalibe worker``).
+    #: A sweep then takes up as many users as it has free slots (:meth:`room`), and while sweeps
+    #: find work the next one comes as soon as a slot is free.
+    fed_by_sweeps = False
 
     def __init__(self, inbox: Inbox, handle: Handle, lease_seconds: float = 30.0, poll_seconds: float = 2.0,
                  retention_seconds: float = 7 * 86400.0) -> None:
@@ -192,11 +198,6 @@ class Executor:
     def leased_users(self) -> list[str]:
         """The users whose events this process is handling now (their leases are renewed)."""
         return []
-
-    #: Whether only its sweeps give this executor work (nothing notifies it: ``ampalibe worker``).
-    #: A sweep then takes up as many users as it has free slots (:meth:`room`), and while sweeps
-    #: find work the next one comes as soon as a slot is free.
-    fed_by_sweeps = False
 
     def room(self) -> int:
         """How many more users this process could start now, nothing of its own waiting (for

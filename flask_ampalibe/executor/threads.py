@@ -84,7 +84,8 @@ class ThreadExecutor(Executor):
 
     A background thread renews the leases of the users this process is handling (every third
     of ``lease_seconds``, so a handler may run longer than the lease), picks up abandoned work
-    every ``poll_seconds`` and purges old handled events.  Threads start on first use in each
+    every ``poll_seconds`` (all its work, and sooner, with ``fed_by_sweeps``) and purges old
+    handled events.  Threads start on first use in each
     process (never at import, and again after a fork), or with :meth:`start`.
 
     :param max_concurrency: events handled at once in this process (``threads`` is its old
