@@ -5,7 +5,9 @@ The other tests of the engines (pools, SQLite's write queue, settings per databa
 """
 from __future__ import annotations
 
+import logging
 import re
+import sqlite3
 import threading
 import time
 from contextlib import contextmanager
@@ -207,4 +209,40 @@ def test_sqlite_log_is_emptied_under_steady_writes_and_keeps_every_row(tmp_path,
         assert counts == {0: rows[0], 1: rows[1]}
     finally:
         stop.set()
+        engine.dispose()
+
+
+def test_sqlite_log_a_reader_keeps_busy_is_tried_again_after_a_pause(tmp_path, monkeypatch, caplog) -> None:
+    # A reader's snapshot keeps the log from being emptied.  Each try holds every writer up to
+    # 100 ms, so the checkpoint thread waits TRUNCATE_RETRY before the next one instead of
+    # trying at each of its turns; once the reader is done, the log is emptied.
+    monkeypatch.setattr(checkpoint, "WAL_LIMIT", 100_000)
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_EVERY", 0.05)
+    monkeypatch.setattr(checkpoint, "TRUNCATE_RETRY", 1.0)
+    caplog.set_level(logging.DEBUG, logger="flask_ampalibe.checkpoint")
+    path = tmp_path / "read.db"
+    wal = Path(f"{path}-wal")
+    engine = make_engine(f"sqlite:///{path}")
+    reader = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (x BLOB)")
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM t").fetchall()  # a snapshot the log must keep
+        until = time.monotonic() + 2.5
+        while time.monotonic() < until:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("INSERT INTO t VALUES (zeroblob(8000))")
+            time.sleep(0.01)
+        tries = [r for r in caplog.records if "could not empty the log" in r.getMessage() and "read.db" in r.getMessage()]
+        # One try per second of it (every 0.05 s turn would be 15 or more).
+        assert 1 <= len(tries) <= 4, f"{len(tries)} tries to empty the log in 2.5 s"
+        assert wal.stat().st_size > 100_000  # still over the limit: nothing else emptied it
+        reader.execute("COMMIT")
+        deadline = time.monotonic() + 20
+        while wal.stat().st_size > 100_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert wal.stat().st_size <= 100_000, "the log was not emptied once the reader was done"
+    finally:
+        reader.close()
         engine.dispose()
