@@ -33,6 +33,11 @@ class InboxQueries:
         now = self.clock()
         return self._unfinished_users(or_(leases.c.owner.is_(None), leases.c.expires_at < now), limit)
 
+    def expired_users(self, limit: int = 100) -> list[str]:
+        """Users with unfinished events whose lease expired (its holder died or hung)."""
+        now = self.clock()
+        return self._unfinished_users(and_(leases.c.owner.is_not(None), leases.c.expires_at < now), limit)
+
     def stalled_users(self, waiting_seconds: float, limit: int = 100) -> list[str]:
         """Users with unfinished events that nobody is handling *and* nobody is about to.
 

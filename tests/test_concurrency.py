@@ -462,6 +462,25 @@ def test_an_ampalibe_worker_takes_up_users_as_fast_as_its_slots_free_up(local_in
     assert sum(who == "busy" for who, _ in handled) == 2  # its stuck user's
 
 
+def test_a_dead_workers_users_are_taken_up_as_fast_as_slots_free_up(local_inbox):
+    # A worker died with 300 users started: once their leases expire, nobody else is about to
+    # start them, so a web worker's sweep takes up as many as it has free slots, and sweeps again
+    # as soon as slots free up: not 100 per poll_seconds (here 30 s: 100 of them in the wait below).
+    users = record(local_inbox, *[message_event(f"u{n}", f"hi {n}") for n in range(300)])
+    for user_id in users:
+        assert local_inbox.take(user_id, "dead-worker", 0.2) is not None
+    handled: list[tuple[str, bool]] = []
+    executor = ThreadExecutor(local_inbox, lambda claimed: handled.append((text_of(claimed), claimed.redelivered)),
+                              max_concurrency=50, lease_seconds=30, poll_seconds=30)
+    try:
+        wait_until(lambda: len(local_inbox.expired_users(300)) == 300, 10, "the dead worker's leases to expire")
+        executor.start()
+        wait_until(lambda: local_inbox.stats()["done"] == 300, 20, "the dead worker's 300 users to be handled")
+    finally:
+        assert executor.shutdown(10)
+    assert sorted(handled) == sorted((f"hi {n}", True) for n in range(300))  # each once, as a redelivery
+
+
 @pytest.mark.parametrize("pool_maxsize, full", [(40, False), (2, True)])
 def test_the_graph_pool_keeps_a_connection_per_concurrent_send(caplog, pool_maxsize, full):
     from flask_ampalibe import Messenger

@@ -29,10 +29,11 @@ Handle = Callable[[Claimed], "BaseException | None"]
 PURGE_EVERY = 600.0
 #: The longest pause between two tries while the database is unreachable (the pauses double).
 MAX_BACKOFF = 60.0
-#: Users a sweep takes up (at least, for an executor fed by sweeps: as many as its free slots).
+#: Users whose lease is free a sweep takes up (at least, for an executor fed by sweeps: as many
+#: as its free slots).
 SWEEP_USERS = 100
-#: After a sweep that found work, how often an executor fed by sweeps looks for a free slot to
-#: sweep again.
+#: After a sweep that found work to look for again (:attr:`Executor.sweep_more`), how often to
+#: look for a free slot to sweep again.
 SWEEP_AGAIN = 0.25
 
 
@@ -50,6 +51,8 @@ class Executor:
     #: A sweep then takes up as many users as it has free slots (:meth:`room`), and while sweeps
     #: find work the next one comes as soon as a slot is free.
     fed_by_sweeps = False
+    #: Whether the last :meth:`sweep` found work it should look for again as soon as a slot is free.
+    sweep_more = False
 
     def __init__(self, inbox: Inbox, handle: Handle, lease_seconds: float = 30.0, poll_seconds: float = 2.0,
                  retention_seconds: float = 7 * 86400.0) -> None:
@@ -189,8 +192,19 @@ class Executor:
 
     def sweep(self) -> int:
         """Pick up events nobody is handling (missed wake-ups, expired leases, and all the work of
-        an executor :attr:`fed_by_sweeps`); returns users woken."""
-        users = self.inbox.ready_users(max(SWEEP_USERS, self.room()) if self.fed_by_sweeps else SWEEP_USERS)
+        an executor :attr:`fed_by_sweeps`); returns users woken.
+
+        A dead worker's users (their leases expired) are taken up as many at once as there are
+        free slots (:meth:`room`): nobody else is about to start them.  Of the users whose lease
+        is free, most are queued in the process their webhook notified, so a sweep takes up only
+        :data:`SWEEP_USERS` of them (more made two processes try the same users; see
+        bench/ANALYSIS.md), unless sweeps are all this executor's work.  Sets :attr:`sweep_more`.
+        """
+        room = self.room()
+        users = self.inbox.ready_users(max(SWEEP_USERS, room) if self.fed_by_sweeps else SWEEP_USERS)
+        expired = self.inbox.expired_users(room) if room > 0 and not self.fed_by_sweeps else []
+        self.sweep_more = bool(expired) or (self.fed_by_sweeps and bool(users))
+        users = list(dict.fromkeys([*users, *expired]))
         if users:
             self.notify(users)
         return len(users)
@@ -236,8 +250,8 @@ class Executor:
                         if found and self.room() <= 0 and now < swept + self.poll_seconds:
                             next_sweep = now + SWEEP_AGAIN  # no slot free yet for more
                         else:
-                            # Work found: look again as soon as a slot is free.
-                            found, swept = self.sweep() > 0 and self.fed_by_sweeps, now
+                            self.sweep()  # work found: look again as soon as a slot is free
+                            found, swept = self.sweep_more, now
                             next_sweep = now + (SWEEP_AGAIN if found else self.poll_seconds)
                     if now >= next_purge:
                         next_purge = now + PURGE_EVERY
