@@ -197,8 +197,9 @@ class Executor:
         A dead worker's users (their leases expired) are taken up as many at once as there are
         free slots (:meth:`room`): nobody else is about to start them.  Of the users whose lease
         is free, most are queued in the process their webhook notified, so a sweep takes up only
-        :data:`SWEEP_USERS` of them (more made two processes try the same users; see
-        bench/ANALYSIS.md), unless sweeps are all this executor's work.  Sets :attr:`sweep_more`.
+        :data:`SWEEP_USERS` of them (more gained nothing in the bench, and two processes may then
+        try the same users; see bench/ANALYSIS.md), unless sweeps are all this executor's work.
+        Sets :attr:`sweep_more`.
         """
         room = self.room()
         users = self.inbox.ready_users(max(SWEEP_USERS, room) if self.fed_by_sweeps else SWEEP_USERS)
