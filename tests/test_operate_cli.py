@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -193,11 +194,19 @@ def test_commands_outside_a_project_say_what_to_do(tmp_path, monkeypatch, runner
 
 
 # -- a real worker process ---------------------------------------------------------------------------
-def _worker(project: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+@contextmanager
+def _worker(project: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``ampalibe worker`` process in ``project``, killed on the way out if still running."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "flask_ampalibe.cli", "worker", "--graceful-timeout", "20"],
         cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
 
 
 def _stop(proc: subprocess.Popen[bytes], sig: int) -> tuple[int, str]:
@@ -222,29 +231,19 @@ def test_worker_process_handles_events_and_stops_gracefully(tmp_path, graph):
     # The web side (AMPALIBE_EXECUTOR=worker) only records; the worker finds the events by polling.
     record(message_event("u", "first", timestamp=base), message_event("u", "slow 2 second", timestamp=base + 1),
            message_event("u", "third", timestamp=base + 2), message_event("v", "hello", timestamp=base))
-    proc = _worker(project, env)
-    try:
+    with _worker(project, env) as proc:
         wait_until(lambda: any(m["cmd"] == "slow 2 second" for m in markers(project)), 20, "the slow handler to start")
         record(message_event("u", "fourth", timestamp=base + 3))
         code, output = _stop(proc, signal.SIGTERM)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
     assert code == 0, output
     assert "Stopping: waiting up to 20 s" in output and "Stopped." in output
     assert inbox.store.get_temp("u", "seen") == ["first", "slow 2 second"]  # the running one finished
     assert inbox.store.get_temp("v", "seen") == ["hello"]
     assert inbox.stats()["pending"] == 2  # "third" and "fourth" wait for the next worker
 
-    proc = _worker(project, env)  # the next worker takes them over; Ctrl-C stops it
-    try:
+    with _worker(project, env) as proc:  # the next worker takes them over; Ctrl-C stops it
         wait_until(lambda: inbox.stats()["done"] == 5, 20, "the next worker to handle the rest")
         code, output = _stop(proc, signal.SIGINT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
     assert code == 0, output
     assert inbox.store.get_temp("u", "seen") == ["first", "slow 2 second", "third", "fourth"]
     assert graph.sent_texts("u") == ["first", "slow 2 second", "third", "fourth"]
@@ -259,14 +258,9 @@ def test_worker_process_takes_up_users_as_fast_as_its_slots_free_up(tmp_path, gr
     env = project_env(graph.url, AMPALIBE_EXECUTOR="worker", AMPALIBE_POLL_SECONDS="30")
     inbox = project_inbox(project)
     inbox.record(parse_body(page_body(*[message_event(f"u{n}", f"hi {n}") for n in range(300)])))
-    proc = _worker(project, env)
-    try:
+    with _worker(project, env) as proc:
         wait_until(lambda: inbox.stats()["done"] == 300, 20, "the worker to handle all 300 users")
         code, output = _stop(proc, signal.SIGTERM)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
     assert code == 0, output
     finished = [m["user"] for m in markers(project) if m["phase"] == "finished"]
     assert sorted(finished) == sorted(f"u{n}" for n in range(300))  # each once

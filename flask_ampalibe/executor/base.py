@@ -230,7 +230,6 @@ class Executor:
         # lease that lapses while its handler still runs lets another worker run the event too.
         tick = max(0.05, min(self.poll_seconds, self.lease_seconds / 3))
         next_renew = next_sweep = next_purge = swept = time.monotonic()
-        found = False  # whether the last sweep found work
         outage = outage_for(self.inbox.engine)
         backoff = tick
         while True:
@@ -248,12 +247,12 @@ class Executor:
                         self.inbox.renew(self.owner, self.lease_seconds, users)
                 with background_writes():
                     if now >= next_sweep:
-                        if found and self.room() <= 0 and now < swept + self.poll_seconds:
+                        if self.sweep_more and self.room() <= 0 and now < swept + self.poll_seconds:
                             next_sweep = now + SWEEP_AGAIN  # no slot free yet for more
                         else:
                             self.sweep()  # work found: look again as soon as a slot is free
-                            found, swept = self.sweep_more, now
-                            next_sweep = now + (SWEEP_AGAIN if found else self.poll_seconds)
+                            swept = now
+                            next_sweep = now + (SWEEP_AGAIN if self.sweep_more else self.poll_seconds)
                     if now >= next_purge:
                         next_purge = now + PURGE_EVERY
                         self.inbox.purge(self.retention_seconds)
