@@ -26,6 +26,9 @@ DEFAULT_MAX_CONCURRENCY = 512
 #: Database connections each process keeps for the handlers' statements (as many again at most
 #: under load); see ``AMPALIBE_DB_POOL_SIZE`` in the README.
 DEFAULT_DB_POOL_SIZE = 2
+#: The garbage collector's first threshold in processes that handle events (see
+#: ``AMPALIBE_GC_THRESHOLD`` in the README); Python's own is 700 on 3.11–3.13.
+DEFAULT_GC_THRESHOLD = 50_000
 
 #: The values of ``AMPALIBE_EXECUTOR``.
 EXECUTORS = ("thread", "inline", "worker", "celery")
@@ -37,7 +40,7 @@ _AMP_NAMES = {
     "APP_SECRET": "AMP_APP_SECRET", "ALLOW_UNSIGNED": "AMP_ALLOW_UNSIGNED", "GRAPH_URL": "AMP_GRAPH_URL",
     "GRAPH_VERSION": "AMP_GRAPH_VERSION", "APP_URL": "AMP_URL", "EXECUTOR": "AMP_EXECUTOR",
     "CELERY_BROKER_URL": "AMP_CELERY_BROKER_URL", "CELERY_REQUEUE_SECONDS": "AMP_CELERY_REQUEUE_SECONDS",
-    "DB_POOL_SIZE": "AMP_DB_POOL_SIZE",
+    "DB_POOL_SIZE": "AMP_DB_POOL_SIZE", "GC_THRESHOLD": "AMP_GC_THRESHOLD",
 }
 
 #: Settings that are a number of seconds (or days); how to fix a bad value names an example.
@@ -121,6 +124,8 @@ class Settings:
     executor: str = "thread"
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     db_pool_size: int = DEFAULT_DB_POOL_SIZE
+    #: ``0``: Python's garbage collector is left as it is.
+    gc_threshold: int = DEFAULT_GC_THRESHOLD
     celery_broker_url: str | None = None
     celery_requeue_seconds: float = 30.0
     lease_seconds: float = 30.0
@@ -209,6 +214,12 @@ class Settings:
                     continue
                 values[field.name] = _positive(key, value, DEFAULT_DB_POOL_SIZE, "how many database connections "
                                                "each process keeps for its handlers")
+            elif field.name == "gc_threshold":
+                if str(value) == "":
+                    continue
+                values[field.name] = _positive(key, value, DEFAULT_GC_THRESHOLD, "the garbage collector's first "
+                                               "threshold in the processes that handle events (0: Python's own)",
+                                               least=0)
             elif field.name != "max_concurrency":
                 # An empty optional setting is unset; an empty required one takes its default.
                 if str(value) or field.name == "url_prefix":
@@ -284,15 +295,16 @@ def _number(key: str, value: Any) -> float:
         ) from None
 
 
-def _positive(key: str, value: Any, example: int, meaning: str) -> int:
-    """A setting that is a positive whole number, or an error that says how to fix it."""
+def _positive(key: str, value: Any, example: int, meaning: str, least: int = 1) -> int:
+    """A setting that is a whole number of at least ``least``, or an error that says how to fix it."""
     try:
         number = int(value)
     except (TypeError, ValueError):
-        number = 0
-    if number < 1:
+        number = least - 1
+    if number < least:
+        kind = "positive whole number" if least == 1 else f"whole number of at least {least}"
         raise ConfigurationError(
-            f"{PREFIX}{key}={value!r} is not a positive whole number; set it (AMP_{key} in .env) to {meaning}, "
+            f"{PREFIX}{key}={value!r} is not a {kind}; set it (AMP_{key} in .env) to {meaning}, "
             f"e.g. {example}."
         )
     return number

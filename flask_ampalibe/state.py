@@ -105,6 +105,7 @@ class AmpalibeState:
             poll_seconds=settings.poll_seconds, retention_seconds=settings.retention_days * 86400,
             broker_url=settings.celery_broker_url, requeue_seconds=settings.celery_requeue_seconds,
             on_worker_ready=self.start,  # a Celery worker runs the @schedule jobs too
+            gc_threshold=settings.gc_threshold,
         )
         # The webhook core gets what it uses; ``notify`` looks the executor up at each call.
         self.webhook = Webhook(self.inbox.record, self._notify, secret=settings.app_secret,

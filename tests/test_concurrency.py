@@ -536,3 +536,39 @@ def test_the_executor_raises_the_open_files_limit_for_its_cap(tmp_path, soft, ha
     assert out.returncode == 0, out.stderr
     assert f"LIMIT {limit}\n" in out.stdout
     assert ("open files limit 1000 is low for AMPALIBE_MAX_CONCURRENCY=512" in out.stdout) is warned, out.stdout
+
+
+_GC_CHILD = r"""
+import gc, sys
+from flask import Flask
+import flask_ampalibe
+app_threshold, setting, db = sys.argv[1], sys.argv[2], sys.argv[3]
+if app_threshold:  # the app set its own before the bot started
+    gc.set_threshold(*(int(n) for n in app_threshold.split(",")))
+app = Flask(__name__)
+app.config.update(AMPALIBE_ACCESS_TOKEN="t", AMPALIBE_VERIF_TOKEN="v", AMPALIBE_ALLOW_UNSIGNED=True,
+                  AMPALIBE_DATABASE_URL=f"sqlite:///{db}")
+if setting:
+    app.config["AMPALIBE_GC_THRESHOLD"] = setting
+flask_ampalibe.Ampalibe(app)
+before = gc.get_threshold()
+app.extensions["ampalibe"].start()
+print("BEFORE", before, "AFTER", gc.get_threshold())
+app.extensions["ampalibe"].shutdown(5)
+"""
+
+
+@pytest.mark.parametrize("app_threshold, setting, before, after", [
+    ("700,10,10", "", (700, 10, 10), (50000, 10, 10)),  # the default, once the executor starts
+    ("700,7,9", "20000", (700, 7, 9), (20000, 7, 9)),  # the setting; the other thresholds kept
+    ("700,10,10", "0", (700, 10, 10), (700, 10, 10)),  # 0: Python's own, left alone
+    ("100000,10,10", "", (100000, 10, 10), (100000, 10, 10)),  # an app's higher one is kept
+])
+def test_the_executor_raises_the_garbage_collectors_threshold(tmp_path, app_threshold, setting, before, after):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _GC_CHILD, app_threshold, setting, str(tmp_path / "x.db")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"BEFORE {before} AFTER {after}\n" in out.stdout, out.stdout

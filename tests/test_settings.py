@@ -141,6 +141,9 @@ def test_values_are_converted_to_their_types():
     assert loaded.allow_unsigned is True and loaded.max_concurrency == 40 and loaded.db_pool_size == 6
     assert Settings.load(environ={"AMP_DB_POOL_SIZE": "3"}).db_pool_size == 3  # a project's .env name
     assert Settings.load({"AMPALIBE_DB_POOL_SIZE": ""}).db_pool_size == 2  # empty: unset, the default
+    assert Settings.load({"AMPALIBE_GC_THRESHOLD": "0"}).gc_threshold == 0  # 0: Python's own
+    assert Settings.load(environ={"AMP_GC_THRESHOLD": "20000"}).gc_threshold == 20000
+    assert Settings.load({"AMPALIBE_GC_THRESHOLD": ""}).gc_threshold == 50000
     assert (loaded.url_prefix, loaded.dashboard_path, loaded.executor) == ("/messenger", "/ops/", "inline")
     assert Settings.load({}) == Settings()  # the defaults are the dataclass's
 
@@ -161,6 +164,9 @@ def test_settings_are_frozen(app, ext):
     ({"AMPALIBE_DASHBOARD_PATH": "/"}, r"AMPALIBE_DASHBOARD_PATH cannot be /.* use a folder"),
     ({"AMPALIBE_DB_POOL_SIZE": "0"}, r"AMPALIBE_DB_POOL_SIZE='0' is not a positive whole number; set it "
                                      r"\(AMP_DB_POOL_SIZE in \.env\) to how many database connections .* e\.g\. 2"),
+    ({"AMPALIBE_GC_THRESHOLD": "-1"}, r"AMPALIBE_GC_THRESHOLD='-1' is not a whole number of at least 0; set it "
+                                      r"\(AMP_GC_THRESHOLD in \.env\) to the garbage collector's .* e\.g\. 50000"),
+    ({"AMPALIBE_GC_THRESHOLD": "lots"}, r"AMPALIBE_GC_THRESHOLD='lots' is not a whole number of at least 0"),
 ])
 def test_a_bad_value_says_how_to_fix_it(config, message):
     with pytest.raises(ConfigurationError, match=message):

@@ -110,6 +110,7 @@ def worker(threads: int | None, graceful_timeout: float, use_celery: bool, pool:
         state.inbox, state.dispatcher, max_concurrency=threads or settings.max_concurrency,
         lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
         retention_seconds=settings.retention_days * 86400, fed_by_sweeps=True,
+        gc_threshold=settings.gc_threshold,
     )
     state.store.create_all()
     # The signal handler only writes to a pipe: taking locks (Event.set) in a handler can

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..config import DEFAULT_MAX_CONCURRENCY
+from ..config import DEFAULT_GC_THRESHOLD, DEFAULT_MAX_CONCURRENCY
 from ..inbox import Inbox
 from .base import PURGE_EVERY, Executor, Handle, InlineExecutor, PollingExecutor
 from .threads import ThreadExecutor
@@ -36,9 +36,11 @@ __all__ = ["Executor", "InlineExecutor", "ThreadExecutor", "PollingExecutor", "m
 
 def make_executor(kind: str, inbox: Inbox, handle: Handle, threads: int, lease_seconds: float,
                   poll_seconds: float, retention_seconds: float, broker_url: str | None = None,
-                  requeue_seconds: float = 30.0, on_worker_ready: Callable[[], None] | None = None) -> Executor:
+                  requeue_seconds: float = 30.0, on_worker_ready: Callable[[], None] | None = None,
+                  gc_threshold: int = DEFAULT_GC_THRESHOLD) -> Executor:
     """The executor named by ``AMPALIBE_EXECUTOR``; ``threads`` is ``AMPALIBE_MAX_CONCURRENCY``;
-    ``broker_url``, ``requeue_seconds`` and ``on_worker_ready`` are the Celery executor's."""
+    ``broker_url``, ``requeue_seconds`` and ``on_worker_ready`` are the Celery executor's,
+    ``gc_threshold`` (``AMPALIBE_GC_THRESHOLD``) the thread executor's."""
     kwargs: dict[str, Any] = dict(lease_seconds=lease_seconds, poll_seconds=poll_seconds,
                                   retention_seconds=retention_seconds)
     if kind == "celery":
@@ -50,4 +52,4 @@ def make_executor(kind: str, inbox: Inbox, handle: Handle, threads: int, lease_s
         return InlineExecutor(inbox, handle, **kwargs)
     if kind == "worker":
         return PollingExecutor(inbox, handle, **kwargs)
-    return ThreadExecutor(inbox, handle, max_concurrency=threads, **kwargs)
+    return ThreadExecutor(inbox, handle, max_concurrency=threads, gc_threshold=gc_threshold, **kwargs)

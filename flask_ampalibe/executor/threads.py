@@ -4,6 +4,7 @@ for ``async def`` bots, on the process's event loop (:class:`ThreadExecutor`).
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import threading
 import time
@@ -12,12 +13,12 @@ from typing import Callable, Iterable
 
 from .. import aio
 from ..aio import ElasticPool
-from ..config import DEFAULT_MAX_CONCURRENCY
+from ..config import DEFAULT_GC_THRESHOLD, DEFAULT_MAX_CONCURRENCY
 from ..dberrors import is_unavailable, outage_for
 from ..inbox import Claimed, Inbox
 from .base import Executor, Handle
 
-__all__ = ["ThreadExecutor", "ensure_file_limit"]
+__all__ = ["ThreadExecutor", "ensure_file_limit", "ensure_gc_threshold"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,27 @@ def ensure_file_limit(max_concurrency: int) -> int:
     return soft
 
 
+def ensure_gc_threshold(threshold: int) -> int:
+    """Raise the garbage collector's first threshold (:func:`gc.set_threshold`) to ``threshold``
+    unless it is that high already (an app that set a higher one keeps it); ``0`` leaves it.
+    Never lowers it; the other thresholds stay as they are.
+
+    Under load a process that handles hundreds of events at once holds many live objects (their
+    threads, the users and events waiting); at Python's default of 700 its collections ran
+    hundreds of times per bench run, the full ones 0.1 s and more each, every thread of the
+    process stopped meanwhile (bench/ANALYSIS.md, the eleventh session).  Requests make little
+    cyclic garbage (Werkzeug's URL matcher leaves one small cycle per request), so collecting
+    less often costs little memory.
+
+    :returns: the first threshold now.
+    """
+    first, *rest = gc.get_threshold()
+    if threshold > first:
+        gc.set_threshold(threshold, *rest)
+        first = threshold
+    return first
+
+
 class ThreadExecutor(Executor):
     """Handles events after the response, one at a time per user, up to ``max_concurrency`` users at once.
 
@@ -94,6 +116,8 @@ class ThreadExecutor(Executor):
         saturated (handlers that compute rather than wait), so the webhook's acks stay fast.
     :param fed_by_sweeps: nothing notifies this executor, its sweeps find all its work
         (``ampalibe worker``; see :attr:`Executor.fed_by_sweeps`).
+    :param gc_threshold: the garbage collector's first threshold while it runs (raised only;
+        ``0`` leaves it, see :func:`ensure_gc_threshold`).
     """
 
     #: The governor's clocks (tests replace them): wall time, and this process's CPU time.
@@ -101,9 +125,11 @@ class ThreadExecutor(Executor):
     cpu_clock: Callable[[], float] = staticmethod(time.process_time)
 
     def __init__(self, inbox: Inbox, handle: Handle, max_concurrency: int | None = None, threads: int | None = None,
-                 govern: bool = True, fed_by_sweeps: bool = False, **kwargs: float) -> None:
+                 govern: bool = True, fed_by_sweeps: bool = False, gc_threshold: int = DEFAULT_GC_THRESHOLD,
+                 **kwargs: float) -> None:
         super().__init__(inbox, handle, **kwargs)
         self.fed_by_sweeps = fed_by_sweeps
+        self.gc_threshold = gc_threshold
         cap = max_concurrency if max_concurrency is not None else threads
         self.max_concurrency = max(1, int(cap if cap is not None else DEFAULT_MAX_CONCURRENCY))
         #: Events admitted at once now: ``max_concurrency``, lowered while the process's CPU is
@@ -148,6 +174,7 @@ class ThreadExecutor(Executor):
             if self._pool is not None or self.stopping.is_set():
                 return
             ensure_file_limit(self.max_concurrency)
+            ensure_gc_threshold(self.gc_threshold)
             self._pool = ElasticPool(self.max_concurrency, "ampalibe")
             self._steps = ElasticPool(STEP_THREADS, "ampalibe-steps")
             self._sweeper = threading.Thread(target=self._upkeep, name="ampalibe-sweeper", daemon=True)
