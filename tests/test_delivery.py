@@ -401,6 +401,17 @@ def test_webhook_answers_while_every_handler_thread_is_busy(served):
         assert inbox.store.get_temp(f"quick{n}", "seen") == ["hello"]
 
 
+@pytest.mark.parametrize("kind", ["def", "async def"])
+def test_gunicorn_workers_collect_garbage_less_often(served, graph, kind):
+    # A loaded worker's collections stopped all its threads for 0.1 s and more (bench/ANALYSIS.md).
+    server = served(**({"BOT_ASYNC": "1"} if kind == "async def" else {}))
+    hook = server.hook()
+    for n in range(4):  # spread over both workers
+        assert hook.send_text(f"g{n}", "gc").status_code == 200
+    wait_until(lambda: all(graph.sent_texts(f"g{n}") for n in range(4)), 20, "the four replies")
+    assert all(graph.sent_texts(f"g{n}") == ["gc 50000"] for n in range(4))
+
+
 # -- the executor's edge cases, in one process -----------------------------------------------------
 @pytest.fixture
 def local_inbox(tmp_path: Path) -> Iterator[Inbox]:

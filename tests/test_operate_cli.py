@@ -265,3 +265,19 @@ def test_worker_process_takes_up_users_as_fast_as_its_slots_free_up(tmp_path, gr
     finished = [m["user"] for m in markers(project) if m["phase"] == "finished"]
     assert sorted(finished) == sorted(f"u{n}" for n in range(300))  # each once
     assert all(graph.sent_texts(f"u{n}") == [f"hi {n}"] for n in range(300))
+
+
+@pytest.mark.parametrize("setting, expected", [("", 50000), ("20000", 20000), ("0", None)])
+def test_worker_process_sets_the_garbage_collectors_threshold(tmp_path, graph, setting, expected):
+    if expected is None:  # AMPALIBE_GC_THRESHOLD=0: a fresh interpreter's own threshold
+        fresh = subprocess.run([sys.executable, "-c", "import gc; print(gc.get_threshold()[0])"],
+                               capture_output=True, text=True, timeout=30)
+        expected = int(fresh.stdout)
+    project = make_project(tmp_path / "bot")
+    env = project_env(graph.url, AMPALIBE_EXECUTOR="worker", **({"AMPALIBE_GC_THRESHOLD": setting} if setting else {}))
+    project_inbox(project).record(parse_body(page_body(message_event("u", "gc"))))
+    with _worker(project, env) as proc:
+        wait_until(lambda: graph.sent_texts("u"), 20, "the worker's reply")
+        code, output = _stop(proc, signal.SIGTERM)
+    assert code == 0, output
+    assert graph.sent_texts("u") == [f"gc {expected}"]

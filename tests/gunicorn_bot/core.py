@@ -6,7 +6,8 @@ template's ``conf.py`` and configure it through the environment.
 Every message is appended to the sender's ``seen`` list (temporary data: safe without a lock,
 since one user's events are handled one at a time) and echoed through the Send API.  A text
 ``slow SECONDS TAG`` first sleeps; ``gate FILE TAG`` first waits until ``FILE`` exists in
-the project folder (at most a minute); ``boom`` raises.  A text that starts with ``count``
+the project folder (at most a minute); ``boom`` raises; ``gc`` is answered with the process's
+garbage collector threshold (``gc 50000``).  A text that starts with ``count``
 first adds one to the sender's ``count`` (and notes ``counted``), then goes on with the rest.  Each run also appends a JSON line to
 ``markers.jsonl`` (short ``O_APPEND`` writes from several processes do not interleave).
 
@@ -15,6 +16,7 @@ sleeps, the database through ``ampalibe.offload`` and the Send API through ``cha
 the bot's events run on the worker's event loop.
 """
 import asyncio
+import gc
 import json
 import os
 import time
@@ -54,6 +56,8 @@ def main(sender_id, cmd, redelivered, **extends):
             time.sleep(0.05)
     if cmd == "boom":
         raise RuntimeError("boom: the handler failed on purpose")
+    if cmd == "gc":
+        cmd = f"gc {gc.get_threshold()[0]}"
     seen = query.get_temp(sender_id, "seen") or []
     seen.append(cmd)
     query.set_temp(sender_id, "seen", seen)
@@ -78,6 +82,8 @@ async def async_main(sender_id, cmd, redelivered, **extends):
             await asyncio.sleep(0.05)
     if cmd == "boom":
         raise RuntimeError("boom: the handler failed on purpose")
+    if cmd == "gc":
+        cmd = f"gc {gc.get_threshold()[0]}"
     seen = await ampalibe.offload(query.get_temp, sender_id, "seen") or []
     seen.append(cmd)
     await ampalibe.offload(query.set_temp, sender_id, "seen", seen)
