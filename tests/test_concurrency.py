@@ -551,18 +551,18 @@ app.config.update(AMPALIBE_ACCESS_TOKEN="t", AMPALIBE_VERIF_TOKEN="v", AMPALIBE_
 if setting:
     app.config["AMPALIBE_GC_THRESHOLD"] = setting
 flask_ampalibe.Ampalibe(app)
-before = gc.get_threshold()
+before = gc.get_threshold()[:2]  # Python 3.14's incremental collector has no third threshold
 app.extensions["ampalibe"].start()
-print("BEFORE", before, "AFTER", gc.get_threshold())
+print("BEFORE", before, "AFTER", gc.get_threshold()[:2])
 app.extensions["ampalibe"].shutdown(5)
 """
 
 
 @pytest.mark.parametrize("app_threshold, setting, before, after", [
-    ("700,10,10", "", (700, 10, 10), (50000, 10, 10)),  # the default, once the executor starts
-    ("700,7,9", "20000", (700, 7, 9), (20000, 7, 9)),  # the setting; the other thresholds kept
-    ("700,10,10", "0", (700, 10, 10), (700, 10, 10)),  # 0: Python's own, left alone
-    ("100000,10,10", "", (100000, 10, 10), (100000, 10, 10)),  # an app's higher one is kept
+    ("700,10,10", "", (700, 10), (50000, 10)),  # the default, once the executor starts
+    ("700,7,9", "20000", (700, 7), (20000, 7)),  # the setting; the other thresholds kept
+    ("700,10,10", "0", (700, 10), (700, 10)),  # 0: Python's own, left alone
+    ("100000,10,10", "", (100000, 10), (100000, 10)),  # an app's higher one is kept
 ])
 def test_the_executor_raises_the_garbage_collectors_threshold(tmp_path, app_threshold, setting, before, after):
     import subprocess
