@@ -47,6 +47,13 @@ _AMP_NAMES = {
 _FLOATS = {"HTTP_TIMEOUT": 10, "CELERY_REQUEUE_SECONDS": 30, "LEASE_SECONDS": 30, "POLL_SECONDS": 2,
            "RETENTION_DAYS": 7}
 
+#: Settings that are a whole number: an example, what to set, and the least value allowed.
+_WHOLE = {
+    "DB_POOL_SIZE": (DEFAULT_DB_POOL_SIZE, "how many database connections each process keeps for its handlers", 1),
+    "GC_THRESHOLD": (DEFAULT_GC_THRESHOLD, "the garbage collector's first threshold in the processes that handle "
+                                           "events (0: Python's own)", 0),
+}
+
 _DRIVERS = {
     "MYSQL": ("mysql+pymysql", "3306", "?charset=utf8mb4"),
     "MARIADB": ("mysql+pymysql", "3306", "?charset=utf8mb4"),
@@ -209,17 +216,10 @@ class Settings:
                 values[field.name] = _flag(value)
             elif field.name == "database_url" and hasattr(value, "render_as_string"):  # an sqlalchemy URL
                 values[field.name] = value.render_as_string(hide_password=False)
-            elif field.name == "db_pool_size":
+            elif key in _WHOLE:
                 if str(value) == "":  # empty: unset, as for the other settings
                     continue
-                values[field.name] = _positive(key, value, DEFAULT_DB_POOL_SIZE, "how many database connections "
-                                               "each process keeps for its handlers")
-            elif field.name == "gc_threshold":
-                if str(value) == "":
-                    continue
-                values[field.name] = _positive(key, value, DEFAULT_GC_THRESHOLD, "the garbage collector's first "
-                                               "threshold in the processes that handle events (0: Python's own)",
-                                               least=0)
+                values[field.name] = _positive(key, value, *_WHOLE[key])
             elif field.name != "max_concurrency":
                 # An empty optional setting is unset; an empty required one takes its default.
                 if str(value) or field.name == "url_prefix":

@@ -99,14 +99,8 @@ class AmpalibeState:
         self.query = Model(store=self.store)
         #: Runs each recorded event: gets the objects it uses, not this state.
         self.dispatcher = Dispatcher(router, self.store, self.codec, self.internal, app.app_context)
-        self.executor: Executor = make_executor(
-            settings.executor, self.inbox, self.dispatcher,
-            threads=settings.max_concurrency, lease_seconds=settings.lease_seconds,
-            poll_seconds=settings.poll_seconds, retention_seconds=settings.retention_days * 86400,
-            broker_url=settings.celery_broker_url, requeue_seconds=settings.celery_requeue_seconds,
-            on_worker_ready=self.start,  # a Celery worker runs the @schedule jobs too
-            gc_threshold=settings.gc_threshold,
-        )
+        # a Celery worker runs the @schedule jobs too
+        self.executor: Executor = make_executor(self.inbox, self.dispatcher, settings, on_worker_ready=self.start)
         # The webhook core gets what it uses; ``notify`` looks the executor up at each call.
         self.webhook = Webhook(self.inbox.record, self._notify, secret=settings.app_secret,
                                wants=router.wants, outage=self.outage)

@@ -96,7 +96,7 @@ def worker(threads: int | None, graceful_timeout: float, use_celery: bool, pool:
     seconds to finish, the rest stays recorded for the next worker.  A second signal stops
     at once (what was running is handled again later, with redelivered=True).
     """
-    from ..executor import ThreadExecutor
+    from ..executor import thread_executor
     from ..scheduler import scheduler_for
 
     state = load_state()
@@ -106,12 +106,7 @@ def worker(threads: int | None, graceful_timeout: float, use_celery: bool, pool:
         return
     if not logging.getLogger().handlers:  # the library adds no handlers; this program shows its logs
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    executor = ThreadExecutor(
-        state.inbox, state.dispatcher, max_concurrency=threads or settings.max_concurrency,
-        lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
-        retention_seconds=settings.retention_days * 86400, fed_by_sweeps=True,
-        gc_threshold=settings.gc_threshold,
-    )
+    executor = thread_executor(state.inbox, state.dispatcher, settings, threads=threads, fed_by_sweeps=True)
     state.store.create_all()
     # The signal handler only writes to a pipe: taking locks (Event.set) in a handler can
     # deadlock with the interrupted code, a pipe write cannot.

@@ -25,31 +25,41 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..config import DEFAULT_GC_THRESHOLD, DEFAULT_MAX_CONCURRENCY
+from ..config import DEFAULT_MAX_CONCURRENCY, Settings
 from ..inbox import Inbox
 from .base import PURGE_EVERY, Executor, Handle, InlineExecutor, PollingExecutor
 from .threads import ThreadExecutor
 
-__all__ = ["Executor", "InlineExecutor", "ThreadExecutor", "PollingExecutor", "make_executor",
+__all__ = ["Executor", "InlineExecutor", "ThreadExecutor", "PollingExecutor", "make_executor", "thread_executor",
            "DEFAULT_MAX_CONCURRENCY", "Handle", "PURGE_EVERY"]
 
 
-def make_executor(kind: str, inbox: Inbox, handle: Handle, threads: int, lease_seconds: float,
-                  poll_seconds: float, retention_seconds: float, broker_url: str | None = None,
-                  requeue_seconds: float = 30.0, on_worker_ready: Callable[[], None] | None = None,
-                  gc_threshold: int = DEFAULT_GC_THRESHOLD) -> Executor:
-    """The executor named by ``AMPALIBE_EXECUTOR``; ``threads`` is ``AMPALIBE_MAX_CONCURRENCY``;
-    ``broker_url``, ``requeue_seconds`` and ``on_worker_ready`` are the Celery executor's,
-    ``gc_threshold`` (``AMPALIBE_GC_THRESHOLD``) the thread executor's."""
-    kwargs: dict[str, Any] = dict(lease_seconds=lease_seconds, poll_seconds=poll_seconds,
-                                  retention_seconds=retention_seconds)
+def make_executor(inbox: Inbox, handle: Handle, settings: Settings,
+                  on_worker_ready: Callable[[], None] | None = None) -> Executor:
+    """The executor that ``settings.executor`` (``AMPALIBE_EXECUTOR``) names, configured by
+    ``settings``; ``on_worker_ready`` is the Celery executor's."""
+    kind = settings.executor
     if kind == "celery":
         from ..celery_executor import CeleryExecutor  # Celery is an optional extra
 
-        return CeleryExecutor(inbox, handle, broker_url=str(broker_url), requeue_seconds=requeue_seconds,
-                              on_worker_ready=on_worker_ready, **kwargs)
+        return CeleryExecutor(inbox, handle, broker_url=str(settings.celery_broker_url),
+                              requeue_seconds=settings.celery_requeue_seconds, on_worker_ready=on_worker_ready,
+                              **_timings(settings))
     if kind == "inline":
-        return InlineExecutor(inbox, handle, **kwargs)
+        return InlineExecutor(inbox, handle, **_timings(settings))
     if kind == "worker":
-        return PollingExecutor(inbox, handle, **kwargs)
-    return ThreadExecutor(inbox, handle, max_concurrency=threads, gc_threshold=gc_threshold, **kwargs)
+        return PollingExecutor(inbox, handle, **_timings(settings))
+    return thread_executor(inbox, handle, settings)
+
+
+def thread_executor(inbox: Inbox, handle: Handle, settings: Settings, threads: int | None = None,
+                    fed_by_sweeps: bool = False) -> ThreadExecutor:
+    """A :class:`ThreadExecutor` configured by ``settings`` (``threads``: instead of
+    ``AMPALIBE_MAX_CONCURRENCY``; ``fed_by_sweeps``: for ``ampalibe worker``)."""
+    return ThreadExecutor(inbox, handle, max_concurrency=threads or settings.max_concurrency,
+                          fed_by_sweeps=fed_by_sweeps, gc_threshold=settings.gc_threshold, **_timings(settings))
+
+
+def _timings(settings: Settings) -> dict[str, Any]:
+    return dict(lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
+                retention_seconds=settings.retention_days * 86400)
