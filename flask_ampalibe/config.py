@@ -40,7 +40,7 @@ _AMP_NAMES = {
     "APP_SECRET": "AMP_APP_SECRET", "ALLOW_UNSIGNED": "AMP_ALLOW_UNSIGNED", "GRAPH_URL": "AMP_GRAPH_URL",
     "GRAPH_VERSION": "AMP_GRAPH_VERSION", "APP_URL": "AMP_URL", "EXECUTOR": "AMP_EXECUTOR",
     "CELERY_BROKER_URL": "AMP_CELERY_BROKER_URL", "CELERY_REQUEUE_SECONDS": "AMP_CELERY_REQUEUE_SECONDS",
-    "DB_POOL_SIZE": "AMP_DB_POOL_SIZE", "GC_THRESHOLD": "AMP_GC_THRESHOLD",
+    "DB_POOL_SIZE": "AMP_DB_POOL_SIZE", "GC_THRESHOLD": "AMP_GC_THRESHOLD", "WEBHOOK_JOURNAL": "AMP_WEBHOOK_JOURNAL",
 }
 
 #: Settings that are a number of seconds (or days); how to fix a bad value names an example.
@@ -133,6 +133,8 @@ class Settings:
     db_pool_size: int = DEFAULT_DB_POOL_SIZE
     #: ``0``: Python's garbage collector is left as it is.
     gc_threshold: int = DEFAULT_GC_THRESHOLD
+    #: On an SQLite file: the webhook records in a journal file of its own (see flask_ampalibe.journal).
+    webhook_journal: bool = True
     celery_broker_url: str | None = None
     celery_requeue_seconds: float = 30.0
     lease_seconds: float = 30.0
@@ -212,7 +214,7 @@ class Settings:
                 continue
             if key in _FLOATS:
                 values[field.name] = _number(key, value)
-            elif field.name == "allow_unsigned":
+            elif field.name in ("allow_unsigned", "webhook_journal"):
                 values[field.name] = _flag(value)
             elif field.name == "database_url" and hasattr(value, "render_as_string"):  # an sqlalchemy URL
                 values[field.name] = value.render_as_string(hide_password=False)

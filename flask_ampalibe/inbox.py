@@ -43,6 +43,7 @@ from . import inbox_sql as sql
 from .inbox_sql import DONE, FAILED, PENDING, READ_AHEAD, REJECTED, RUNNING, STATUSES
 from .inbox_queries import InboxQueries
 from .inbox_record import InboxRecorder
+from .journal import Journal
 from .inbox_steps import STEP_BATCH, Advance, InboxSteps, Step, StepResult, Take, Writes, attempt
 from .tables import inbox, leases
 from .unit import Unit
@@ -110,11 +111,16 @@ class Inbox(InboxSteps, InboxRecorder, InboxQueries):
     :param webhook_engine: the engine of the webhook's inserts and the lease renewals
         (``make_engine(url, webhook=True)``: a pool of its own, so the ack never waits for a
         connection behind the handlers); by default the store's.
+    :param journal: on an SQLite file, record the webhook's events in a journal file of their own
+        and move them into the inbox when a user is taken up (see :mod:`flask_ampalibe.journal`);
+        ignored on other databases.
     """
 
     def __init__(self, store: Store, max_attempts: int = 5, clock: Callable[[], float] = time.time,
-                 webhook_engine: Any = None) -> None:
+                 webhook_engine: Any = None, journal: bool = True) -> None:
         self.store = store
+        #: The webhook's journal (an SQLite file database only), or ``None``.
+        self.journal = Journal.of(store.engine) if journal else None
         self.webhook_engine = webhook_engine if webhook_engine is not None else store.engine
         self.max_attempts = max_attempts
         #: Told of recorded and finished events (``recorded(n)``, ``finished(outcome)``): the
@@ -140,7 +146,8 @@ class Inbox(InboxSteps, InboxRecorder, InboxQueries):
 
     # -- leases ---------------------------------------------------------------------------
     def claim(self, user_id: str, owner: str, seconds: float) -> bool:
-        """Take ``user_id``'s lease if it is free or expired."""
+        """Take ``user_id``'s lease if it is free or expired (what the webhook recorded moved in first)."""
+        self.settle()
         now = self.clock()
         with self.engine.begin() as conn:
             taken = conn.execute(sql.claim, {"uid": user_id, "now": now, "new_owner": owner, "until": now + seconds})
@@ -225,8 +232,11 @@ class Inbox(InboxSteps, InboxRecorder, InboxQueries):
         :returns: the event, or ``None`` (nothing left, or the lease was lost to another worker).
         """
         if finished is None:
+            moving = self.unmoved()
             with self.engine.connect() as conn, conn.begin():
+                mark = self.move(conn, moving)
                 claimed = self._step(conn, user_id, owner, seconds, None)
+            self.moved(mark)
             return self._handed_out(claimed)
         step = Advance(user_id, owner, seconds, finished, error, _writes_of(finished))
         try:
@@ -399,7 +409,8 @@ class Inbox(InboxSteps, InboxRecorder, InboxQueries):
             self.counters.finished(outcome)
 
     def has_work(self, user_id: str) -> bool:
-        """Whether ``user_id`` has unfinished events."""
+        """Whether ``user_id`` has unfinished events (what the webhook's journal holds moved in first)."""
+        self.settle()
         with read_only(self.engine) as conn:
             return self._has_work(conn, user_id)
 

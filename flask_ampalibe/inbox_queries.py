@@ -5,7 +5,7 @@ path (record, hand out, finish) is in :mod:`flask_ampalibe.inbox`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import and_, func, or_, select
 
@@ -21,6 +21,9 @@ class InboxQueries:
     """The queries over every user's events; a base of :class:`~flask_ampalibe.inbox.Inbox`."""
 
     store: Store
+    if TYPE_CHECKING:  # defined by InboxRecorder
+        def settle(self) -> int: ...
+
     #: Epoch seconds (see :class:`~flask_ampalibe.inbox.Inbox`'s ``clock``).
     clock: Callable[[], float]
 
@@ -52,8 +55,10 @@ class InboxQueries:
                 and_(leases.c.owner.is_(None), inbox.c.received_at < now - waiting_seconds)), limit)
 
     def _unfinished_users(self, lease_state: Any, limit: int) -> list[str]:
-        """Up to ``limit`` users with unfinished events whose lease row meets ``lease_state``."""
+        """Up to ``limit`` users with unfinished events whose lease row meets ``lease_state``
+        (the webhook's journal moved in first: a sweep finds what a dead process recorded)."""
         self.store.ensure()
+        self.settle()
         with read_only(self.engine) as conn:
             rows = conn.execute(
                 select(inbox.c.user_id).distinct()
@@ -65,8 +70,10 @@ class InboxQueries:
 
     # -- operators ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Counts by status and the age in seconds of the oldest unfinished event."""
+        """Counts by status and the age in seconds of the oldest unfinished event (the webhook's
+        journal moved in first)."""
         self.store.ensure()
+        self.settle()
         with read_only(self.engine) as conn:
             counts: dict[str, int] = dict(
                 conn.execute(select(inbox.c.status, func.count()).group_by(inbox.c.status)).all())
@@ -89,6 +96,7 @@ class InboxQueries:
     def _newest(self, status: str, details: tuple[Any, ...], limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` events in ``status``, newest first: who and what, then ``details``."""
         self.store.ensure()
+        self.settle()
         with read_only(self.engine) as conn:
             rows = conn.execute(
                 select(inbox.c.id, inbox.c.event_key, inbox.c.user_id, inbox.c.kind, *details)

@@ -1,5 +1,9 @@
 """The webhook's side of the inbox: record a request's events durably before the 200.
 
+On an SQLite file the events go to the webhook's journal (:mod:`flask_ampalibe.journal`) and are
+moved into ``amp_inbox`` by :meth:`InboxRecorder.settle` (the executor's step transactions that
+take a user up, its sweeps, and the operators' views); elsewhere they go to ``amp_inbox`` at once.
+
 A base class of :class:`~flask_ampalibe.inbox.Inbox` (which holds the store, the engines, the
 clock and the counters it uses); callers use ``Inbox``.
 """
@@ -14,10 +18,11 @@ from sqlalchemy.exc import DataError, DBAPIError
 from .dberrors import is_deadlock
 from .events import Event, rejected_key
 from .groupcommit import GroupCommit
-from .storage import Store, insert_ignore
+from .journal import COLUMNS, Journal
+from .storage import Store, insert_ignore, upsert
 from . import inbox_sql as sql
 from .inbox_sql import PENDING, REJECTED
-from .tables import inbox, leases
+from .tables import inbox, leases, meta
 
 __all__ = ["InboxRecorder", "DEADLOCK_RETRIES"]
 
@@ -31,7 +36,9 @@ class InboxRecorder:
     """:meth:`record`, with its group commit (see :mod:`flask_ampalibe.groupcommit`)."""
 
     store: Store
+    engine: Any
     webhook_engine: Any
+    journal: Journal | None
     counters: Any
     clock: Callable[[], float]
     _group: GroupCommit[list[dict[str, Any]], list[str]]
@@ -83,6 +90,14 @@ class InboxRecorder:
         return [_pending_users(rows) for rows in calls]
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
+        if self.journal is not None:
+            self.journal.append(rows)
+        else:
+            self._insert_inbox(rows)
+        if self.counters is not None:
+            self.counters.recorded(sum(1 for r in rows if r["status"] == PENDING))
+
+    def _insert_inbox(self, rows: list[dict[str, Any]]) -> None:
         # Sorted, so that two processes inserting lease rows of the same users do not deadlock.
         users = sorted({r["user_id"] for r in rows if r["status"] == PENDING})
         for attempt in range(1, DEADLOCK_RETRIES + 1):
@@ -108,8 +123,58 @@ class InboxRecorder:
                 if attempt == DEADLOCK_RETRIES or not is_deadlock(exc):
                     raise
                 logger.info("webhook insert chosen as a deadlock victim; writing it again (%s)", attempt)
-        if self.counters is not None and users:
-            self.counters.recorded(sum(1 for r in rows if r["status"] == PENDING))
+
+    # -- the journal (SQLite files) -------------------------------------------------------
+    def settle(self) -> int:
+        """Move the events the webhook recorded in the journal into the inbox (nothing to do on
+        a database without one); returns how many rows were moved.
+
+        The executor moves them when it takes a user up, and its sweeps call this (through
+        :meth:`ready_users` and the like), so events recorded by a process that died before
+        its executor took them up are found; the operators' views call it before they count.
+        """
+        moving = self.unmoved()
+        if not moving:
+            return 0
+        self.store.ensure()
+        with self.engine.begin() as conn:
+            mark = self.move(conn, moving)
+        self.moved(mark)
+        return len(moving)
+
+    def unmoved(self) -> Sequence[Any]:
+        """The journal's rows not yet moved (as far as this process knows), read without a lock;
+        empty without a journal."""
+        return self.journal.unmoved() if self.journal is not None else []
+
+    def move(self, conn: Any, moving: Sequence[Any]) -> int:
+        """In a write transaction of the main file: insert ``moving``'s rows above the committed
+        mark into the inbox, their users' lease rows, and the new mark.  Returns the mark, for
+        :meth:`moved` once the transaction committed (``0``: nothing to move)."""
+        if not moving or self.journal is None:
+            return 0
+        name = self.journal.mark_name
+        found = conn.execute(sql.journal_mark, {"name": name}).scalar()
+        mark = int(found) if found else 0
+        self.journal.moved(mark)  # committed (this transaction holds the write lock)
+        fresh = [row for row in moving if row.seq > mark]
+        if not fresh:
+            return mark
+        insert_ignore(conn, inbox, [{c: getattr(row, c) for c in COLUMNS} for row in fresh])
+        users = sorted({row.user_id for row in fresh if row.status == PENDING})
+        insert_ignore(conn, leases, [{"user_id": u, "owner": None, "expires_at": 0.0} for u in users])
+        upsert(conn, meta, {"name": name, "value": str(fresh[-1].seq)}, ["name"])
+        return int(fresh[-1].seq)
+
+    def moved(self, mark: int) -> None:
+        """A transaction that ran :meth:`move` committed: rows up to ``mark`` are in the inbox."""
+        if self.journal is not None:
+            self.journal.moved(mark)
+
+    def prune_journal(self) -> int:
+        """Delete the journal's rows this process knows were moved (the executor's upkeep does,
+        every few seconds); returns how many."""
+        return self.journal.prune() if self.journal is not None else 0
 
     @property
     def group_commit(self) -> GroupCommit[list[dict[str, Any]], list[str]]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, exists, func, literal, null, or_, select
 
-from .tables import inbox, leases
+from .tables import inbox, leases, meta
 
 PENDING, RUNNING, DONE, FAILED, REJECTED = "pending", "running", "done", "failed", "rejected"
 #: Every status an inbox row can have, in the order ``ampalibe inbox stats`` shows them.
@@ -112,3 +112,5 @@ def _record_with_leases() -> Any:
 #: The columns :data:`record_with_leases` takes, each as an array (and ``users``).
 RECORD_COLUMNS = tuple(c.name for c in inbox.c if c.name != "id")
 record_with_leases = _record_with_leases()
+# The webhook journal's mark: the highest ``seq`` moved into the inbox (see flask_ampalibe.journal).
+journal_mark = select(meta.c.value).where(meta.c.name == bindparam("name"))

@@ -80,18 +80,28 @@ class InboxSteps:
 
         def _count(self, outcome: str | None) -> None: ...
 
+        def unmoved(self) -> Sequence[Any]: ...
+
+        def move(self, conn: Any, moving: Sequence[Any]) -> int: ...
+
+        def moved(self, mark: int) -> None: ...
+
     def _step_alone(self, step: Step) -> StepResult:
         """One thread's step in transactions of its own."""
+        moving = self.unmoved()  # what the webhook recorded since (see _steps_shared)
         with self.engine.connect() as conn:
             if not isinstance(step, Advance):
                 with conn.begin():
-                    return self._take(conn, step), None
+                    mark = self.move(conn, moving)
+                    claimed = self._take(conn, step)
+                self.moved(mark)
+                return claimed, None
             if conn.dialect.name == "sqlite":
                 # One transaction, so one turn of the write lock per event: the step runs after
                 # the outcome, and its failure never undoes the outcome.  (Server databases
                 # commit first: a deadlock there rolls back the whole transaction.)
                 return self._commit_finish(conn, step.finished, step.error, step.writes,
-                                           self._sqlite_step, conn, step)
+                                           self._sqlite_step, conn, step, moving)
             _, failure = self._commit_finish(conn, step.finished, step.error, step.writes)
             if failure is not None:
                 return None, failure
@@ -108,11 +118,17 @@ class InboxSteps:
         its steps is run again alone and meets its own error (its caller raises it).
         """
         results: list[StepResult] = []
+        # What the webhook recorded in its journal since is moved in first (read before the
+        # write lock is taken): a step that takes a user up was woken after the record
+        # committed, so it finds it, and an earlier event of a user comes before their later ones.
+        moving = self.unmoved()
         while len(results) < len(steps):
             chunk: list[StepResult] = []
             outcomes: list[str | None] = []
+            mark = 0
             try:
                 with self.engine.connect() as conn, conn.begin():
+                    mark = self.move(conn, moving)
                     for step in steps[len(results):]:
                         if isinstance(step, Advance):
                             outcomes.append(self._finish(conn, step.finished, step.error, self.clock(), step.writes))
@@ -128,6 +144,9 @@ class InboxSteps:
                              len(failed), type(exc).__name__)
                 results.extend(_alone(self._step_alone, step) for step in failed)
                 continue
+            if moving:
+                self.moved(mark)
+                moving = []
             results.extend(chunk)
             for outcome in outcomes:
                 self._count(outcome)
@@ -162,15 +181,19 @@ class InboxSteps:
             self._count(outcome)
         return results
 
-    def _sqlite_step(self, conn: Any, step: Advance) -> Claimed | None:
+    def _sqlite_step(self, conn: Any, step: Advance, moving: Sequence[Any] = ()) -> Claimed | None:
         """:meth:`_step` in the outcome's transaction on SQLite, where it must not undo the outcome.
 
         After the user's last event read (nothing read ahead) the step is most often the single
         statement that gives the lease back: run alone, since SQLite undoes a failed statement
         without the rest of its transaction.  Anything more runs in a savepoint, so that a
         failure halfway (an event started, then an error) is undone as a whole.
+
+        :param moving: the webhook journal's rows to move in first (see :meth:`Inbox.settle`);
+            a move that fails halfway leaves rows that the next one ignores, its mark unchanged.
         """
         user_id, owner, finished = step.user_id, step.owner, step.finished
+        self.move(conn, moving)
         idle = not finished.ahead
         if idle and conn.execute(sql.release_if_idle, {"uid": user_id, "holder": owner}).rowcount == 1:
             return None

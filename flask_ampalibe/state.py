@@ -80,7 +80,8 @@ class AmpalibeState:
         self.store = Store(make_engine(url, pool_size=settings.db_pool_size))
         #: Whether the database is reachable, as this process last saw it (see flask_ampalibe.dberrors).
         self.outage = outage_for(self.store.engine)
-        self.inbox = Inbox(self.store, webhook_engine=make_engine(url, webhook=True))
+        self.inbox = Inbox(self.store, webhook_engine=make_engine(url, webhook=True),
+                           journal=settings.webhook_journal)
         self.codec = PayloadCodec(payload_secret(self.settings))
         self.chat = Messenger(
             settings.access_token or "",

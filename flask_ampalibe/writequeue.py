@@ -8,6 +8,7 @@ The engines (:mod:`flask_ampalibe.engine`) make their SQLite connections queue h
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -139,12 +140,12 @@ class WriteLocks:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             fd = self._fd
-            fcntl.lockf(fd, fcntl.LOCK_EX, 1, 1)  # after the writers that announced themselves
-            fcntl.lockf(fd, fcntl.LOCK_SH, 1, 1)  # announce this one (a lock's type changes at once)
+            _lock(fd, fcntl.LOCK_EX, 1)  # after the writers that announced themselves
+            _lock(fd, fcntl.LOCK_SH, 1)  # announce this one (a lock's type changes at once)
             if foreground:
-                fcntl.lockf(fd, fcntl.LOCK_SH, 1, 2)  # ... as a webhook's write
+                _lock(fd, fcntl.LOCK_SH, 2)  # ... as a webhook's write
             try:
-                fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)
+                _lock(fd, fcntl.LOCK_EX, 0)
             finally:
                 fcntl.lockf(fd, fcntl.LOCK_UN, 2, 1)
             return True
@@ -192,3 +193,26 @@ class WriteLocks:
             if locked:
                 self.unlock_file()
             self.write.release()
+
+
+def _lock(fd: int, mode: int, byte: int) -> None:
+    """``fcntl.lockf`` of one byte, waiting for it.
+
+    The kernel's deadlock check sees processes, not threads: with two files locked this way (a
+    database and its webhook journal, see :mod:`flask_ampalibe.journal`), a thread of one
+    process holding the first while another of its threads waits for the second, and another
+    process the other way round, looks like a deadlock (``EDEADLK``), though neither holder
+    waits for anything.  It clears as soon as one of them commits: wait and try again.
+    """
+    while True:
+        try:
+            fcntl.lockf(fd, mode, 1, byte)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EDEADLK:
+                raise
+            time.sleep(DEADLOCK_PAUSE)
+
+
+#: Seconds between two tries of a file lock the kernel refused as a (false) deadlock.
+DEADLOCK_PAUSE = 0.0005

@@ -231,18 +231,18 @@ def test_many_users_on_two_workers_each_list_complete_in_order_without_duplicate
     statuses: list[int] = []
     redeliveries: queue.Queue[dict | None] = queue.Queue()
 
-    def post_for(mine: list[str], seed: int) -> None:
+    def post_for(mine: list[str], seed: int, start: int, end: int) -> None:
         # Each user's messages go out in order (as Meta sends them), several users per thread.
         # Now and then two of a user's messages share a body in reverse order, as after a
         # failure; some bodies carry several users.
         hook, pick = server.hook(), random.Random(seed)
-        position = dict.fromkeys(mine, 0)
-        while any(i < per_user for i in position.values()):
+        position = dict.fromkeys(mine, start)
+        while any(i < end for i in position.values()):
             chunks = []
             for u in mine:
                 i = position[u]
-                if i < per_user:
-                    take = 2 if i + 1 < per_user and pick.random() < 0.2 else 1
+                if i < end:
+                    take = 2 if i + 1 < end and pick.random() < 0.2 else 1
                     chunks.append(list(reversed(events[u][i:i + take])))
                     position[u] += take
             bodies = [sum(chunks, [])] if pick.random() < 0.5 else chunks
@@ -258,12 +258,21 @@ def test_many_users_on_two_workers_each_list_complete_in_order_without_duplicate
         while (item := redeliveries.get()) is not None:
             statuses.append(hook.post(item).status_code)
 
-    senders = [threading.Thread(target=post_for, args=(users[n::5], n)) for n in range(5)]
     redeliverer = threading.Thread(target=redeliver_loop)
-    for thread in [*senders, redeliverer]:
-        thread.start()
-    for thread in senders:
-        thread.join(60)
+    redeliverer.start()
+    inbox = project_inbox(project)
+    senders: list[threading.Thread] = []
+    # Two waves: the first starts both workers' executors (whose first sweep may take up every
+    # user recorded so far); in the second every user's lease is free, so each worker takes up
+    # the users whose messages it receives first.
+    for start, end in ((0, 5), (5, per_user)):
+        wave = [threading.Thread(target=post_for, args=(users[n::5], n, start, end)) for n in range(5)]
+        for thread in wave:
+            thread.start()
+        for thread in wave:
+            thread.join(60)
+        senders += wave
+        wait_until(all_handled(inbox, len(users) * end), 45, "the wave to be handled")
     redeliveries.put(None)
     redeliverer.join(60)
     assert not any(t.is_alive() for t in [*senders, redeliverer])
@@ -271,7 +280,6 @@ def test_many_users_on_two_workers_each_list_complete_in_order_without_duplicate
 
     with contextlib.closing(sqlite3.connect(project / "bot.db")) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    inbox = project_inbox(project)
     stats = wait_until(all_handled(inbox, len(users) * per_user), 45, "every event to be handled")
     assert stats["done"] == stats["received"] == len(users) * per_user and stats["failed"] == 0
 

@@ -72,6 +72,13 @@ def _authenticate() -> Response | None:
     return None
 
 
+@bp.before_request
+def _settle() -> None:
+    """What the webhook recorded in its journal counts as pending on every page (see
+    :meth:`~flask_ampalibe.inbox.Inbox.settle`); after authentication, so a stranger moves nothing."""
+    _state().inbox.settle()
+
+
 @bp.after_request
 def _headers(response: Response) -> Response:
     response.headers.setdefault(

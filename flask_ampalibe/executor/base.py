@@ -27,6 +27,8 @@ Handle = Callable[[Claimed], "BaseException | None"]
 
 #: Seconds between two purges of handled events older than the retention.
 PURGE_EVERY = 600.0
+#: Seconds between two prunes of the webhook journal's moved rows (see flask_ampalibe.journal).
+PRUNE_JOURNAL_EVERY = 5.0
 #: The longest pause between two tries while the database is unreachable (the pauses double).
 MAX_BACKOFF = 60.0
 #: Users whose lease is free a sweep takes up (at least, for an executor fed by sweeps: as many
@@ -230,6 +232,7 @@ class Executor:
         # lease that lapses while its handler still runs lets another worker run the event too.
         tick = max(0.05, min(self.poll_seconds, self.lease_seconds / 3))
         next_renew = next_sweep = next_purge = swept = time.monotonic()
+        next_prune = next_renew + PRUNE_JOURNAL_EVERY
         outage = outage_for(self.inbox.engine)
         backoff = tick
         while True:
@@ -253,6 +256,9 @@ class Executor:
                             self.sweep()  # work found: look again as soon as a slot is free
                             swept = now
                             next_sweep = now + (SWEEP_AGAIN if self.sweep_more else self.poll_seconds)
+                    if now >= next_prune:
+                        next_prune = now + PRUNE_JOURNAL_EVERY
+                        self.inbox.prune_journal()
                     if now >= next_purge:
                         next_purge = now + PURGE_EVERY
                         self.inbox.purge(self.retention_seconds)
