@@ -134,7 +134,7 @@ class Settings:
     #: ``0``: Python's garbage collector is left as it is.
     gc_threshold: int = DEFAULT_GC_THRESHOLD
     #: On an SQLite file: the webhook records in a journal file of its own (see flask_ampalibe.journal).
-    webhook_journal: bool = True
+    webhook_journal: bool = False
     celery_broker_url: str | None = None
     celery_requeue_seconds: float = 30.0
     lease_seconds: float = 30.0

@@ -112,12 +112,12 @@ class Inbox(InboxSteps, InboxRecorder, InboxQueries):
         (``make_engine(url, webhook=True)``: a pool of its own, so the ack never waits for a
         connection behind the handlers); by default the store's.
     :param journal: on an SQLite file, record the webhook's events in a journal file of their own
-        and move them into the inbox when a user is taken up (see :mod:`flask_ampalibe.journal`);
-        ignored on other databases.
+        and move them into the inbox when a user is taken up (see :mod:`flask_ampalibe.journal`;
+        ``AMPALIBE_WEBHOOK_JOURNAL``); ignored on other databases.
     """
 
     def __init__(self, store: Store, max_attempts: int = 5, clock: Callable[[], float] = time.time,
-                 webhook_engine: Any = None, journal: bool = True) -> None:
+                 webhook_engine: Any = None, journal: bool = False) -> None:
         self.store = store
         #: The webhook's journal (an SQLite file database only), or ``None``.
         self.journal = Journal.of(store.engine) if journal else None

@@ -1,6 +1,6 @@
 """The webhook's side of the inbox: record a request's events durably before the 200.
 
-On an SQLite file the events go to the webhook's journal (:mod:`flask_ampalibe.journal`) and are
+With the webhook's journal on (an SQLite file, ``AMPALIBE_WEBHOOK_JOURNAL=1``) the events go to it (:mod:`flask_ampalibe.journal`) and are
 moved into ``amp_inbox`` by :meth:`InboxRecorder.settle` (the executor's step transactions that
 take a user up, its sweeps, and the operators' views); elsewhere they go to ``amp_inbox`` at once.
 

@@ -21,8 +21,12 @@ Rows at or below the committed mark are deleted from the journal by the executor
 (:meth:`Journal.prune`).  Deduplication of redelivered events stays with ``amp_inbox``: the
 journal's own unique ``event_key`` only spares the move a row it would ignore.
 
-Server databases (PostgreSQL, MySQL/MariaDB), in-memory SQLite and ``file:`` URIs have no journal:
-the webhook writes to ``amp_inbox`` as before.  ``AMPALIBE_WEBHOOK_JOURNAL=0`` turns it off.
+It is off unless ``AMPALIBE_WEBHOOK_JOURNAL=1``: on a machine whose CPUs are busy, the acks no
+longer have the write lock before the handlers, so the handlers get more of the CPU during a burst.
+Measured (bench/ANALYSIS.md, the twelfth session): replies during the load 1.5-3 times as many
+and 3-10 % more in all, but in the ``slow`` scenario 20 % fewer acks per second and a longer ack
+tail.  Server databases (PostgreSQL, MySQL/MariaDB), in-memory SQLite and ``file:`` URIs have no
+journal: the webhook writes to ``amp_inbox``.
 """
 from __future__ import annotations
 

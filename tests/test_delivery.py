@@ -218,8 +218,9 @@ def served(tmp_path: Path, graph: Any) -> Iterator[Callable[..., Gunicorn]]:
 
 
 # -- a) many users at once, across workers -------------------------------------------------------
-def test_many_users_on_two_workers_each_list_complete_in_order_without_duplicates(served, graph):
-    server = served()
+@pytest.mark.parametrize("journal", ["0", "1"], ids=["inbox", "journal"])
+def test_many_users_on_two_workers_each_list_complete_in_order_without_duplicates(served, graph, journal):
+    server = served(AMPALIBE_WEBHOOK_JOURNAL=journal)
     project = server.project
     users = [f"u{n:02d}" for n in range(20)]
     per_user = 15
@@ -280,6 +281,7 @@ def test_many_users_on_two_workers_each_list_complete_in_order_without_duplicate
 
     with contextlib.closing(sqlite3.connect(project / "bot.db")) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert (project / "bot.db-webhook").exists() == (journal == "1")  # the webhook's own file, or none
     stats = wait_until(all_handled(inbox, len(users) * per_user), 45, "every event to be handled")
     assert stats["done"] == stats["received"] == len(users) * per_user and stats["failed"] == 0
 

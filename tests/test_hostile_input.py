@@ -101,7 +101,6 @@ def test_1_an_event_that_cannot_be_read_back_fails_with_its_reason_and_blocks_no
     # "done" and its reply is not sent again; the user's later events go on.
     bot.hook.post(message_event("u", "one", timestamp=1), message_event("u", "two", timestamp=2, mid="m.two"),
                   message_event("u", "three", timestamp=3))
-    bot.inbox.settle()  # (on SQLite the webhook recorded them in its journal: into amp_inbox first)
     with bot.inbox.engine.begin() as conn:
         conn.execute(update(inbox_table).where(inbox_table.c.event_key == "m:message:m.two")
                      .values(body='{"kind":"message","raw":{"recipient":"PAGE1"}}'))

@@ -25,7 +25,7 @@ def url(tmp_path):
 
 @pytest.fixture
 def box(url):
-    inbox = Inbox(Store(make_engine(url)))
+    inbox = Inbox(Store(make_engine(url)), journal=True)
     yield inbox
     inbox.engine.dispose()
 
@@ -54,8 +54,16 @@ def test_the_webhook_records_in_a_file_of_its_own_and_taking_a_user_moves_it_in(
     assert box.record(events(message_event("u", "hi", mid="m.1"), message_event("u", "there", mid="m.2"))) == ["u"]
     assert (tmp_path / "bot.db-webhook").is_file()
     assert _in_inbox(box) == 0  # recorded, not yet moved
+    assert box.has_work("u")  # (what a Celery task asks first)
     assert _texts(box, "u") == ["hi", "there"]
     assert box.stats()["done"] == 2
+
+
+def test_the_operators_counts_include_what_the_journal_holds(box):
+    box.record(events(message_event("u", "hi", mid="m.1"), message_event("v", "yo", mid="m.2")))
+    assert _in_inbox(box) == 0
+    stats = box.stats()
+    assert stats["pending"] == 2 and stats["received"] == 2
 
 
 def test_an_ack_does_not_wait_for_a_transaction_holding_the_main_files_write_lock(box):
@@ -104,7 +112,7 @@ def test_what_a_process_that_died_recorded_is_found_by_another_ones_sweep(box, u
         from flask_ampalibe.inbox import Inbox
         from flask_ampalibe.storage import Store
         from flask_ampalibe.testing import message_event, page_body
-        box = Inbox(Store(make_engine({url!r})))
+        box = Inbox(Store(make_engine({url!r})), journal=True)
         box.record(parse_body(page_body(message_event("a", "from a", mid="a.1"), message_event("b", "from b", mid="b.1"))))
         os._exit(0)
     """)
@@ -155,14 +163,14 @@ def test_a_journal_made_again_is_moved_from_its_first_row(box, url):
     with box.journal.engine.begin() as conn:  # the journal file lost and made anew: seq starts at 1
         for statement in ("DELETE FROM amp_journal", "DELETE FROM sqlite_sequence", "DELETE FROM amp_journal_id"):
             conn.execute(sa.text(statement))
-    fresh = Inbox(Store(make_engine(url)))  # (a process started since)
+    fresh = Inbox(Store(make_engine(url)), journal=True)  # (a process started since)
     fresh.record(events(message_event("u", "three", mid="m.3")))
     assert fresh.settle() == 1
     assert _texts(fresh, "u") == ["one", "two", "three"]
 
 
-def test_the_journal_can_be_turned_off(url, tmp_path):
-    box = Inbox(Store(make_engine(url)), journal=False)
+def test_without_the_journal_the_webhook_writes_to_the_inbox(url, tmp_path):
+    box = Inbox(Store(make_engine(url)))  # the default
     box.record(events(message_event("u", "hi", mid="m.1")))
     assert box.journal is None and not (tmp_path / "bot.db-webhook").exists()
     assert _in_inbox(box) == 1
@@ -170,4 +178,4 @@ def test_the_journal_can_be_turned_off(url, tmp_path):
 
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:bot.db?uri=true"])
 def test_databases_without_a_plain_file_have_no_journal(url):
-    assert Inbox(Store(make_engine(url))).journal is None
+    assert Inbox(Store(make_engine(url)), journal=True).journal is None
