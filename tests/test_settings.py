@@ -144,6 +144,10 @@ def test_values_are_converted_to_their_types():
     assert Settings.load({"AMPALIBE_GC_THRESHOLD": "0"}).gc_threshold == 0  # 0: Python's own
     assert Settings.load(environ={"AMP_GC_THRESHOLD": "20000"}).gc_threshold == 20000
     assert Settings.load({"AMPALIBE_GC_THRESHOLD": ""}).gc_threshold == 50000
+    assert Settings.load({}).webhook_journal is False  # off unless asked for
+    assert Settings.load({"AMPALIBE_WEBHOOK_JOURNAL": "1"}).webhook_journal is True
+    assert Settings.load(environ={"AMP_WEBHOOK_JOURNAL": "yes"}).webhook_journal is True
+    assert Settings.load({"AMPALIBE_WEBHOOK_JOURNAL": "0"}, environ={"AMP_WEBHOOK_JOURNAL": "1"}).webhook_journal is False
     assert (loaded.url_prefix, loaded.dashboard_path, loaded.executor) == ("/messenger", "/ops/", "inline")
     assert Settings.load({}) == Settings()  # the defaults are the dataclass's
 
