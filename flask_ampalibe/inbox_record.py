@@ -1,8 +1,9 @@
 """The webhook's side of the inbox: record a request's events durably before the 200.
 
-With the webhook's journal on (an SQLite file, ``AMPALIBE_WEBHOOK_JOURNAL=1``) the events go to it (:mod:`flask_ampalibe.journal`) and are
-moved into ``amp_inbox`` by :meth:`InboxRecorder.settle` (the executor's step transactions that
-take a user up, its sweeps, and the operators' views); elsewhere they go to ``amp_inbox`` at once.
+With the webhook's journal on (an SQLite file, ``AMPALIBE_WEBHOOK_JOURNAL=1``) the events go to
+it (:mod:`flask_ampalibe.journal`) and are moved into ``amp_inbox`` by :meth:`InboxRecorder.move`
+(in the executor's step transactions) and :meth:`InboxRecorder.settle` (its sweeps, the operators'
+views); elsewhere they go to ``amp_inbox`` at once.
 
 A base class of :class:`~flask_ampalibe.inbox.Inbox` (which holds the store, the engines, the
 clock and the counters it uses); callers use ``Inbox``.
@@ -129,9 +130,10 @@ class InboxRecorder:
         """Move the events the webhook recorded in the journal into the inbox (nothing to do on
         a database without one); returns how many rows were moved.
 
-        The executor moves them when it takes a user up, and its sweeps call this (through
-        :meth:`ready_users` and the like), so events recorded by a process that died before
-        its executor took them up are found; the operators' views call it before they count.
+        The executor moves them in each of its step transactions, and its sweeps call this
+        (through :meth:`ready_users` and the like), so events recorded by a process that died
+        before its executor took them up are found; the operators' views and
+        :meth:`~flask_ampalibe.inbox.Inbox.has_work` call it before they read.
         """
         moving = self.unmoved()
         if not moving:

@@ -30,21 +30,19 @@ journal: the webhook writes to ``amp_inbox``.
 """
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import uuid
 from typing import Any
 
-from sqlalchemy import Column, Double, Integer, MetaData, String, Table, Text, func, literal, select
+from sqlalchemy import Column, Double, Integer, MetaData, String, Table, Text, literal, select
 from sqlalchemy.engine import Engine
 
 from .engine import make_engine, read_only
+from .forks import renew_in_child
 from .storage import insert_ignore
 
 __all__ = ["Journal", "COLUMNS", "MOVE_ROWS"]
-
-logger = logging.getLogger(__name__)
 
 #: The most rows one move carries (the rest go with the next one).
 MOVE_ROWS = 2000
@@ -81,9 +79,13 @@ class Journal:
         self.path = os.path.abspath(database) + "-webhook"
         self._id: str | None = None
         self._lock = threading.Lock()
+        renew_in_child(self._new_lock)
         #: The highest ``seq`` this process knows to be moved (committed by a move here or read
         #: from ``amp_meta`` by one): rows at or below it are not read again.
         self.mark = 0
+
+    def _new_lock(self) -> None:
+        self._lock = threading.Lock()  # (a thread of the parent may have held it at the fork)
 
     @classmethod
     def of(cls, engine: Engine) -> "Journal | None":
@@ -129,12 +131,6 @@ class Journal:
         with read_only(self.engine) as conn:
             return list(conn.execute(select(entries).where(entries.c.seq > self.mark)
                                      .order_by(entries.c.seq).limit(MOVE_ROWS)).all())
-
-    def pending(self) -> int:
-        """How many rows are above :attr:`mark` (recorded, not yet moved as far as this process knows)."""
-        self.id
-        with read_only(self.engine) as conn:
-            return int(conn.execute(select(func.count()).where(entries.c.seq > self.mark)).scalar() or 0)
 
     def moved(self, mark: int) -> None:
         """A mark read or committed in the main file: rows at or below it need not be read again."""
