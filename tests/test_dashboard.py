@@ -235,6 +235,23 @@ def test_pending_page_lists_users_with_lag_and_lease(dash: Flask, dclient: Any) 
     assert "host-a:123" in page
 
 
+def test_with_the_webhook_journal_the_pages_show_what_it_holds(app: Flask, router: flask_ampalibe.Router) -> None:
+    # Recorded in the journal and not yet moved (the web side only records here): the page moves
+    # it into the inbox before it reads.
+    app.config.update(AMPALIBE_DASHBOARD_PASSWORD=PASSWORD, AMPALIBE_WEBHOOK_JOURNAL=True, AMPALIBE_EXECUTOR="worker")
+    flask_ampalibe.Ampalibe(app, router=router)
+    router.command("/")(lambda sender_id, cmd, **extends: None)
+    client = app.test_client()
+    try:
+        assert app.extensions["ampalibe"].inbox.journal is not None
+        assert WebhookClient(client, SECRET).send_text("w1", "one").status_code == 200
+        _, page = _get(client, "/_ampalibe/pending", headers=AUTH)
+        rows = re.findall(r"<tr><td><a[^>]*>(w\d)</a></td>\s*<td>(\d+)</td><td>(\d+)</td>", page)
+        assert rows == [("w1", "1", "0")]
+    finally:
+        app.extensions["ampalibe"].executor.shutdown(timeout=5)
+
+
 def test_jobs_page_lists_last_and_next_runs(dash: Flask, dclient: Any, router: flask_ampalibe.Router) -> None:
     from flask_ampalibe.scheduler import schedule, scheduler_for
 
