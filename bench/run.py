@@ -43,22 +43,23 @@ AMP_VENV = os.path.join(HERE, ".work", "ampvenv")
 #: flask_ampalibe_async: the same bot with an ``async def`` handler; flask_ampalibe_pool8: the
 #: plain bot capped at 8 handlers per process (the fixed pool of 8 threads before issue 15).
 #: flask_ampalibe_nogov: the plain bot without the executor's CPU governor.
+#: flask_ampalibe_journal: the plain bot with the webhook's journal (AMPALIBE_WEBHOOK_JOURNAL=1).
 #: flask_ampalibe_pg, flask_ampalibe_mariadb: the plain bot on a throwaway PostgreSQL / MariaDB server
 #: of this machine (hello scenario only).  bare_ack, bare_e2e: the bare-Flask ceilings, which keep
 #: nothing; bare_durable, bare_durable_e2e: the same with the least a durable ack needs (one SQLite
 #: INSERT OR IGNORE per event committed before the 200; a handler thread sends and marks it done).
 SYSTEMS = ("flask_ampalibe", "flask_ampalibe_async", "flask_ampalibe_pool8", "flask_ampalibe_nogov",
-           "flask_ampalibe_pg", "flask_ampalibe_mariadb", "ampalibe", "ampalibe_nostate", "bare_ack", "bare_e2e",
+           "flask_ampalibe_journal", "flask_ampalibe_pg", "flask_ampalibe_mariadb", "ampalibe", "ampalibe_nostate", "bare_ack", "bare_e2e",
            "bare_durable", "bare_durable_e2e")
 #: the bare apps (bench/apps/bare_*.py) and the path each system's webhook is at
 BARE = {"bare_ack": "/", "bare_e2e": "/e2e", "bare_durable": "/durable", "bare_durable_e2e": "/durable_e2e"}
 #: systems that only acknowledge (no replies to wait for or count)
 ACK_ONLY = ("bare_ack", "bare_durable")
 FLASK_AMPALIBE = ("flask_ampalibe", "flask_ampalibe_async", "flask_ampalibe_pool8", "flask_ampalibe_nogov",
-                  "flask_ampalibe_pg", "flask_ampalibe_mariadb")
+                  "flask_ampalibe_journal", "flask_ampalibe_pg", "flask_ampalibe_mariadb")
 #: the systems whose database is a server (the others: an SQLite file), and which server
 SERVER_DATABASES = {"flask_ampalibe_pg": "postgresql", "flask_ampalibe_mariadb": "mariadb"}
-DEFAULT_SYSTEMS = ("flask_ampalibe,flask_ampalibe_async,flask_ampalibe_pg,flask_ampalibe_mariadb,ampalibe,ampalibe_nostate,"
+DEFAULT_SYSTEMS = ("flask_ampalibe,flask_ampalibe_async,flask_ampalibe_journal,flask_ampalibe_pg,flask_ampalibe_mariadb,ampalibe,ampalibe_nostate,"
                    "bare,bare_durable,bare_durable_e2e")
 #: hello10k: the hello bot with the slow scenario's 10,000 senders (its reference); slow: every
 #: handler waits 1 s first, 10,000 senders; sleep: 2 s, 1,000 senders.
@@ -267,6 +268,8 @@ def start_system(system: str, rundir: str, graph: FakeGraph, sleep: float,
             env["AMPALIBE_MAX_CONCURRENCY"] = "8"
         if system == "flask_ampalibe_nogov":
             env["BENCH_NOGOV"] = "1"
+        if system == "flask_ampalibe_journal":
+            env["AMPALIBE_WEBHOOK_JOURNAL"] = "1"
         proj = os.path.join(rundir, "project")
         shutil.copytree(os.path.join(HERE, "apps", "flask_ampalibe_bot"), proj, dirs_exist_ok=True)
         env.update(BENCH_DB_FILE=os.path.join(rundir, "bench.db"), BENCH_PORT=str(port))
@@ -652,6 +655,7 @@ def issue15_targets(L: list[str], results: list[dict], cfg) -> None:
     slow, ref = find(results, "flask_ampalibe", "slow"), find(results, "flask_ampalibe", "hello10k")
     amp = find(results, "ampalibe_nostate", "slow")
     aslow, aref = find(results, "flask_ampalibe_async", "slow"), find(results, "flask_ampalibe_async", "hello10k")
+    jslow, jref = find(results, "flask_ampalibe_journal", "slow"), find(results, "flask_ampalibe_journal", "hello10k")
     sl = find(results, "flask_ampalibe", "sleep")
     if not any((slow, amp, aslow, sl)):
         return
@@ -662,7 +666,7 @@ def issue15_targets(L: list[str], results: list[dict], cfg) -> None:
     def row(name, val, target, ok):
         L.append(f"| {name} | {fmt(val, 2)} | {target} | {'–' if ok is None else ('yes' if ok else '**no**')} |")
 
-    for label, s_, r_ in (("", slow, ref), (" (async def handler)", aslow, aref)):
+    for label, s_, r_ in (("", slow, ref), (" (async def handler)", aslow, aref), (" (webhook journal)", jslow, jref)):
         if s_ and r_:
             v = ratio(s_.get("e2e_rps"), r_.get("e2e_rps"))
             row(f"slow{label}: replies/s / hello bot's with the same {cfg.users_many:,} senders", v, "≥ 0.80",
