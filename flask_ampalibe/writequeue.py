@@ -202,14 +202,16 @@ def _lock(fd: int, mode: int, byte: int) -> None:
     database and its webhook journal, see :mod:`flask_ampalibe.journal`), a thread of one
     process holding the first while another of its threads waits for the second, and another
     process the other way round, looks like a deadlock (``EDEADLK``), though neither holder
-    waits for anything.  It clears as soon as one of them commits: wait and try again.
+    waits for anything.  It clears as soon as one of them commits: wait and try again (for up
+    to :data:`_WRITE_LOCK_TIMEOUT`; then the error is raised, and SQLite's busy handler is left).
     """
+    give_up = time.monotonic() + _WRITE_LOCK_TIMEOUT
     while True:
         try:
             fcntl.lockf(fd, mode, 1, byte)
             return
         except OSError as exc:
-            if exc.errno != errno.EDEADLK:
+            if exc.errno != errno.EDEADLK or time.monotonic() > give_up:
                 raise
             time.sleep(DEADLOCK_PAUSE)
 

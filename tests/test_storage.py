@@ -508,6 +508,37 @@ def _wait_for(predicate, what):
         time.sleep(0.005)
 
 
+def test_sqlite_a_file_lock_the_kernel_refuses_as_a_deadlock_is_tried_again(tmp_path, monkeypatch):
+    # POSIX record locks belong to processes: with two lock files (a database and its webhook
+    # journal), two processes each holding one while another of their threads waits for the other
+    # look like a deadlock to the kernel, though neither holder waits for anything.
+    import errno
+
+    locks = writequeue.WriteLocks(str(tmp_path / "bot.db-writelock"))
+    real, refused = writequeue.fcntl.lockf, []
+
+    def lockf(fd, mode, length=0, start=0, whence=0):
+        if mode == writequeue.fcntl.LOCK_EX and start == 0 and len(refused) < 3:
+            refused.append(start)
+            raise OSError(errno.EDEADLK, "Resource deadlock avoided")
+        return real(fd, mode, length, start, whence)
+
+    monkeypatch.setattr(writequeue.fcntl, "lockf", lockf)
+    assert locks.write.acquire()
+    try:
+        assert locks.lock_file() is True  # taken once the kernel let it, not given up
+        assert refused == [0, 0, 0]
+    finally:
+        locks.unlock_file()
+        locks.write.release()
+    assert locks.write.acquire()
+    try:
+        assert locks.lock_file() is True  # and the queue is still used next time
+    finally:
+        locks.unlock_file()
+        locks.write.release()
+
+
 def test_sqlite_the_webhooks_writes_go_before_waiting_background_writes(tmp_path, monkeypatch):
     # threading.Lock is not fair; the executor's writes (background) let the webhook's go first.
     monkeypatch.setattr(writequeue, "YIELD_SECONDS", 30.0)  # however long the background one waited
