@@ -508,6 +508,36 @@ def _wait_for(predicate, what):
         time.sleep(0.005)
 
 
+def test_sqlite_emptying_the_log_goes_before_every_waiting_writer():
+    # The checkpoint that empties the -wal file holds every writer (checkpoint._empty_log): it
+    # takes the next turn, ahead of the webhook's writers already waiting.  (Repeated: without
+    # its turn it would win only by chance.)
+    for _ in range(20):
+        locks = writequeue.WriteLocks(None)
+        order: list[str] = []
+        assert locks.write.acquire()  # a transaction in progress
+
+        def webhook() -> None:
+            assert locks.write.acquire()
+            order.append("webhook")
+            locks.write.release()
+
+        def empty_the_log() -> None:
+            with locks.all_writers_held() as held:
+                order.append("checkpoint" if held else "gave up")
+
+        writer = threading.Thread(target=webhook)
+        writer.start()
+        _wait_for(lambda: locks.write.waiting == 1, "the webhook's write to wait")
+        emptier = threading.Thread(target=empty_the_log)
+        emptier.start()
+        _wait_for(lambda: locks.write.waiting == 2, "the checkpoint to wait")
+        locks.write.release()
+        writer.join(10)
+        emptier.join(10)
+        assert order == ["checkpoint", "webhook"]
+
+
 def test_sqlite_a_file_lock_the_kernel_refuses_as_a_deadlock_is_tried_again(tmp_path, monkeypatch):
     # POSIX record locks belong to processes: with two lock files (a database and its webhook
     # journal), two processes each holding one while another of their threads waits for the other
