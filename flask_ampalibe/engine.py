@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 
 from .config import DEFAULT_DB_POOL_SIZE
@@ -37,7 +37,7 @@ from .errors import ConfigurationError
 from . import checkpoint
 from .writequeue import TurnLock, WriteLocks
 
-__all__ = ["make_engine", "bot_sql_engine", "read_only", "background_writes", "writers_waiting"]
+__all__ = ["make_engine", "bot_sql_engine", "read_only", "background_writes", "writers_waiting", "sqlite_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,10 +106,16 @@ def _has_file(url: str) -> bool:
         parsed = make_url(url)
     except ArgumentError:
         return True  # _create explains the error
-    if parsed.get_backend_name() != "sqlite":
-        return True
-    database = parsed.database or ""
-    return database not in ("", ":memory:") and not database.startswith("file:")
+    return parsed.get_backend_name() != "sqlite" or sqlite_file(parsed) is not None
+
+
+def sqlite_file(url: URL) -> str | None:
+    """The path of ``url``'s database when it is a plain SQLite file; ``None`` for other
+    databases, in-memory SQLite and ``file:`` URIs (which may be in memory too)."""
+    database = url.database or ""
+    if url.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return database
 
 
 def _create(url: str, use: str, pool_size: int) -> Engine:
@@ -156,10 +162,9 @@ def _create(url: str, use: str, pool_size: int) -> Engine:
     if backend != "sqlite":
         _ping_when_idle(engine)
     if backend == "sqlite":
-        database = parsed.database or ""
-        memory = database in ("", ":memory:")
-        plain_file = not memory and not database.startswith("file:")  # URI filenames: no queue file
-        _sqlite_setup(engine, memory, os.path.abspath(database) + "-writelock" if plain_file else None)
+        memory = (parsed.database or "") in ("", ":memory:")
+        plain_file = sqlite_file(parsed)  # URI filenames: no queue file
+        _sqlite_setup(engine, memory, os.path.abspath(plain_file) + "-writelock" if plain_file else None)
     return engine
 
 

@@ -38,7 +38,7 @@ from typing import Any
 from sqlalchemy import Column, Double, Integer, MetaData, String, Table, Text, literal, select
 from sqlalchemy.engine import Engine
 
-from .engine import make_engine, read_only
+from .engine import make_engine, read_only, sqlite_file
 from .forks import renew_in_child
 from .storage import insert_ignore
 
@@ -90,11 +90,8 @@ class Journal:
     @classmethod
     def of(cls, engine: Engine) -> "Journal | None":
         """The journal of ``engine``'s database: ``None`` unless it is a plain SQLite file."""
-        url = engine.url
-        database = url.database or ""
-        if url.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
-            return None
-        return cls(database)
+        database = sqlite_file(engine.url)
+        return cls(database) if database is not None else None
 
     @property
     def engine(self) -> Engine:
