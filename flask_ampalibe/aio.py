@@ -34,6 +34,7 @@ import traceback
 from concurrent.futures import Future
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
+from . import priority
 from .engine import background_writes
 
 __all__ = ["offload", "run", "submit", "is_async", "loop_stats", "BLOCKED_AFTER", "AsyncProxy"]
@@ -70,11 +71,14 @@ class ElasticPool:
     are started by the pool's starter thread instead.
 
     :param max_threads: threads at most; work beyond waits in a FIFO queue.
+    :param nice: how much lower than the process's the CPU priority of the pool's threads is
+        (see :mod:`flask_ampalibe.priority`).
     """
 
-    def __init__(self, max_threads: int, name: str, idle_seconds: float = 10.0) -> None:
+    def __init__(self, max_threads: int, name: str, idle_seconds: float = 10.0, nice: int = 0) -> None:
         self.max_threads = max(1, int(max_threads))
         self.name = name
+        self.nice = nice
         self.idle_seconds = idle_seconds
         lock = threading.Lock()
         self._cv = threading.Condition(lock)  # workers wait here for work
@@ -159,6 +163,7 @@ class ElasticPool:
             self._starter_cv.notify_all()
 
     def _work(self) -> None:
+        priority.lower(self.nice)
         while True:
             with self._cv:
                 while not self._queue:
@@ -188,7 +193,8 @@ class ElasticPool:
 class _Loop:
     """One event loop in its own thread, with a heartbeat the watchdog reads."""
 
-    def __init__(self, serial: int) -> None:
+    def __init__(self, serial: int, nice: int = 0) -> None:
+        self.nice = nice
         self.loop = asyncio.new_event_loop()
         self.beat = time.monotonic()
         self.blocked_since: float | None = None
@@ -199,6 +205,7 @@ class _Loop:
         self.thread.start()
 
     def _run(self) -> None:
+        priority.lower(self.nice)
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(self._heartbeat)
         try:
@@ -219,6 +226,9 @@ class _Loops:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        #: How much lower than the process's the CPU priority of the loops' and the offload
+        #: pool's threads is (the executor sets it: ``AMPALIBE_HANDLER_NICE``).
+        self.nice = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -240,7 +250,7 @@ class _Loops:
         with self._lock:
             if self._current is None or self._current.retired:
                 self._serial += 1
-                self._current = _Loop(self._serial)
+                self._current = _Loop(self._serial, self.nice)
                 self._all.append(self._current)
                 if self._watchdog is None:
                     self._watchdog = threading.Thread(target=self._watch, name="ampalibe-loop-watchdog", daemon=True)
@@ -253,7 +263,7 @@ class _Loops:
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
-                    self._pool = ElasticPool(OFFLOAD_THREADS, "ampalibe-offload")
+                    self._pool = ElasticPool(OFFLOAD_THREADS, "ampalibe-offload", nice=self.nice)
         return self._pool
 
     def _watch(self) -> None:
@@ -375,6 +385,12 @@ def _set(future: "asyncio.Future[Any]", result: Any, exc: BaseException | None) 
         future.set_exception(exc)
     else:
         future.set_result(result)
+
+
+def lower_priority(nice: int) -> None:
+    """Run the coroutines of this process (loops started from now on) and the blocking calls
+    they offload ``nice`` lower than the process's CPU priority (see :mod:`flask_ampalibe.priority`)."""
+    _loops.nice = nice
 
 
 def loop_stats() -> dict[str, int]:

@@ -29,6 +29,9 @@ DEFAULT_DB_POOL_SIZE = 2
 #: The garbage collector's first threshold in processes that handle events (see
 #: ``AMPALIBE_GC_THRESHOLD`` in the README); Python's own is 700 on 3.11–3.13.
 DEFAULT_GC_THRESHOLD = 50_000
+#: How much lower than gunicorn's request threads the executor's threads run on the CPU (see
+#: ``AMPALIBE_HANDLER_NICE`` in the README and :mod:`flask_ampalibe.priority`).
+DEFAULT_HANDLER_NICE = 19
 
 #: The values of ``AMPALIBE_EXECUTOR``.
 EXECUTORS = ("thread", "inline", "worker", "celery")
@@ -41,17 +44,22 @@ _AMP_NAMES = {
     "GRAPH_VERSION": "AMP_GRAPH_VERSION", "APP_URL": "AMP_URL", "EXECUTOR": "AMP_EXECUTOR",
     "CELERY_BROKER_URL": "AMP_CELERY_BROKER_URL", "CELERY_REQUEUE_SECONDS": "AMP_CELERY_REQUEUE_SECONDS",
     "DB_POOL_SIZE": "AMP_DB_POOL_SIZE", "GC_THRESHOLD": "AMP_GC_THRESHOLD", "WEBHOOK_JOURNAL": "AMP_WEBHOOK_JOURNAL",
+    "HANDLER_NICE": "AMP_HANDLER_NICE",
 }
 
 #: Settings that are a number of seconds (or days); how to fix a bad value names an example.
 _FLOATS = {"HTTP_TIMEOUT": 10, "CELERY_REQUEUE_SECONDS": 30, "LEASE_SECONDS": 30, "POLL_SECONDS": 2,
            "RETENTION_DAYS": 7}
 
-#: Settings that are a whole number: an example, what to set, and the least value allowed.
+#: Settings that are a whole number: an example, what to set, the least value allowed and the
+#: greatest (``None``: no bound).
 _WHOLE = {
-    "DB_POOL_SIZE": (DEFAULT_DB_POOL_SIZE, "how many database connections each process keeps for its handlers", 1),
+    "DB_POOL_SIZE": (DEFAULT_DB_POOL_SIZE, "how many database connections each process keeps for its handlers", 1,
+                     None),
     "GC_THRESHOLD": (DEFAULT_GC_THRESHOLD, "the garbage collector's first threshold in the processes that handle "
-                                           "events (0: Python's own)", 0),
+                                           "events (0: Python's own)", 0, None),
+    "HANDLER_NICE": (DEFAULT_HANDLER_NICE, "how much lower than the webhook's the CPU priority of the handlers' "
+                                           "threads is (0: the same)", 0, 19),
 }
 
 _DRIVERS = {
@@ -133,6 +141,8 @@ class Settings:
     db_pool_size: int = DEFAULT_DB_POOL_SIZE
     #: ``0``: Python's garbage collector is left as it is.
     gc_threshold: int = DEFAULT_GC_THRESHOLD
+    #: ``0``: the handlers' threads keep the process's CPU priority.
+    handler_nice: int = DEFAULT_HANDLER_NICE
     #: On an SQLite file: the webhook records in a journal file of its own (see flask_ampalibe.journal).
     webhook_journal: bool = False
     celery_broker_url: str | None = None
@@ -297,14 +307,19 @@ def _number(key: str, value: Any) -> float:
         ) from None
 
 
-def _positive(key: str, value: Any, example: int, meaning: str, least: int = 1) -> int:
-    """A setting that is a whole number of at least ``least``, or an error that says how to fix it."""
+def _positive(key: str, value: Any, example: int, meaning: str, least: int = 1, most: int | None = None) -> int:
+    """A whole number from ``least`` to ``most`` (``None``: any above), or an error that says how to fix it."""
     try:
         number = int(value)
     except (TypeError, ValueError):
         number = least - 1
-    if number < least:
-        kind = "positive whole number" if least == 1 else f"whole number of at least {least}"
+    if number < least or (most is not None and number > most):
+        if most is not None:
+            kind = f"whole number from {least} to {most}"
+        elif least == 1:
+            kind = "positive whole number"
+        else:
+            kind = f"whole number of at least {least}"
         raise ConfigurationError(
             f"{PREFIX}{key}={value!r} is not a {kind}; set it (AMP_{key} in .env) to {meaning}, "
             f"e.g. {example}."

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
@@ -572,3 +573,80 @@ def test_the_executor_raises_the_garbage_collectors_threshold(tmp_path, app_thre
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert f"BEFORE {before} AFTER {after}\n" in out.stdout, out.stdout
+
+
+_NICE_CHILD = r"""
+import os, sys, threading, time
+from flask import Flask
+import flask_ampalibe
+from flask_ampalibe.testing import WebhookClient, message_event
+phase, setting, base, db = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+os.nice(base)  # the process's own priority: the main thread's, inherited by the threads it starts
+app = Flask(__name__)
+app.config.update(AMPALIBE_ACCESS_TOKEN="t", AMPALIBE_VERIF_TOKEN="v", AMPALIBE_ALLOW_UNSIGNED=True,
+                  AMPALIBE_GRAPH_URL="http://127.0.0.1:9", AMPALIBE_DATABASE_URL=f"sqlite:///{db}",
+                  AMPALIBE_EXECUTOR="worker" if phase == "record" else "thread", AMPALIBE_POLL_SECONDS=0.2)
+if setting:
+    app.config["AMPALIBE_HANDLER_NICE"] = setting
+router = flask_ampalibe.Router()
+seen = []
+
+def nice():
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+@router.command("/plain")
+def plain(sender_id, **extends):
+    seen.append(("plain", nice()))
+
+@router.command("/async")
+async def coroutine(sender_id, **extends):
+    seen.append(("async", nice()))
+
+flask_ampalibe.Ampalibe(app, router=router)
+state = app.extensions["ampalibe"]
+hook = WebhookClient(app.test_client(), None)
+if phase == "record":  # only recorded: the next process finds them when it starts
+    assert hook.post(message_event("a", "/plain"), message_event("b", "/async")).status_code == 200
+    sys.exit(0)
+if phase == "forked":  # as gunicorn --preload: the app made before the fork, the child writes first
+    pid = os.fork()
+    if pid:
+        sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+state.start()  # its first sweep takes up the two users: their handlers make the first writes
+deadline = time.monotonic() + 30
+while len(seen) < 2 and time.monotonic() < deadline:
+    time.sleep(0.02)
+assert hook.post(message_event("c", "/plain")).status_code == 200  # the webhook in this thread
+while len(seen) < 3 and time.monotonic() < deadline:
+    time.sleep(0.02)
+checkpoint = [t for t in threading.enumerate() if t.name == "ampalibe-checkpoint"]
+print("SEEN", sorted(seen), "MAIN", nice(), "CHECKPOINT",
+      os.getpriority(os.PRIO_PROCESS, checkpoint[0].native_id) if checkpoint else None)
+state.executor.shutdown(5)
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice values are per thread on Linux only")
+@pytest.mark.parametrize("setting, base, handlers, start", [
+    ("", 0, 19, "handle"),  # the default: the lowest priority
+    ("5", 2, 7, "handle"),  # 5 lower than the process's
+    ("19", 3, 19, "forked"),  # never above 19; in a forked child
+    ("0", 1, 1, "handle"),  # 0: the process's priority
+])
+def test_handlers_run_at_a_lower_cpu_priority_than_the_webhook(tmp_path, setting, base, handlers, start):
+    import subprocess
+
+    db = str(tmp_path / "x.db")
+    for phase in ("record", start):
+        out = subprocess.run([sys.executable, "-c", _NICE_CHILD, phase, setting, str(base), db],
+                             capture_output=True, text=True, timeout=90)
+        assert out.returncode == 0, out.stderr
+    line = next(line for line in out.stdout.splitlines() if line.startswith("SEEN"))
+    # Plain handlers in the pool's threads, async ones on the loop's; the webhook's thread keeps its own.
+    assert line.startswith(f"SEEN [('async', {handlers}), ('plain', {handlers}), ('plain', {handlers})] "
+                           f"MAIN {base} "), line
+    # The library's own threads keep the process's priority (started before any handler ran,
+    # in a forked child too: a thread inherits its starter's nice value, for good).
+    assert line.endswith(f"CHECKPOINT {base}"), line

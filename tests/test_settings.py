@@ -144,6 +144,9 @@ def test_values_are_converted_to_their_types():
     assert Settings.load({"AMPALIBE_GC_THRESHOLD": "0"}).gc_threshold == 0  # 0: Python's own
     assert Settings.load(environ={"AMP_GC_THRESHOLD": "20000"}).gc_threshold == 20000
     assert Settings.load({"AMPALIBE_GC_THRESHOLD": ""}).gc_threshold == 50000
+    assert Settings.load({}).handler_nice == 19
+    assert Settings.load({"AMPALIBE_HANDLER_NICE": "0"}).handler_nice == 0
+    assert Settings.load(environ={"AMP_HANDLER_NICE": "5"}).handler_nice == 5
     assert Settings.load({}).webhook_journal is False  # off unless asked for
     assert Settings.load({"AMPALIBE_WEBHOOK_JOURNAL": "1"}).webhook_journal is True
     assert Settings.load(environ={"AMP_WEBHOOK_JOURNAL": "yes"}).webhook_journal is True
@@ -171,6 +174,9 @@ def test_settings_are_frozen(app, ext):
     ({"AMPALIBE_GC_THRESHOLD": "-1"}, r"AMPALIBE_GC_THRESHOLD='-1' is not a whole number of at least 0; set it "
                                       r"\(AMP_GC_THRESHOLD in \.env\) to the garbage collector's .* e\.g\. 50000"),
     ({"AMPALIBE_GC_THRESHOLD": "lots"}, r"AMPALIBE_GC_THRESHOLD='lots' is not a whole number of at least 0"),
+    ({"AMPALIBE_HANDLER_NICE": "20"}, r"AMPALIBE_HANDLER_NICE='20' is not a whole number from 0 to 19; set it "
+                                      r"\(AMP_HANDLER_NICE in \.env\) to how much lower .* e\.g\. 19"),
+    ({"AMPALIBE_HANDLER_NICE": "-5"}, r"AMPALIBE_HANDLER_NICE='-5' is not a whole number from 0 to 19"),
 ])
 def test_a_bad_value_says_how_to_fix_it(config, message):
     with pytest.raises(ConfigurationError, match=message):

@@ -57,7 +57,8 @@ def thread_executor(inbox: Inbox, handle: Handle, settings: Settings, threads: i
     """A :class:`ThreadExecutor` configured by ``settings`` (``threads``: instead of
     ``AMPALIBE_MAX_CONCURRENCY``; ``fed_by_sweeps``: for ``ampalibe worker``)."""
     return ThreadExecutor(inbox, handle, max_concurrency=threads or settings.max_concurrency,
-                          fed_by_sweeps=fed_by_sweeps, gc_threshold=settings.gc_threshold, **_timings(settings))
+                          fed_by_sweeps=fed_by_sweeps, gc_threshold=settings.gc_threshold,
+                          nice=settings.handler_nice, **_timings(settings))
 
 
 def _timings(settings: Settings) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 from .. import aio
 from ..aio import ElasticPool
-from ..config import DEFAULT_GC_THRESHOLD, DEFAULT_MAX_CONCURRENCY
+from ..config import DEFAULT_GC_THRESHOLD, DEFAULT_HANDLER_NICE, DEFAULT_MAX_CONCURRENCY
 from ..dberrors import is_unavailable, outage_for
 from ..inbox import Claimed, Inbox
 from .base import Executor, Handle
@@ -118,6 +118,8 @@ class ThreadExecutor(Executor):
         (``ampalibe worker``; see :attr:`Executor.fed_by_sweeps`).
     :param gc_threshold: the garbage collector's first threshold while it runs (raised only;
         ``0`` leaves it, see :func:`ensure_gc_threshold`).
+    :param nice: how much lower than the process's the CPU priority of the threads that run
+        handlers and their steps is (``AMPALIBE_HANDLER_NICE``; see :mod:`flask_ampalibe.priority`).
     """
 
     #: The governor's clocks (tests replace them): wall time, and this process's CPU time.
@@ -126,10 +128,11 @@ class ThreadExecutor(Executor):
 
     def __init__(self, inbox: Inbox, handle: Handle, max_concurrency: int | None = None, threads: int | None = None,
                  govern: bool = True, fed_by_sweeps: bool = False, gc_threshold: int = DEFAULT_GC_THRESHOLD,
-                 **kwargs: float) -> None:
+                 nice: int = DEFAULT_HANDLER_NICE, **kwargs: float) -> None:
         super().__init__(inbox, handle, **kwargs)
         self.fed_by_sweeps = fed_by_sweeps
         self.gc_threshold = gc_threshold
+        self.nice = nice
         cap = max_concurrency if max_concurrency is not None else threads
         self.max_concurrency = max(1, int(cap if cap is not None else DEFAULT_MAX_CONCURRENCY))
         #: Events admitted at once now: ``max_concurrency``, lowered while the process's CPU is
@@ -175,8 +178,9 @@ class ThreadExecutor(Executor):
                 return
             ensure_file_limit(self.max_concurrency)
             ensure_gc_threshold(self.gc_threshold)
-            self._pool = ElasticPool(self.max_concurrency, "ampalibe")
-            self._steps = ElasticPool(STEP_THREADS, "ampalibe-steps")
+            aio.lower_priority(self.nice)
+            self._pool = ElasticPool(self.max_concurrency, "ampalibe", nice=self.nice)
+            self._steps = ElasticPool(STEP_THREADS, "ampalibe-steps", nice=self.nice)
             self._sweeper = threading.Thread(target=self._upkeep, name="ampalibe-sweeper", daemon=True)
             self._sweeper.start()
 
