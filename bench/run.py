@@ -1006,7 +1006,7 @@ def main(argv=None) -> int:
     if any(s.startswith("ampalibe") for s, _ in runs):
         ensure_ampalibe_venv()
     # the same bodies for every system of a scenario; enough for the fastest system without wrapping
-    n_bodies = max(2000, cfg.duration * (1500 if cfg.quick else 6000))
+    n_bodies = max(2000, cfg.duration * (1500 if cfg.quick else 8000))
     bodies = {}
     gen_t = time.time()
     for scen in {c for _, c in runs}:
