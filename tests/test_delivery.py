@@ -430,6 +430,19 @@ def test_gunicorn_workers_collect_garbage_less_often(served, graph, kind):
     assert all(graph.sent_texts(f"g{n}") == ["gc 50000"] for n in range(4))
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice values are per thread on Linux only")
+@pytest.mark.parametrize("kind", ["def", "async def"])
+def test_gunicorn_workers_run_handlers_at_the_lowest_cpu_priority(served, graph, kind):
+    # AMPALIBE_HANDLER_NICE's default: the kernel runs the request threads (the acks) first.
+    server = served(**({"BOT_ASYNC": "1"} if kind == "async def" else {}))
+    hook = server.hook()
+    for n in range(4):  # spread over both workers
+        assert hook.send_text(f"n{n}", "nice").status_code == 200
+    wait_until(lambda: all(graph.sent_texts(f"n{n}") for n in range(4)), 20, "the four replies")
+    base = os.getpriority(os.PRIO_PROCESS, 0)  # gunicorn's processes start with this test's
+    assert all(graph.sent_texts(f"n{n}") == [f"nice {min(19, base + 19)}"] for n in range(4))
+
+
 # -- the executor's edge cases, in one process -----------------------------------------------------
 @pytest.fixture
 def local_inbox(tmp_path: Path) -> Iterator[Inbox]:

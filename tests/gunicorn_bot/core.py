@@ -7,7 +7,7 @@ Every message is appended to the sender's ``seen`` list (temporary data: safe wi
 since one user's events are handled one at a time) and echoed through the Send API.  A text
 ``slow SECONDS TAG`` first sleeps; ``gate FILE TAG`` first waits until ``FILE`` exists in
 the project folder (at most a minute); ``boom`` raises; ``gc`` is answered with the process's
-garbage collector threshold (``gc 50000``).  A text that starts with ``count``
+garbage collector threshold (``gc 50000``), ``nice`` with the handler thread's nice value.  A text that starts with ``count``
 first adds one to the sender's ``count`` (and notes ``counted``), then goes on with the rest.  Each run also appends a JSON line to
 ``markers.jsonl`` (short ``O_APPEND`` writes from several processes do not interleave).
 
@@ -19,6 +19,7 @@ import asyncio
 import gc
 import json
 import os
+import threading
 import time
 
 import flask_ampalibe as ampalibe
@@ -58,6 +59,8 @@ def main(sender_id, cmd, redelivered, **extends):
         raise RuntimeError("boom: the handler failed on purpose")
     if cmd == "gc":
         cmd = f"gc {gc.get_threshold()[0]}"
+    if cmd == "nice":
+        cmd = f"nice {os.getpriority(os.PRIO_PROCESS, threading.get_native_id())}"
     seen = query.get_temp(sender_id, "seen") or []
     seen.append(cmd)
     query.set_temp(sender_id, "seen", seen)
@@ -84,6 +87,8 @@ async def async_main(sender_id, cmd, redelivered, **extends):
         raise RuntimeError("boom: the handler failed on purpose")
     if cmd == "gc":
         cmd = f"gc {gc.get_threshold()[0]}"
+    if cmd == "nice":
+        cmd = f"nice {os.getpriority(os.PRIO_PROCESS, threading.get_native_id())}"
     seen = await ampalibe.offload(query.get_temp, sender_id, "seen") or []
     seen.append(cmd)
     await ampalibe.offload(query.set_temp, sender_id, "seen", seen)
