@@ -389,7 +389,9 @@ def _set(future: "asyncio.Future[Any]", result: Any, exc: BaseException | None) 
 
 def lower_priority(nice: int) -> None:
     """Run the coroutines of this process (loops started from now on) and the blocking calls
-    they offload ``nice`` lower than the process's CPU priority (see :mod:`flask_ampalibe.priority`)."""
+    they offload ``nice`` lower than the process's CPU priority (see :mod:`flask_ampalibe.priority`).
+
+    The loops are the process's, so with several apps the executor started last sets it."""
     _loops.nice = nice
 
 

@@ -3,9 +3,10 @@
 A web worker runs two kinds of threads: gunicorn's request threads, which record an event and send
 the 200, and the executor's threads, which run the handlers after it. On a machine whose cores are
 busy, the kernel shares them out among every runnable thread alike, so hundreds of handler threads
-take the CPU from the few that acknowledge.  On Linux each thread has a nice value of its own: the executor's threads raise theirs (lower their priority) when they start, so the kernel
-runs request threads first and gives the handlers what is left, and the whole of a core when
-nothing else wants it.  Nothing else changes: a handler is not made slower while the CPU is free.
+take the CPU from the few that acknowledge.  On Linux each thread has a nice value of its own: the
+executor's threads raise theirs (lower their priority) when they start, so the kernel runs request
+threads first and gives the handlers what is left, and the whole of a core when nothing else wants
+it.  Nothing else changes: a handler is not made slower while the CPU is free.
 
 A thread starts with the nice value of the thread that starts it, and raising it again needs a
 privilege (``CAP_SYS_NICE``) most processes lack: the library's own threads that must keep the
