@@ -420,27 +420,23 @@ def test_webhook_answers_while_every_handler_thread_is_busy(served):
 
 
 @pytest.mark.parametrize("kind", ["def", "async def"])
-def test_gunicorn_workers_collect_garbage_less_often(served, graph, kind):
-    # A loaded worker's collections stopped all its threads for 0.1 s and more (bench/ANALYSIS.md).
+def test_gunicorn_workers_tune_the_threads_that_handle_events(served, graph, kind):
+    # The garbage collector: a loaded worker's collections stopped all its threads for 0.1 s and
+    # more (bench/ANALYSIS.md).  AMPALIBE_HANDLER_NICE's default (Linux: nice values are per
+    # thread there only): the kernel runs the request threads (the acks) first.
     server = served(**({"BOT_ASYNC": "1"} if kind == "async def" else {}))
     hook = server.hook()
-    for n in range(4):  # spread over both workers
-        assert hook.send_text(f"g{n}", "gc").status_code == 200
-    wait_until(lambda: all(graph.sent_texts(f"g{n}") for n in range(4)), 20, "the four replies")
-    assert all(graph.sent_texts(f"g{n}") == ["gc 50000"] for n in range(4))
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice values are per thread on Linux only")
-@pytest.mark.parametrize("kind", ["def", "async def"])
-def test_gunicorn_workers_run_handlers_at_the_lowest_cpu_priority(served, graph, kind):
-    # AMPALIBE_HANDLER_NICE's default: the kernel runs the request threads (the acks) first.
-    server = served(**({"BOT_ASYNC": "1"} if kind == "async def" else {}))
-    hook = server.hook()
-    for n in range(4):  # spread over both workers
-        assert hook.send_text(f"n{n}", "nice").status_code == 200
-    wait_until(lambda: all(graph.sent_texts(f"n{n}") for n in range(4)), 20, "the four replies")
     base = os.getpriority(os.PRIO_PROCESS, 0)  # gunicorn's processes start with this test's
-    assert all(graph.sent_texts(f"n{n}") == [f"nice {min(19, base + 19)}"] for n in range(4))
+    expected = {"g": "gc 50000"}
+    if sys.platform.startswith("linux"):
+        expected["n"] = f"nice {min(19, base + 19)}"
+    command = {"g": "gc", "n": "nice"}
+    for prefix in expected:
+        for n in range(4):  # spread over both workers
+            assert hook.send_text(f"{prefix}{n}", command[prefix]).status_code == 200
+    wait_until(lambda: all(graph.sent_texts(f"{p}{n}") for p in expected for n in range(4)), 20, "the replies")
+    for prefix, reply in expected.items():
+        assert all(graph.sent_texts(f"{prefix}{n}") == [reply] for n in range(4))
 
 
 # -- the executor's edge cases, in one process -----------------------------------------------------
