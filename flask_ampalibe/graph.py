@@ -31,6 +31,7 @@ import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
 from .errors import ConfigurationError, GraphConnectionError, GraphError, GraphTimeout
+from .graphsession import GraphSession
 
 __all__ = ["GraphClient", "GraphErrorInfo", "graph_error", "TRANSIENT_CODES"]
 
@@ -172,7 +173,7 @@ class GraphClient:
         With ``trust_env`` requests looks them up again on every call, a sizeable part of the
         cost of a send; the environment of a running bot does not change.
         """
-        session = requests.Session()
+        session = GraphSession()  # a short path for the Send API's plain calls
         session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
         bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         if bundle:

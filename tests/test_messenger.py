@@ -443,6 +443,63 @@ def test_one_session_and_timeout_on_every_call(graph: FakeGraph) -> None:
     session.close()
 
 
+class CountingSend:
+    """Counts calls of :meth:`requests.Session.send` (requests' usual path) in every session."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import requests
+
+        self.calls = 0
+        original = requests.Session.send
+
+        def send(session: Any, *args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return original(session, *args, **kwargs)
+
+        monkeypatch.setattr(requests.Session, "send", send)
+
+
+def test_plain_sends_take_the_short_path_with_what_requests_would_send(
+        chat: Messenger, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch) -> None:
+    import requests
+
+    counting = CountingSend(monkeypatch)
+    chat.session.headers["X-Trace"] = "t-1"  # the session's own headers still go out
+    for text in ("a", "bé", "c"):
+        chat.send_text(USER, text)
+    assert counting.calls == 0  # graphsession.GraphSession's short path, not Session.send
+    assert [m["text"] for m in graph.sent_messages(USER)] == ["a", "bé", "c"]
+    first = graph.requests[0]
+    assert first.query == {"access_token": TOKEN, "appsecret_proof": PROOF}
+    assert first.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert first.headers["User-Agent"] == requests.utils.default_user_agent()
+    assert first.headers["X-Trace"] == "t-1"
+    assert int(first.headers["Content-Length"]) == len(first.body) > 0
+    chat.get_user_profile(USER)  # a GET with params: requests' usual path
+    assert counting.calls == 1
+
+
+def test_a_session_with_cookies_auth_or_hooks_sends_them(
+        chat: Messenger, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch) -> None:
+    counting = CountingSend(monkeypatch)
+    answered: list[int] = []
+    chat.session.hooks["response"].append(lambda response, **kw: answered.append(response.status_code))
+    chat.send_text(USER, "hooked")
+    assert answered == [200] and counting.calls == 1
+    chat.session.hooks["response"].clear()
+    chat.session.cookies.set("c", "v")
+    chat.send_text(USER, "cookie")
+    assert graph.requests[-1].headers.get("Cookie") == "c=v" and counting.calls == 2
+    chat.session.cookies.clear()
+    chat.session.auth = ("user", "secret")
+    chat.send_text(USER, "auth")
+    assert graph.requests[-1].headers["Authorization"].startswith("Basic ") and counting.calls == 3
+    chat.session.auth = None
+    chat.send_text(USER, "plain again")
+    assert counting.calls == 3
+    assert [m["text"] for m in graph.sent_messages(USER)] == ["hooked", "cookie", "auth", "plain again"]
+
+
 def test_credentials_query_follows_the_credentials(chat: Messenger, graph: FakeGraph) -> None:
     # The credentials' query string is encoded once per credentials (GraphClient._signed_url):
     # new credentials must show at the next call, and a call's own params keep their old rules.
