@@ -22,7 +22,7 @@ __all__ = ["DEFAULTS", "EXECUTORS", "PREFIX", "Settings", "payload_secret", "pro
 PREFIX = "AMPALIBE_"
 
 #: Events handled at once per process when ``MAX_CONCURRENCY`` is not set.
-DEFAULT_MAX_CONCURRENCY = 512
+DEFAULT_MAX_CONCURRENCY = 1024
 #: Database connections each process keeps for the handlers' statements (as many again at most
 #: under load); see ``AMPALIBE_DB_POOL_SIZE`` in the README.
 DEFAULT_DB_POOL_SIZE = 2

@@ -163,7 +163,7 @@ def test_settings_are_frozen(app, ext):
 
 @pytest.mark.parametrize("config, message", [
     ({"AMPALIBE_MAX_CONCURRENCY": "0"}, r"AMPALIBE_MAX_CONCURRENCY='0' is not a positive whole number; set it"),
-    ({"AMPALIBE_WORKER_THREADS": "many"}, r"AMPALIBE_MAX_CONCURRENCY='many' .* e\.g\. 512"),
+    ({"AMPALIBE_WORKER_THREADS": "many"}, r"AMPALIBE_MAX_CONCURRENCY='many' .* e\.g\. 1024"),
     ({"AMPALIBE_LEASE_SECONDS": "soon"}, r"AMPALIBE_LEASE_SECONDS='soon' is not a number; .* seconds, e\.g\. 30"),
     ({"AMPALIBE_RETENTION_DAYS": "a week"}, r"number of days, e\.g\. 7"),
     ({"AMPALIBE_EXECUTOR": "rq"}, r"AMPALIBE_EXECUTOR='rq' is not known; use 'thread', 'inline'"),

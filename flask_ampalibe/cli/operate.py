@@ -74,7 +74,7 @@ def _where(state: Any) -> str:
 # -- worker -----------------------------------------------------------------------------------
 @click.command()
 @click.option("--threads", type=click.IntRange(min=1),
-              help="Events handled at once. Default: AMPALIBE_MAX_CONCURRENCY (512).")
+              help="Events handled at once. Default: AMPALIBE_MAX_CONCURRENCY (1024).")
 @click.option("--graceful-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds running handlers get to finish after SIGTERM or Ctrl-C.")
 @click.option("--celery", "use_celery", is_flag=True,

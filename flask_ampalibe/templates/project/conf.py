@@ -42,7 +42,7 @@ class Configuration:
     APP_HOST = setting("AMP_HOST", "0.0.0.0")
     APP_PORT = int(setting("AMP_PORT", 4555))
     WORKERS = int(setting("AMP_WORKERS", 2))
-    MAX_CONCURRENCY = setting("AMP_MAX_CONCURRENCY")  # events handled at once per process (512)
+    MAX_CONCURRENCY = setting("AMP_MAX_CONCURRENCY")  # events handled at once per process (1024)
 
     # Where handlers run: thread (default), worker (`ampalibe worker`), celery (`ampalibe worker --celery`)
     EXECUTOR = setting("AMP_EXECUTOR")
