@@ -21,6 +21,7 @@ from flask import Flask, current_app
 from flask.cli import ScriptInfo
 from sqlalchemy.engine import make_url
 
+from ..config import DEFAULT_MAX_CONCURRENCY
 from . import loader
 from .errors import remember_database
 from .loader import ProjectError
@@ -74,7 +75,7 @@ def _where(state: Any) -> str:
 # -- worker -----------------------------------------------------------------------------------
 @click.command()
 @click.option("--threads", type=click.IntRange(min=1),
-              help="Events handled at once. Default: AMPALIBE_MAX_CONCURRENCY (1024).")
+              help=f"Events handled at once. Default: AMPALIBE_MAX_CONCURRENCY ({DEFAULT_MAX_CONCURRENCY}).")
 @click.option("--graceful-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds running handlers get to finish after SIGTERM or Ctrl-C.")
 @click.option("--celery", "use_celery", is_flag=True,
