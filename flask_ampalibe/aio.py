@@ -93,6 +93,8 @@ class ElasticPool:
         self._serial = 0
         #: The most threads this pool ran at once (for tests and the bench).
         self.peak_threads = 0
+        #: CPU seconds its threads spent in the work they finished (the executor's CPU governor).
+        self.cpu_seconds = 0.0
 
     def submit(self, func: Callable[..., Any], *args: Any) -> None:
         """Run ``func(*args)`` in a thread of the pool (exceptions are logged)."""
@@ -178,14 +180,17 @@ class ElasticPool:
                         return
                 func, args = self._queue.popleft()
                 self._busy += 1
+            started = time.thread_time()
             try:
                 with background_writes():  # on SQLite the webhook's writes go first
                     func(*args)
             except BaseException:  # the pool must survive anything its work raises
                 logger.exception("%s: unhandled error in %r", self.name, func)
             finally:
+                used = time.thread_time() - started
                 with self._cv:
                     self._busy -= 1
+                    self.cpu_seconds += used
                 del func, args  # an idle thread keeps nothing of its last work alive
 
 
@@ -200,6 +205,7 @@ class _Loop:
         self.blocked_since: float | None = None
         self.retired = False
         self.tasks = 0  # coroutines submitted and not finished
+        self.cpu = 0.0  # CPU seconds of the loop's thread, as of its last heartbeat
         self.tasks_lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"ampalibe-loop-{serial}", daemon=True)
         self.thread.start()
@@ -211,10 +217,12 @@ class _Loop:
         try:
             self.loop.run_forever()
         finally:
+            self.cpu = time.thread_time()
             self.loop.close()
 
     def _heartbeat(self) -> None:
         self.beat = time.monotonic()
+        self.cpu = time.thread_time()
         if self.retired and self.tasks == 0:
             self.loop.stop()
             return
@@ -240,6 +248,7 @@ class _Loops:
         self._pool: ElasticPool | None = None
         self._pid = os.getpid()
         self.blocked_count = 0
+        self.ended_cpu = 0.0  # CPU seconds of the loops whose threads ended
 
     def current(self) -> _Loop:
         if self._pid != os.getpid():  # a forked child: the parent's threads are not here
@@ -277,6 +286,7 @@ class _Loops:
                     with self._lock:
                         if lp in self._all:
                             self._all.remove(lp)
+                            self.ended_cpu += lp.cpu
                     continue
                 late = now - lp.beat
                 if late > BLOCKED_AFTER and lp.blocked_since is None:
@@ -393,6 +403,18 @@ def lower_priority(nice: int) -> None:
 
     The loops are the process's, so with several apps the executor started last sets it."""
     _loops.nice = nice
+
+
+def cpu_seconds() -> float:
+    """CPU seconds this process's ``async def`` work used so far: its loops' threads (as of their
+    last heartbeat, every 0.1 s) and the calls :func:`offload` finished (the CPU governor's
+    measure of async handlers; only differences between two readings mean anything)."""
+    if _loops._pid != os.getpid():
+        return 0.0
+    with _loops._lock:
+        loops = sum(lp.cpu for lp in _loops._all) + _loops.ended_cpu
+    pool = _loops._pool
+    return loops + (pool.cpu_seconds if pool is not None else 0.0)
 
 
 def loop_stats() -> dict[str, int]:

@@ -353,11 +353,20 @@ def test_the_cap_setting_its_former_name_and_a_bad_value():
 
 
 def fake_clocks(executor: ThreadExecutor) -> dict[str, float]:
-    """Give the governor clocks the test moves by hand: ``fake["now"]`` (wall) and ``fake["cpu"]``."""
-    fake = {"now": 0.0, "cpu": 0.0}
+    """Give the governor clocks the test moves by hand: ``fake["now"]`` (wall), ``fake["cpu"]`` (the
+    process's CPU) and ``fake["handlers"]`` (its handlers' CPU)."""
+    fake = {"now": 0.0, "cpu": 0.0, "handlers": 0.0}
     executor.clock, executor.cpu_clock = (lambda: fake["now"]), (lambda: fake["cpu"])
-    executor._governed_at = executor._governed_cpu = 0.0
+    executor.handlers_cpu_clock = lambda: fake["handlers"]
+    executor._governed_at = executor._governed_cpu = executor._governed_handlers = 0.0
     return fake
+
+
+def burn(seconds: float) -> None:
+    """Compute (hold a core) for ``seconds`` of this thread's CPU time."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
 
 
 def test_the_governor_admits_fewer_events_while_the_cpu_is_saturated(local_inbox):
@@ -370,17 +379,18 @@ def test_the_governor_admits_fewer_events_while_the_cpu_is_saturated(local_inbox
         wait_until(lambda: executor.in_flight == 64, 20, "64 handlers to run")
         fake["now"] += 1.0
         fake["cpu"] += 1.0  # a whole core busy: handlers that compute
+        fake["handlers"] += 0.9
         executor.notify(record(local_inbox, message_event("late", "hi")))
         assert executor.limit == 48  # three quarters of what runs
         fake["now"] += 1.0
         fake["cpu"] += 0.1  # they wait again, users wait for a slot
+        fake["handlers"] += 0.05
         executor.notify(["late"])
         assert executor.limit == 64  # doubled, within the cap
-        fake["now"] += 1.0
-        fake["cpu"] += 1.0
         for _ in range(20):  # saturated for long: never below the floor
             fake["now"] += 1.0
             fake["cpu"] += 1.0
+            fake["handlers"] += 0.6
             executor.notify(["late"])
         assert executor.limit == 8
         gate.set()
@@ -404,6 +414,57 @@ def test_the_governor_does_not_cut_the_limit_for_cpu_that_handlers_did_not_use(l
         assert executor.limit == 64 and executor.peak_in_flight == 30
     finally:
         assert executor.shutdown(10)
+
+
+def test_the_governor_keeps_admitting_handlers_that_wait_while_the_acks_saturate_the_cpu(local_inbox):
+    # A load of webhook requests keeps the process busy while the handlers in flight wait (on an
+    # API): fewer handlers would not make the acks faster, only the replies later.
+    gate = threading.Event()
+    executor = ThreadExecutor(local_inbox, lambda claimed: gate.wait(30), max_concurrency=64, lease_seconds=30,
+                              poll_seconds=30)
+    fake = fake_clocks(executor)
+    try:
+        executor.notify(record(local_inbox, *[message_event(f"u{n}", "hi") for n in range(100)]))
+        wait_until(lambda: executor.in_flight == 64, 20, "64 handlers to run")
+        late = record(local_inbox, message_event("late", "hi"))
+        for _ in range(10):
+            fake["now"] += 1.0
+            fake["cpu"] += 1.0  # saturated, by the acks: the handlers used a twentieth of a core
+            fake["handlers"] += 0.05
+            executor.notify(late)
+        assert executor.limit == 64
+        fake["now"] += 1.0
+        fake["cpu"] += 1.0  # the handlers' own CPU gets to half a core: now they are the load
+        fake["handlers"] += 0.5
+        executor.notify(["late"])
+        assert executor.limit == 48
+        gate.set()
+        wait_until(lambda: local_inbox.stats()["done"] == 101, 60, "every event to be handled")
+    finally:
+        gate.set()
+        assert executor.shutdown(10)
+
+
+def test_the_governor_counts_the_cpu_its_handlers_use(local_inbox):
+    executor = ThreadExecutor(local_inbox, lambda claimed: burn(0.05), max_concurrency=4, lease_seconds=30,
+                              poll_seconds=30)
+    try:
+        before = executor.handlers_cpu()
+        executor.notify(record(local_inbox, *[message_event(f"u{n}", "hi") for n in range(4)]))
+        wait_until(lambda: local_inbox.stats()["done"] == 4, 60, "the 4 events to be handled")
+        wait_until(lambda: executor.handlers_cpu() - before >= 4 * 0.05, 20, "their CPU to be counted")
+    finally:
+        assert executor.shutdown(10)
+
+
+def test_the_cpu_of_async_work_is_counted():
+    async def compute() -> None:
+        burn(0.05)  # on the loop's thread
+        await aio.offload(burn, 0.05)  # in a thread of the offload pool
+
+    before = aio.cpu_seconds()
+    aio.run(compute(), 20)
+    wait_until(lambda: aio.cpu_seconds() - before >= 0.1, 20, "the loop's and the offloaded CPU to be counted")
 
 
 def test_the_governor_raises_the_limit_again_while_every_admitted_handler_waits(local_inbox):

@@ -25,9 +25,12 @@ logger = logging.getLogger(__name__)
 
 #: Threads that run the inbox's statements between the events of ``async def`` bots.
 STEP_THREADS = 16
-#: The CPU governor (:meth:`ThreadExecutor._govern`): how often it looks, the process CPU use
-#: (in cores) above which it lowers the limit and below which it raises it, and the lowest limit.
-GOVERN_EVERY, CPU_HIGH, CPU_LOW, GOVERN_FLOOR = 0.25, 0.9, 0.6, 8
+#: The CPU governor (:meth:`ThreadExecutor._govern`): how often it looks; the process's CPU use
+#: (in cores) above which it may lower the limit and below which it raises it; the CPU its handlers
+#: must use (in cores) for it to lower the limit, half of which lets it raise the limit again
+#: (below, the process is busy with the webhook's acks, which fewer handlers would hardly speed
+#: up); the lowest limit.
+GOVERN_EVERY, CPU_HIGH, CPU_LOW, HANDLERS_HIGH, GOVERN_FLOOR = 0.25, 0.9, 0.6, 0.5, 8
 
 
 #: Open files to allow per event in flight (its Graph API connection, one to the API its handler
@@ -96,10 +99,11 @@ class ThreadExecutor(Executor):
     (:meth:`Dispatcher.run_async <flask_ampalibe.dispatch.Dispatcher.run_async>`): a waiting
     handler holds no thread; threads only run the inbox's statements between two events.
 
-    CPU governor: while the process's CPU is saturated (handlers that compute rather than wait),
-    fewer events are admitted at once (never fewer than 8), so the webhook's threads still get
-    the GIL and the ack stays fast; the limit climbs back to ``max_concurrency`` as soon as the
-    handlers in flight wait again.
+    CPU governor: while the process's CPU is saturated and its handlers use half a core or more
+    of it (handlers that compute rather than wait), fewer events are admitted at once (never
+    fewer than 8), so the webhook's threads still get the GIL and the ack stays fast; the limit
+    climbs back to ``max_concurrency`` as soon as the handlers in flight wait again.  A process
+    saturated by its acks alone keeps admitting handlers that wait.
 
     Fairness: when every slot is taken, a user whose event is done goes to the back of the
     queue before their next one, so one user with 500 messages gets one slot, not all of them.
@@ -122,9 +126,11 @@ class ThreadExecutor(Executor):
         handlers and their steps is (``AMPALIBE_HANDLER_NICE``; see :mod:`flask_ampalibe.priority`).
     """
 
-    #: The governor's clocks (tests replace them): wall time, and this process's CPU time.
+    #: The governor's clocks (tests replace them): wall time, this process's CPU time, and the
+    #: CPU time of its handlers (:meth:`handlers_cpu`, unless replaced).
     clock: Callable[[], float] = staticmethod(time.monotonic)
     cpu_clock: Callable[[], float] = staticmethod(time.process_time)
+    handlers_cpu_clock: Callable[[], float] | None = None
 
     def __init__(self, inbox: Inbox, handle: Handle, max_concurrency: int | None = None, threads: int | None = None,
                  govern: bool = True, fed_by_sweeps: bool = False, gc_threshold: int = DEFAULT_GC_THRESHOLD,
@@ -156,9 +162,10 @@ class ThreadExecutor(Executor):
         # Work waiting for a slot: (user, None) to begin, (user, event) to handle that event.
         self._waiting: collections.deque[tuple[str, Claimed | None]] = collections.deque()
         self._in_flight = 0
-        self._governed_at, self._governed_cpu = self.clock(), self.cpu_clock()
         self._pool: ElasticPool | None = None  # plain handlers: a thread per event in flight
         self._steps: ElasticPool | None = None  # async bots: only the inbox's statements run in threads
+        self._governed_at, self._governed_cpu = self.clock(), self.cpu_clock()
+        self._governed_handlers = self._handlers_clock()
         self._sweeper: threading.Thread | None = None
 
     def _after_fork(self) -> None:
@@ -199,26 +206,36 @@ class ThreadExecutor(Executor):
                 self._waiting.append((user_id, None))
             self._fill()
 
+    def handlers_cpu(self) -> float:
+        """CPU seconds this process's handlers used so far: the work its threads finished (each
+        slot's, as it ends) and its ``async def`` work (:func:`flask_ampalibe.aio.cpu_seconds`)."""
+        return sum(pool.cpu_seconds for pool in (self._pool, self._steps) if pool is not None) + aio.cpu_seconds()
+
+    def _handlers_clock(self) -> float:
+        return (self.handlers_cpu_clock or self.handlers_cpu)()
+
     def _govern(self) -> None:
-        """Adjust :attr:`limit` to the process's CPU use (lock held; at most every GOVERN_EVERY s).
+        """Adjust :attr:`limit` to the CPU use (lock held; at most every GOVERN_EVERY s).
 
         Handlers that wait (on an API, a sleep) use little CPU: the limit doubles up to
         ``max_concurrency`` while users wait for a slot.  Handlers that compute saturate the
         process (one core for Python code, the GIL): more of them at once would not go faster,
         only starve the webhook's threads of the GIL and slow the ack, so the limit drops to a
-        bit below what is running.
+        bit below what is running.  Which of the two it is, the handlers' own CPU says: a process
+        saturated by the webhook's acks while its handlers wait keeps admitting them.
         """
         now = self.clock()
         span = now - self._governed_at
         if span < GOVERN_EVERY:
             return
-        cpu = self.cpu_clock()
+        cpu, handlers = self.cpu_clock(), self._handlers_clock()
         busy = (cpu - self._governed_cpu) / span
-        self._governed_at, self._governed_cpu = now, cpu
+        computing = (handlers - self._governed_handlers) / span
+        self._governed_at, self._governed_cpu, self._governed_handlers = now, cpu, handlers
         floor = min(self.max_concurrency, GOVERN_FLOOR)
-        if busy > CPU_HIGH and self._in_flight > floor:  # the handlers saturate it (not startup, not the acks)
+        if busy > CPU_HIGH and computing >= HANDLERS_HIGH and self._in_flight > floor:
             self.limit = max(floor, min(self.limit, self._in_flight) * 3 // 4)
-        elif busy < CPU_LOW and self._waiting:
+        elif (busy < CPU_LOW or computing < HANDLERS_HIGH / 2) and self._waiting:
             self.limit = min(self.max_concurrency, max(floor, self.limit * 2))
 
     def _fill(self) -> None:
