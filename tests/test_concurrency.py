@@ -7,6 +7,7 @@ that wait on barriers: counts, not clocks), then under real gunicorn (tests/guni
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -357,7 +358,7 @@ def fake_clocks(executor: ThreadExecutor) -> dict[str, float]:
     process's CPU) and ``fake["handlers"]`` (its handlers' CPU)."""
     fake = {"now": 0.0, "cpu": 0.0, "handlers": 0.0}
     executor.clock, executor.cpu_clock = (lambda: fake["now"]), (lambda: fake["cpu"])
-    executor.handlers_cpu_clock = lambda: fake["handlers"]
+    executor.handlers_cpu = lambda: fake["handlers"]  # type: ignore[method-assign]
     executor._governed_at = executor._governed_cpu = executor._governed_handlers = 0.0
     return fake
 
@@ -369,14 +370,28 @@ def burn(seconds: float) -> None:
         pass
 
 
-def test_the_governor_admits_fewer_events_while_the_cpu_is_saturated(local_inbox):
+@contextlib.contextmanager
+def governed_64_of_100(inbox: Inbox) -> Iterator[tuple[ThreadExecutor, dict[str, float]]]:
+    """An executor capped at 64 with fake governor clocks, its 64 slots taken by handlers that wait
+    for the gate while 36 users wait for a slot; it must handle every event (and a 101st) once
+    the gate opens."""
     gate = threading.Event()
-    executor = ThreadExecutor(local_inbox, lambda claimed: gate.wait(30), max_concurrency=64, lease_seconds=30,
+    executor = ThreadExecutor(inbox, lambda claimed: gate.wait(30), max_concurrency=64, lease_seconds=30,
                               poll_seconds=30)
     fake = fake_clocks(executor)
     try:
-        executor.notify(record(local_inbox, *[message_event(f"u{n}", "hi") for n in range(100)]))
+        executor.notify(record(inbox, *[message_event(f"u{n}", "hi") for n in range(100)]))
         wait_until(lambda: executor.in_flight == 64, 20, "64 handlers to run")
+        yield executor, fake
+        gate.set()
+        wait_until(lambda: inbox.stats()["done"] == 101, 60, "every event to be handled")
+    finally:
+        gate.set()
+        assert executor.shutdown(10)
+
+
+def test_the_governor_admits_fewer_events_while_the_cpu_is_saturated(local_inbox):
+    with governed_64_of_100(local_inbox) as (executor, fake):
         fake["now"] += 1.0
         fake["cpu"] += 1.0  # a whole core busy: handlers that compute
         fake["handlers"] += 0.9
@@ -393,11 +408,6 @@ def test_the_governor_admits_fewer_events_while_the_cpu_is_saturated(local_inbox
             fake["handlers"] += 0.6
             executor.notify(["late"])
         assert executor.limit == 8
-        gate.set()
-        wait_until(lambda: local_inbox.stats()["done"] == 101, 60, "every event to be handled")
-    finally:
-        gate.set()
-        assert executor.shutdown(10)
 
 
 def test_the_governor_does_not_cut_the_limit_for_cpu_that_handlers_did_not_use(local_inbox):
@@ -419,13 +429,7 @@ def test_the_governor_does_not_cut_the_limit_for_cpu_that_handlers_did_not_use(l
 def test_the_governor_keeps_admitting_handlers_that_wait_while_the_acks_saturate_the_cpu(local_inbox):
     # A load of webhook requests keeps the process busy while the handlers in flight wait (on an
     # API): fewer handlers would not make the acks faster, only the replies later.
-    gate = threading.Event()
-    executor = ThreadExecutor(local_inbox, lambda claimed: gate.wait(30), max_concurrency=64, lease_seconds=30,
-                              poll_seconds=30)
-    fake = fake_clocks(executor)
-    try:
-        executor.notify(record(local_inbox, *[message_event(f"u{n}", "hi") for n in range(100)]))
-        wait_until(lambda: executor.in_flight == 64, 20, "64 handlers to run")
+    with governed_64_of_100(local_inbox) as (executor, fake):
         late = record(local_inbox, message_event("late", "hi"))
         for _ in range(10):
             fake["now"] += 1.0
@@ -438,11 +442,6 @@ def test_the_governor_keeps_admitting_handlers_that_wait_while_the_acks_saturate
         fake["handlers"] += 0.5
         executor.notify(["late"])
         assert executor.limit == 48
-        gate.set()
-        wait_until(lambda: local_inbox.stats()["done"] == 101, 60, "every event to be handled")
-    finally:
-        gate.set()
-        assert executor.shutdown(10)
 
 
 def test_the_governor_counts_the_cpu_its_handlers_use(local_inbox):

@@ -126,11 +126,10 @@ class ThreadExecutor(Executor):
         handlers and their steps is (``AMPALIBE_HANDLER_NICE``; see :mod:`flask_ampalibe.priority`).
     """
 
-    #: The governor's clocks (tests replace them): wall time, this process's CPU time, and the
-    #: CPU time of its handlers (:meth:`handlers_cpu`, unless replaced).
+    #: The governor's clocks (tests replace them, and :meth:`handlers_cpu`): wall time, and this
+    #: process's CPU time.
     clock: Callable[[], float] = staticmethod(time.monotonic)
     cpu_clock: Callable[[], float] = staticmethod(time.process_time)
-    handlers_cpu_clock: Callable[[], float] | None = None
 
     def __init__(self, inbox: Inbox, handle: Handle, max_concurrency: int | None = None, threads: int | None = None,
                  govern: bool = True, fed_by_sweeps: bool = False, gc_threshold: int = DEFAULT_GC_THRESHOLD,
@@ -165,7 +164,7 @@ class ThreadExecutor(Executor):
         self._pool: ElasticPool | None = None  # plain handlers: a thread per event in flight
         self._steps: ElasticPool | None = None  # async bots: only the inbox's statements run in threads
         self._governed_at, self._governed_cpu = self.clock(), self.cpu_clock()
-        self._governed_handlers = self._handlers_clock()
+        self._governed_handlers = self.handlers_cpu()
         self._sweeper: threading.Thread | None = None
 
     def _after_fork(self) -> None:
@@ -211,9 +210,6 @@ class ThreadExecutor(Executor):
         slot's, as it ends) and its ``async def`` work (:func:`flask_ampalibe.aio.cpu_seconds`)."""
         return sum(pool.cpu_seconds for pool in (self._pool, self._steps) if pool is not None) + aio.cpu_seconds()
 
-    def _handlers_clock(self) -> float:
-        return (self.handlers_cpu_clock or self.handlers_cpu)()
-
     def _govern(self) -> None:
         """Adjust :attr:`limit` to the CPU use (lock held; at most every GOVERN_EVERY s).
 
@@ -228,7 +224,7 @@ class ThreadExecutor(Executor):
         span = now - self._governed_at
         if span < GOVERN_EVERY:
             return
-        cpu, handlers = self.cpu_clock(), self._handlers_clock()
+        cpu, handlers = self.cpu_clock(), self.handlers_cpu()
         busy = (cpu - self._governed_cpu) / span
         computing = (handlers - self._governed_handlers) / span
         self._governed_at, self._governed_cpu, self._governed_handlers = now, cpu, handlers
