@@ -33,6 +33,7 @@ SERVER_ENV: dict[str, str] = {}
 sys.path.insert(0, HERE)
 
 import loadgen  # noqa: E402
+import procmon  # noqa: E402
 from procmon import TreeMonitor  # noqa: E402
 
 SECRET = "bench-app-secret"
@@ -407,6 +408,30 @@ def drain(graph: FakeGraph, expected: int, bound: float, quiet: float = 5.0) -> 
         time.sleep(0.25)
 
 
+def record_stall(srv: "Server", graph: "FakeGraph", st: dict, expected: int, rundir: str, workroot: str,
+                 system: str, scenario: str, watch: float = 60.0) -> dict:
+    """Replies stopped before all came: dump the server's threads (py-spy, when installed), then
+    watch ``watch`` s more for replies (a stall that ends is not a loss), and keep the server's log
+    and the dumps in ``<workroot>/stalls/`` (the run's folder is emptied by the next run).
+
+    The run's figures stay those of the drain that gave up: the watch only says what came after.
+    """
+    keep = os.path.join(workroot, "stalls", f"{system}-{scenario}-{time.strftime('%H%M%S')}")
+    os.makedirs(keep, exist_ok=True)
+    if shutil.which("py-spy"):
+        for pid in sorted(procmon.tree(srv.pid)):
+            with open(os.path.join(keep, f"pyspy-{pid}.txt"), "w") as out:
+                subprocess.run(["py-spy", "dump", "--pid", str(pid)], stdout=out, stderr=subprocess.STDOUT,
+                               timeout=60, check=False)
+    before, start = st["replies"], time.time()
+    later = drain(graph, expected, watch, quiet=watch)[0]
+    resumed = later["replies"] - before
+    shutil.copy(os.path.join(rundir, "server.log"), keep)
+    log(f"  stall: replies stopped with {expected - st['unique_texts']} missing; {resumed} more came in the "
+        f"next {time.time() - start:.0f} s; server log and thread dumps kept in {keep}")
+    return {"kept": keep, "replies_after": resumed, "watched_s": time.time() - start}
+
+
 def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGraph, bodies: loadgen.Bodies,
             warm: loadgen.Bodies, workroot: str, dbs: DatabaseServers) -> dict:
     rundir = os.path.join(workroot, f"{system}-{scenario}")
@@ -464,6 +489,8 @@ def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGrap
                 # at 512 in flight reply ~250/s to the ~16,000 events 15 s of acks leave.
                 bound = cfg.drain * (3 if scenario in SLEEPS else 1)
                 st, drained = drain(graph, acked_unique_min, bound, quiet=cfg.quiet)
+                if drained == "quiet":  # replies stopped with some missing: keep evidence, see if they resume
+                    res["stall"] = record_stall(srv, graph, st, acked_unique_min, rundir, workroot, system, scenario)
             t_end = time.time()
             if spy:
                 res["profile"] = stop_profiler(spy, os.path.join(rundir, "pyspy.txt"))
