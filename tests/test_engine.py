@@ -202,8 +202,14 @@ def test_sqlite_log_is_emptied_under_steady_writes_and_keeps_every_row(tmp_path,
         for thread in writers:
             thread.join(30)
         assert sum(rows) >= 2_000
-        emptied = sum(1 for before, after in zip(sizes, sizes[1:]) if after < before / 2)
-        assert emptied >= 2 and max(sizes) < sum(rows) * 8_000 / 2, f"the log grew to {max(sizes):,} bytes"
+        # Emptied again and again, in the second half of the run too (how large the log grows between
+        # two emptyings depends on how much CPU the checkpoint thread gets beside the writers: under
+        # a loaded CI machine it once reached 90 MB of the 150 written; a log that is never emptied
+        # again grows until the writers stop).
+        late = sizes[len(sizes) // 2:]
+        emptied = [sum(1 for before, after in zip(part, part[1:]) if after < before / 2) for part in (sizes, late)]
+        assert emptied[0] >= 2 and emptied[1] >= 1, f"the log was emptied {emptied[0]} times ({emptied[1]} in the " \
+            f"second half of the run), up to {max(sizes):,} bytes"
         with engine.connect() as conn:
             counts = dict(conn.exec_driver_sql("SELECT n, count(*) FROM t GROUP BY n").all())
         assert counts == {0: rows[0], 1: rows[1]}
