@@ -427,7 +427,8 @@ def record_stall(srv: "Server", graph: "FakeGraph", st: dict, expected: int, run
     later = drain(graph, expected, watch, quiet=watch)[0]
     resumed = later["replies"] - before
     shutil.copy(os.path.join(rundir, "server.log"), keep)
-    log(f"  stall: replies stopped with {expected - st['unique_texts']} missing; {resumed} more came in the "
+    got = st["unique_texts"] if st["unique_texts"] > 1 else st["replies"]  # as drain() counts them
+    log(f"  stall: replies stopped with {expected - got} missing; {resumed} more came in the "
         f"next {time.time() - start:.0f} s; server log and thread dumps kept in {keep}")
     return {"kept": keep, "replies_after": resumed, "watched_s": time.time() - start}
 

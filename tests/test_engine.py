@@ -208,8 +208,8 @@ def test_sqlite_log_is_emptied_under_steady_writes_and_keeps_every_row(tmp_path,
         # again grows until the writers stop).
         late = sizes[len(sizes) // 2:]
         emptied = [sum(1 for before, after in zip(part, part[1:]) if after < before / 2) for part in (sizes, late)]
-        assert emptied[0] >= 2 and emptied[1] >= 1, f"the log was emptied {emptied[0]} times ({emptied[1]} in the " \
-            f"second half of the run), up to {max(sizes):,} bytes"
+        told = f"the log was emptied {emptied[0]} times ({emptied[1]} in the run's second half), up to {max(sizes):,} bytes"
+        assert emptied[0] >= 2 and emptied[1] >= 1, told
         with engine.connect() as conn:
             counts = dict(conn.exec_driver_sql("SELECT n, count(*) FROM t GROUP BY n").all())
         assert counts == {0: rows[0], 1: rows[1]}
