@@ -33,8 +33,7 @@ SERVER_ENV: dict[str, str] = {}
 sys.path.insert(0, HERE)
 
 import loadgen  # noqa: E402
-import procmon  # noqa: E402
-from procmon import TreeMonitor  # noqa: E402
+from procmon import TreeMonitor, tree  # noqa: E402
 
 SECRET = "bench-app-secret"
 VERIF = "bench-verif"
@@ -419,18 +418,18 @@ def record_stall(srv: "Server", graph: "FakeGraph", st: dict, expected: int, run
     keep = os.path.join(workroot, "stalls", f"{system}-{scenario}-{time.strftime('%H%M%S')}")
     os.makedirs(keep, exist_ok=True)
     if shutil.which("py-spy"):
-        for pid in sorted(procmon.tree(srv.pid)):
+        for pid in sorted(tree(srv.pid)):
             with open(os.path.join(keep, f"pyspy-{pid}.txt"), "w") as out:
                 subprocess.run(["py-spy", "dump", "--pid", str(pid)], stdout=out, stderr=subprocess.STDOUT,
                                timeout=60, check=False)
-    before, start = st["replies"], time.time()
-    later = drain(graph, expected, watch, quiet=watch)[0]
-    resumed = later["replies"] - before
+    start = time.time()
+    resumed = drain(graph, expected, watch, quiet=watch)[0]["replies"] - st["replies"]
+    watched = time.time() - start
     shutil.copy(os.path.join(rundir, "server.log"), keep)
-    got = st["unique_texts"] if st["unique_texts"] > 1 else st["replies"]  # as drain() counts them
-    log(f"  stall: replies stopped with {expected - got} missing; {resumed} more came in the "
-        f"next {time.time() - start:.0f} s; server log and thread dumps kept in {keep}")
-    return {"kept": keep, "replies_after": resumed, "watched_s": time.time() - start}
+    # (how many are missing, the run's line says: "lost")
+    log(f"  stall: replies stopped; {resumed} more came in the next {watched:.0f} s; server log and "
+        f"thread dumps kept in {keep}")
+    return {"kept": keep, "replies_after": resumed, "watched_s": watched}
 
 
 def measure(system: str, scenario: str, cfg: argparse.Namespace, graph: FakeGraph, bodies: loadgen.Bodies,
