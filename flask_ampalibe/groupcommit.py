@@ -29,13 +29,15 @@ R = TypeVar("R")
 
 
 class _Waiter(Generic[T, R]):
-    __slots__ = ("item", "wake", "done", "result", "committed")
+    __slots__ = ("item", "gate", "done", "result", "committed")
 
-    def __init__(self, item: T, lock: threading.Lock) -> None:
+    def __init__(self, item: T) -> None:
         self.item = item
-        #: Notified when this caller's write ended or it may write next: each caller is woken on
-        #: its own, never all of them at every write (hundreds of threads may queue).
-        self.wake = threading.Condition(lock)
+        #: Held until this caller may go on: its write ended, or it writes next.  A lock of its
+        #: own, released once: each caller is woken alone, and a woken caller takes no lock that
+        #: the others wait for (hundreds of threads may queue).
+        self.gate = threading.Lock()
+        self.gate.acquire()
         self.done = False  # the write that carried this item has ended (committed or failed)
         self.committed = False
         self.result: R | None = None
@@ -88,23 +90,24 @@ class GroupCommit(Generic[T, R]):
     def submit(self, item: T) -> R:
         """Write ``item`` (with those of other callers waiting meanwhile); return once it is committed.
 
+        The callers queue in order of arrival; a write that ends hands the next one to the
+        oldest caller left (who writes what is queued then), or ends the writing when none is.
+
         :raises: what ``write_alone(item)`` raises.
         """
-        me: _Waiter[T, R] = _Waiter(item, self._lock)
+        me: _Waiter[T, R] = _Waiter(item)
         with self._lock:
             self._queue.append(me)
-            while self._writing and not me.done:
-                me.wake.wait()
-            if me.done:  # written by another caller's transaction, or that transaction failed
-                batch: list[_Waiter[T, R]] = []
-            else:  # no write in progress: this caller writes what is queued
-                batch = self._take_batch(me)
+            leads = not self._writing
+            if leads:
                 self._writing = True
-                self.writes += 1
-        if not batch:
-            if me.committed:
-                return me.result  # type: ignore[return-value]
-            return self.write_alone(item)
+                batch = self._start(me)
+        if not leads:
+            me.gate.acquire()  # released by the write that carried this item, or to write next
+            if me.done:
+                return me.result if me.committed else self.write_alone(item)  # type: ignore[return-value]
+            with self._lock:
+                batch = self._start(me)
         try:
             if len(batch) == 1:
                 return self.write_alone(item)
@@ -113,18 +116,26 @@ class GroupCommit(Generic[T, R]):
                 results = self.write_many([w.item for w in batch])
             except Exception as exc:  # each caller writes its own item again, alone, and meets its own error
                 logger.debug("a write shared by %s webhook requests failed (%s); each is written again on its own",
-                               len(batch), type(exc).__name__)
+                             len(batch), type(exc).__name__)
             else:
                 for waiter, result in zip(batch, results):
                     waiter.result, waiter.committed = result, True
         finally:
             with self._lock:
-                self._writing = False
                 for waiter in batch:
                     waiter.done = True
-                    waiter.wake.notify()
-                if self._queue:  # the oldest caller left writes next
-                    self._queue[0].wake.notify()
+                following = self._queue[0] if self._queue else None
+                self._writing = following is not None
+            if following is not None:  # first: the next write starts while the others wake
+                following.gate.release()
+            for waiter in batch:
+                if waiter is not me:
+                    waiter.gate.release()
         if me.committed:
             return me.result  # type: ignore[return-value]
         return self.write_alone(item)
+
+    def _start(self, me: _Waiter[T, R]) -> list[_Waiter[T, R]]:
+        """``me``'s write begins (lock held): what it carries."""
+        self.writes += 1
+        return self._take_batch(me)
