@@ -118,6 +118,61 @@ def test_one_user_with_500_messages_does_not_starve_the_others(local_inbox):
     assert sum(o.startswith("heavy:") for o in order[:last_light + 1]) <= 20
 
 
+@pytest.mark.parametrize("turn_seconds, expected", [
+    (10.0, ["a:a0", "a:a1", "a:a2", "b:b"]),  # a's turn has not ended: a keeps the slot
+    (0.0, ["a:a0", "b:b", "a:a1", "a:a2"]),  # a's turn ends with each event: b goes between
+])
+def test_a_user_keeps_the_slot_for_their_next_events_until_their_turn_ends(local_inbox, turn_seconds, expected):
+    order: list[str] = []
+    gate = threading.Event()
+
+    def handle(claimed: Claimed) -> None:
+        gate.wait(30)
+        order.append(f"{claimed.event.sender_id}:{text_of(claimed)}")
+
+    base = int(time.time() * 1000)
+    executor = ThreadExecutor(local_inbox, handle, max_concurrency=1, lease_seconds=30, poll_seconds=30,
+                              turn_seconds=turn_seconds)
+    try:
+        executor.notify(record(local_inbox, *[message_event("a", f"a{i}", timestamp=base + i) for i in range(3)]))
+        executor.notify(record(local_inbox, message_event("b", "b")))  # b waits: the one slot is a's
+        gate.set()
+        wait_until(lambda: local_inbox.stats()["done"] == 4, 60, "every event to be handled")
+    finally:
+        gate.set()
+        assert executor.shutdown(10)
+    assert order == expected
+
+
+def test_users_whose_slots_heavy_users_hold_get_one_when_their_turns_end(local_inbox):
+    order: list[str] = []
+    base = int(time.time() * 1000)
+    heavy = [message_event(f"heavy{n}", f"h{i}", timestamp=base + i) for n in range(2) for i in range(200)]
+    record(local_inbox, *heavy)
+    started = threading.Event()
+
+    def handle(claimed: Claimed) -> None:
+        started.set()
+        time.sleep(0.01)
+        order.append(f"{claimed.event.sender_id}:{text_of(claimed)}")
+
+    executor = ThreadExecutor(local_inbox, handle, max_concurrency=2, lease_seconds=30, poll_seconds=30,
+                              turn_seconds=0.3)
+    try:
+        executor.notify(["heavy0", "heavy1"])  # both slots taken
+        assert started.wait(30)
+        executor.notify(record(local_inbox, *[message_event(f"light{n}", "hi") for n in range(10)]))
+        wait_until(lambda: local_inbox.stats()["done"] == 410, 120, "every event to be handled")
+    finally:
+        assert executor.shutdown(10)
+    for n in range(2):  # each heavy user's own order is kept
+        assert [o for o in order if o.startswith(f"heavy{n}:")] == [f"heavy{n}:h{i}" for i in range(200)]
+    last_light = max(i for i, o in enumerate(order) if o.startswith("light"))
+    # Turns of 0.3 s: the light users start as soon as a heavy user's turn ends (~20-30 of its
+    # events), long before either heavy user is done (200 events each, ~3 s).
+    assert sum(o.startswith("heavy") for o in order[:last_light + 1]) <= 120
+
+
 def test_shutdown_leaves_queued_and_yielded_users_recorded(local_inbox):
     started, release = threading.Event(), threading.Event()
     ran: list[str] = []

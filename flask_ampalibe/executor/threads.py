@@ -33,6 +33,9 @@ STEP_THREADS = 16
 GOVERN_EVERY, CPU_HIGH, CPU_LOW, HANDLERS_HIGH, GOVERN_FLOOR = 0.25, 0.9, 0.6, 0.5, 8
 
 
+#: How long a user's turn at a slot lasts while others wait for one: they keep the slot for their
+#: next event until then, and go to the back of the queue after (see :class:`ThreadExecutor`).
+TURN_SECONDS = 10.0
 #: Open files to allow per event in flight (its Graph API connection, one to the API its handler
 #: calls, a database connection), and for the rest of the process (see :func:`ensure_file_limit`).
 FILES_PER_EVENT, FILES_BASE = 3, 256
@@ -105,8 +108,12 @@ class ThreadExecutor(Executor):
     climbs back to ``max_concurrency`` as soon as the handlers in flight wait again.  A process
     saturated by its acks alone keeps admitting handlers that wait.
 
-    Fairness: when every slot is taken, a user whose event is done goes to the back of the
-    queue before their next one, so one user with 500 messages gets one slot, not all of them.
+    Fairness: when every slot is taken, a user whose turn has lasted ``turn_seconds`` goes to the
+    back of the queue once an event is done, before their next one, so one user with 500 messages
+    gets one slot, not all of them, and gives it up every ``turn_seconds``.  Until then the user
+    keeps the slot: most users' few events are done in one turn, their lease given back at the
+    end, instead of waiting in the queue between two events with it held (where no other worker
+    may take them up; see bench/ANALYSIS.md, the seventeenth session).
 
     A background thread renews the leases of the users this process is handling (every third
     of ``lease_seconds``, so a handler may run longer than the lease), picks up abandoned work
@@ -118,6 +125,8 @@ class ThreadExecutor(Executor):
         name).  Each plain handler in flight holds a thread (see the README for the memory cost).
     :param govern: lower the number of events admitted at once while the process's CPU is
         saturated (handlers that compute rather than wait), so the webhook's acks stay fast.
+    :param turn_seconds: how long a user keeps a slot for their next events while others wait
+        for one (``0``: they give it up after every event).
     :param fed_by_sweeps: nothing notifies this executor, its sweeps find all its work
         (``ampalibe worker``; see :attr:`Executor.fed_by_sweeps`).
     :param gc_threshold: the garbage collector's first threshold while it runs (raised only;
@@ -133,11 +142,12 @@ class ThreadExecutor(Executor):
 
     def __init__(self, inbox: Inbox, handle: Handle, max_concurrency: int | None = None, threads: int | None = None,
                  govern: bool = True, fed_by_sweeps: bool = False, gc_threshold: int = DEFAULT_GC_THRESHOLD,
-                 nice: int = DEFAULT_HANDLER_NICE, **kwargs: float) -> None:
+                 nice: int = DEFAULT_HANDLER_NICE, turn_seconds: float = TURN_SECONDS, **kwargs: float) -> None:
         super().__init__(inbox, handle, **kwargs)
         self.fed_by_sweeps = fed_by_sweeps
         self.gc_threshold = gc_threshold
         self.nice = nice
+        self.turn_seconds = turn_seconds
         cap = max_concurrency if max_concurrency is not None else threads
         self.max_concurrency = max(1, int(cap if cap is not None else DEFAULT_MAX_CONCURRENCY))
         #: Events admitted at once now: ``max_concurrency``, lowered while the process's CPU is
@@ -158,6 +168,7 @@ class ThreadExecutor(Executor):
         self._done = threading.Condition(self._lock)
         self._active: dict[str, bool] = {}  # user -> "notified again while queued or running"
         self._queued_fresh: set[str] = set()  # users queued who have not started yet
+        self._turns: dict[str, float] = {}  # user -> when their turn at a slot began (monotonic)
         # Work waiting for a slot: (user, None) to begin, (user, event) to handle that event.
         self._waiting: collections.deque[tuple[str, Claimed | None]] = collections.deque()
         self._in_flight = 0
@@ -255,6 +266,7 @@ class ThreadExecutor(Executor):
     def _run(self, user_id: str, claimed: Claimed | None) -> None:
         """One slot's work, in a pool thread: begin (or resume) the user, handle events until done,
         the user yields the slot, or an async event goes to the loop."""
+        self._turns[user_id] = time.monotonic()
         try:
             if claimed is None:
                 claimed = self.begin(user_id)
@@ -280,13 +292,24 @@ class ThreadExecutor(Executor):
                 return  # the slot stays taken until the coroutine is done
             error = self._handle(claimed)
             claimed = self.advance(user_id, claimed, error)
-            if claimed is not None and self._waiting and not self.stopping.is_set():
-                with self._lock:  # others wait for a slot: this user goes to the back of the queue
-                    self._waiting.append((user_id, claimed))
-                    self._in_flight -= 1
-                    self._fill()
+            if claimed is not None and self._turn_over(user_id):
+                self._yield(user_id, claimed)
                 return
         self._end(user_id)
+
+    def _turn_over(self, user_id: str) -> bool:
+        """Whether the user gives up their slot before their next event: others wait for one,
+        and their turn has lasted :attr:`turn_seconds`."""
+        return (bool(self._waiting) and not self.stopping.is_set()
+                and time.monotonic() - self._turns.get(user_id, 0.0) >= self.turn_seconds)
+
+    def _yield(self, user_id: str, claimed: Claimed) -> None:
+        """The user goes to the back of the queue with their next event (its lease held)."""
+        with self._lock:
+            self._turns.pop(user_id, None)
+            self._waiting.append((user_id, claimed))
+            self._in_flight -= 1
+            self._fill()
 
     def _to_loop(self, user_id: str, claimed: Claimed) -> None:
         future = aio.submit(self.handle.run_async(claimed))  # type: ignore[attr-defined]
@@ -310,11 +333,8 @@ class ThreadExecutor(Executor):
     def _resume(self, user_id: str, finished: Claimed, error: BaseException | None) -> None:
         try:
             claimed = self.advance(user_id, finished, error)
-            if claimed is not None and self._waiting and not self.stopping.is_set():
-                with self._lock:
-                    self._waiting.append((user_id, claimed))
-                    self._in_flight -= 1
-                    self._fill()
+            if claimed is not None and self._turn_over(user_id):
+                self._yield(user_id, claimed)
                 return
             self._handle_from(user_id, claimed)
         except Exception as exc:
@@ -324,6 +344,7 @@ class ThreadExecutor(Executor):
     def _end(self, user_id: str) -> None:
         """The user's slot is free: requeue them if they were notified meanwhile."""
         with self._lock:
+            self._turns.pop(user_id, None)
             if self._active.get(user_id) and not self.stopping.is_set():
                 self._active[user_id] = False
                 self._queued_fresh.add(user_id)
