@@ -91,21 +91,31 @@ def _record_with_leases() -> Any:
     arrive as one array per column (``unnest``): the same statement for any number of rows, so
     SQLAlchemy compiles it once (a multi-row ``VALUES`` has no cache key).
 
-    Rows that exist are skipped by a ``NOT EXISTS`` on the statement's snapshot before the
+    Rows that exist are skipped by a look-up on the statement's snapshot before the
     ``ON CONFLICT`` check (which stays, for rows inserted concurrently): the unique check waits
     for any transaction that is updating the row it meets, and the executor's transactions
     update the leases (and the inbox rows) of the users they handle, so the ack would wait for
-    them."""
+    them.
+
+    The look-up is a scalar subquery per row (``(SELECT … LIMIT 1) IS NULL``), not ``NOT
+    EXISTS``: PostgreSQL turns ``NOT EXISTS`` into an anti-join, and the generic plan that
+    psycopg's prepared statement gets after a few runs is made with the table's statistics of
+    that moment.  On a new database they are those of an empty table (autovacuum analyses it a
+    minute later at the earliest), so the plan read the whole inbox into a hash at every ack,
+    which cost more the longer the bot ran.  A scalar subquery stays a probe of the unique index
+    per row whatever the statistics say."""
     from sqlalchemy.dialects.postgresql import ARRAY, insert
 
     given = (func.unnest(*[bindparam(c, type_=ARRAY(inbox.c[c].type)) for c in RECORD_COLUMNS])
              .table_valued(*RECORD_COLUMNS).render_derived())
     known = inbox.alias("known")
-    new_events = select(*given.c).where(~exists().where(known.c.event_key == given.c.event_key))
+    new_events = select(*given.c).where(
+        select(known.c.id).where(known.c.event_key == given.c.event_key).limit(1).scalar_subquery().is_(None))
     events = insert(inbox).from_select(RECORD_COLUMNS, new_events).on_conflict_do_nothing().cte("recorded")
     users = func.unnest(bindparam("users", type_=ARRAY(leases.c.user_id.type))).table_valued("user_id").render_derived()
     held = leases.alias("held")
-    free = select(users.c.user_id, null(), literal(0.0)).where(~exists().where(held.c.user_id == users.c.user_id))
+    free = select(users.c.user_id, null(), literal(0.0)).where(
+        select(held.c.user_id).where(held.c.user_id == users.c.user_id).limit(1).scalar_subquery().is_(None))
     return insert(leases).from_select(["user_id", "owner", "expires_at"], free).on_conflict_do_nothing().add_cte(events)
 
 

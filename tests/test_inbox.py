@@ -283,6 +283,43 @@ def test_a_lone_request_writes_at_once_without_sharing(box):
     assert box.group_commit.writes == 3 and box.group_commit.shared_writes == 0
 
 
+def test_on_postgresql_the_ack_looks_events_up_by_key_instead_of_reading_the_inbox(postgresql_server):
+    # psycopg prepares a statement after its fifth run, and PostgreSQL then plans it once for any
+    # parameters, with the statistics of that moment: on a new database those of an empty, never
+    # analysed inbox.  The webhook's duplicate check must stay a look-up of each event's key; read as
+    # a join, it read the whole inbox at every ack, more of it the longer the bot ran.
+    postgresql_server.reset()
+    watcher = sa.create_engine(postgresql_server.url, poolclass=sa.pool.NullPool)
+
+    def scans():  # a server process reports its table statistics when its connection closes
+        with watcher.connect() as conn:
+            seq, index = conn.execute(sa.text(
+                "SELECT seq_scan, idx_scan FROM pg_stat_user_tables WHERE relname = 'amp_inbox'")).one()
+        return seq or 0, index or 0
+
+    def settled(done=lambda seen: True):
+        seen, deadline = [scans()], time.monotonic() + 20
+        while not (done(seen[-1]) and seen[-3:] == [seen[-1]] * 3) and time.monotonic() < deadline:
+            time.sleep(0.3)
+            seen.append(scans())
+        return seen[-1]
+
+    schema = make_engine(postgresql_server.url)
+    Store(schema).ensure()  # its set-up reads the (empty) tables
+    schema.dispose()
+    seq_before, index_before = settled()
+    engine = make_engine(postgresql_server.url)
+    box = Inbox(Store(engine))
+    requests = 40
+    for n in range(requests):
+        box.record(events(message_event(f"u{n % 4}", "hi", mid=f"seq.{n}", timestamp=1000 + n)))
+    engine.dispose()
+    seq_after, index_after = settled(lambda seen: sum(seen) >= seq_before + index_before + requests)
+    watcher.dispose()
+    assert index_after - index_before >= requests, "the webhook's statistics never arrived"
+    assert seq_after == seq_before, f"{seq_after - seq_before} of {requests} acks read the whole inbox"
+
+
 # -- several of a user's events read at once ------------------------------------------------------------
 def _texts(claimed_list):
     return [c.event.raw["message"]["text"] for c in claimed_list]
