@@ -113,9 +113,11 @@ def test_one_user_with_500_messages_does_not_starve_the_others(local_inbox):
     heavy_done = [o for o in order if o.startswith("heavy:")]
     assert heavy_done == [f"heavy:h{i}" for i in range(500)]  # its own order is kept
     last_light = max(i for i, o in enumerate(order) if o.startswith("light"))
-    # Two slots: the heavy user keeps at most one; the light users share the other one and
-    # the heavy user's turns, so they are all done long before the heavy user's 50th message.
-    assert sum(o.startswith("heavy:") for o in order[:last_light + 1]) <= 20
+    # Two slots: the heavy user keeps at most one; the light users share the other one, so they
+    # are all done long before the heavy user's 100th message (starved, they would come after all
+    # 500).  Each light user's event also needs a claim and a release, so the heavy user handles a
+    # few events for each of theirs meanwhile (up to 45 seen, four suites running at once).
+    assert sum(o.startswith("heavy:") for o in order[:last_light + 1]) <= 100
 
 
 @pytest.mark.parametrize("turn_seconds, expected", [
