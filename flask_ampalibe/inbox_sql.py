@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, literal, null, or_, select
+from sqlalchemy import and_, bindparam, func, literal, null, or_, select
 
 from .tables import inbox, leases, meta
 
