@@ -11,10 +11,13 @@ from sqlalchemy import and_, func, or_, select
 
 from .engine import read_only
 from .inbox_sql import DONE, FAILED, PENDING, REJECTED, RUNNING, STATUSES
-from .storage import Store
-from .tables import inbox, leases
+from .storage import Store, upsert
+from .tables import inbox, leases, meta
 
-__all__ = ["InboxQueries"]
+__all__ = ["InboxQueries", "WANTED"]
+
+#: The ``amp_meta`` row where a worker with nothing to do asks for some of the others' users.
+WANTED = "executor.wanted"
 
 
 class InboxQueries:
@@ -53,6 +56,39 @@ class InboxQueries:
         return self._unfinished_users(
             or_(and_(leases.c.owner.is_not(None), leases.c.expires_at < now),
                 and_(leases.c.owner.is_(None), inbox.c.received_at < now - waiting_seconds)), limit)
+
+    def waiting_elsewhere(self, owner: str) -> bool:
+        """Whether a user whose lease another worker holds has events waiting behind the one
+        being handled (a backlog that worker drains alone)."""
+        now = self.clock()
+        self.store.ensure()
+        with read_only(self.engine) as conn:
+            return conn.execute(
+                select(inbox.c.id).select_from(inbox.join(leases, leases.c.user_id == inbox.c.user_id))
+                .where(inbox.c.status == PENDING, leases.c.owner.is_not(None), leases.c.owner != owner,
+                       leases.c.expires_at >= now)
+                .limit(1)
+            ).first() is not None
+
+    def want_work(self, owner: str) -> None:
+        """Ask the workers that hold users with a backlog to give some of them up (``owner`` has
+        nothing to do): see :meth:`wanted`."""
+        self.store.ensure()
+        with self.engine.begin() as conn:
+            upsert(conn, meta, {"name": WANTED, "value": f"{self.clock():.6f} {owner}"}, ["name"])
+
+    def wanted(self) -> tuple[float, str] | None:
+        """The latest :meth:`want_work`: when, and by whom (``None``: never)."""
+        self.store.ensure()
+        with read_only(self.engine) as conn:
+            value = conn.execute(select(meta.c.value).where(meta.c.name == WANTED)).scalar()
+        if not value:
+            return None
+        at, _, owner = str(value).partition(" ")
+        try:
+            return float(at), owner
+        except ValueError:
+            return None
 
     def _unfinished_users(self, lease_state: Any, limit: int) -> list[str]:
         """Up to ``limit`` users with unfinished events whose lease row meets ``lease_state``

@@ -120,6 +120,48 @@ def test_one_user_with_500_messages_does_not_starve_the_others(local_inbox):
     assert sum(o.startswith("heavy:") for o in order[:last_light + 1]) <= 100
 
 
+def test_a_worker_with_nothing_to_do_is_given_users_whose_backlog_another_worker_drains(local_inbox):
+    # Worker "a" took up every user first, and a user keeps their lease until their backlog is
+    # empty: "b" would idle while "a" drained it all.  "b"'s sweep, finding nobody free, asks for
+    # work; "a" gives up half its users after their current event; "b" takes them up.
+    users = [f"u{n}" for n in range(6)]
+    base = int(time.time() * 1000)
+    for u in users:
+        record(local_inbox, *[message_event(u, f"{u}.{i}", timestamp=base + i) for i in range(10)])
+    handled: list[tuple[str, str, str]] = []
+    gate = threading.Event()
+
+    def handler(worker: str):
+        def handle(claimed: Claimed) -> None:
+            gate.wait(30)
+            handled.append((worker, claimed.event.sender_id, text_of(claimed)))
+        return handle
+
+    # a's upkeep looks for requests at start and then every 20 s: here the test answers them.
+    a = ThreadExecutor(local_inbox, handler("a"), max_concurrency=16, lease_seconds=60, poll_seconds=30)
+    b = ThreadExecutor(local_inbox, handler("b"), max_concurrency=16, lease_seconds=60, poll_seconds=0.2)
+    try:
+        a.notify(users)
+        wait_until(lambda: a.in_flight == len(users), 10, "worker a to take up every user")
+        assert a.balance() == 0  # nobody asked
+        b.start()  # its sweeps find no free user, and ask
+        wait_until(lambda: local_inbox.wanted() is not None, 10, "worker b to ask for work")
+        assert local_inbox.wanted()[1] == b.owner
+        assert a.balance() == len(users) // 2
+        gate.set()
+        wait_until(lambda: local_inbox.stats()["done"] == 60, 60, "every event to be handled")
+    finally:
+        gate.set()
+        assert a.shutdown(10) and b.shutdown(10)
+    assert sorted((u, t) for _, u, t in handled) == sorted((u, f"{u}.{i}") for u in users for i in range(10))
+    for u in users:  # each user's order is kept across the hand-over
+        assert [t for _, who, t in handled if who == u] == [f"{u}.{i}" for i in range(10)]
+    given = {who for worker, who, _ in handled if worker == "b"}
+    assert len(given) == len(users) // 2, handled
+    for u in given:  # the first event was a's, the rest b's
+        assert [w for w, who, _ in handled if who == u] == ["a"] + ["b"] * 9
+
+
 @pytest.mark.parametrize("turn_seconds, expected", [
     (10.0, ["a:a0", "a:a1", "a:a2", "b:b"]),  # a's turn has not ended: a keeps the slot
     (0.0, ["a:a0", "b:b", "a:a1", "a:a2"]),  # a's turn ends with each event: b goes between

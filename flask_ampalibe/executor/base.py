@@ -55,6 +55,7 @@ class Executor:
     fed_by_sweeps = False
     #: Whether the last :meth:`sweep` found work it should look for again as soon as a slot is free.
     sweep_more = False
+    _wanting_until = 0.0  # monotonic: until then this executor asked for work (see sweep)
 
     def __init__(self, inbox: Inbox, handle: Handle, lease_seconds: float = 30.0, poll_seconds: float = 2.0,
                  retention_seconds: float = 7 * 86400.0) -> None:
@@ -167,6 +168,20 @@ class Executor:
         self.inbox.release(user_id, owner)
         return None
 
+    def set_aside(self, user_id: str, finished: Claimed, error: BaseException | None) -> bool:
+        """Record ``finished``'s outcome and give the lease back without taking the next event,
+        so that any worker may take the user up.
+
+        :returns: whether the user has unfinished events left.
+        """
+        owner = self.owner
+        try:
+            self.inbox.finish(finished, error)
+        except BaseException:
+            self._release_quietly(user_id, owner)
+            raise
+        return self.inbox.release(user_id, owner)
+
     def putback(self, user_id: str, claimed: Claimed) -> None:
         """Give back an event taken by :meth:`begin` or :meth:`advance` but not started, and the lease."""
         try:
@@ -210,7 +225,23 @@ class Executor:
         users = list(dict.fromkeys([*users, *expired]))
         if users:
             self.notify(users)
+        elif self.idle() and time.monotonic() >= self._wanting_until and self.inbox.waiting_elsewhere(self.owner):
+            # Another worker drains a backlog alone: ask it for some of its users, and sweep
+            # again soon meanwhile, since those it gives up come back free.
+            self.inbox.want_work(self.owner)
+            self._wanting_until = time.monotonic() + self.poll_seconds
+        if time.monotonic() < self._wanting_until:
+            self.sweep_more = True
         return len(users)
+
+    def idle(self) -> bool:
+        """Whether this executor handles nothing now and could (for executors that have slots)."""
+        return False
+
+    def balance(self) -> int:
+        """Give up some users to a worker that asked for work (:meth:`Inbox.want_work`), if this
+        executor holds users; returns how many it will give up (for executors that have slots)."""
+        return 0
 
     def leased_users(self) -> list[str]:
         """The users whose events this process is handling now (their leases are renewed)."""
@@ -241,6 +272,7 @@ class Executor:
                 if now >= next_renew:
                     next_renew = now + tick
                     self.tick()
+                    self.balance()
                     users = self.leased_users()
                     if users:
                         # Only the users being handled: a lease left behind (its release failed in a

@@ -169,6 +169,8 @@ class ThreadExecutor(Executor):
         self._active: dict[str, bool] = {}  # user -> "notified again while queued or running"
         self._queued_fresh: set[str] = set()  # users queued who have not started yet
         self._turns: dict[str, float] = {}  # user -> when their turn at a slot began (monotonic)
+        self._giving_up: set[str] = set()  # users to give to another worker after their event (balance)
+        self._balanced = 0.0  # the last request for work answered (Inbox.wanted's time)
         # Work waiting for a slot: (user, None) to begin, (user, event) to handle that event.
         self._waiting: collections.deque[tuple[str, Claimed | None]] = collections.deque()
         self._in_flight = 0
@@ -291,11 +293,22 @@ class ThreadExecutor(Executor):
                 self._to_loop(user_id, claimed)
                 return  # the slot stays taken until the coroutine is done
             error = self._handle(claimed)
+            if user_id in self._giving_up:
+                self._give_up(user_id, claimed, error)
+                return
             claimed = self.advance(user_id, claimed, error)
             if claimed is not None and self._turn_over(user_id):
                 self._yield(user_id, claimed)
                 return
         self._end(user_id)
+
+    def _give_up(self, user_id: str, finished: Claimed, error: BaseException | None) -> None:
+        """Finish ``finished`` and give the user's lease back without taking their next event: a
+        worker that asked for work (or this one's next sweep) takes them up."""
+        try:
+            self.set_aside(user_id, finished, error)
+        finally:
+            self._end(user_id, drop=True)
 
     def _turn_over(self, user_id: str) -> bool:
         """Whether the user gives up their slot before their next event: others wait for one,
@@ -332,6 +345,9 @@ class ThreadExecutor(Executor):
 
     def _resume(self, user_id: str, finished: Claimed, error: BaseException | None) -> None:
         try:
+            if user_id in self._giving_up:
+                self._give_up(user_id, finished, error)
+                return
             claimed = self.advance(user_id, finished, error)
             if claimed is not None and self._turn_over(user_id):
                 self._yield(user_id, claimed)
@@ -341,11 +357,13 @@ class ThreadExecutor(Executor):
             self._failed(user_id, exc)
             self._end(user_id)
 
-    def _end(self, user_id: str) -> None:
-        """The user's slot is free: requeue them if they were notified meanwhile."""
+    def _end(self, user_id: str, drop: bool = False) -> None:
+        """The user's slot is free: requeue them if they were notified meanwhile (unless ``drop``:
+        given up to another worker)."""
         with self._lock:
             self._turns.pop(user_id, None)
-            if self._active.get(user_id) and not self.stopping.is_set():
+            self._giving_up.discard(user_id)
+            if self._active.get(user_id) and not drop and not self.stopping.is_set():
                 self._active[user_id] = False
                 self._queued_fresh.add(user_id)
                 self._waiting.append((user_id, None))
@@ -363,6 +381,31 @@ class ThreadExecutor(Executor):
     def room(self) -> int:
         with self._lock:  # free slots, and nothing queued here to fill them first
             return 0 if self._waiting else max(0, self.limit - self._in_flight)
+
+    def idle(self) -> bool:
+        with self._lock:
+            return self._pool is not None and self._in_flight == 0 and not self._waiting
+
+    def balance(self) -> int:
+        """Answer a request for work (:meth:`Inbox.want_work <flask_ampalibe.inbox.Inbox.want_work>`)
+        from another worker, made since the last one answered and within two ``poll_seconds``:
+        half the users this executor is handling are given up after their current event (their
+        lease given back, not queued here again), for that worker's sweeps to take up.  Returns
+        how many."""
+        wanted = self.inbox.wanted()
+        if wanted is None:
+            return 0
+        at, owner = wanted
+        if owner == self.owner or at <= self._balanced or self.inbox.clock() - at > 2 * self.poll_seconds:
+            return 0
+        self._balanced = at
+        with self._lock:
+            handling = [u for u in self._active if u not in self._queued_fresh and u not in self._giving_up]
+            given = handling[:len(handling) // 2]
+            self._giving_up.update(given)
+        if given:
+            logger.info("giving %s of %s users to a worker with nothing to do (%s)", len(given), len(handling), owner)
+        return len(given)
 
     def tick(self) -> None:
         """Let the governor raise the limit again even when no handler ends (all of them wait)."""
