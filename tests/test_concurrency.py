@@ -120,14 +120,15 @@ def test_one_user_with_500_messages_does_not_starve_the_others(local_inbox):
     assert sum(o.startswith("heavy:") for o in order[:last_light + 1]) <= 100
 
 
-def test_a_worker_with_nothing_to_do_is_given_users_whose_backlog_another_worker_drains(local_inbox):
+def test_a_worker_with_nothing_to_do_is_given_users_whose_backlog_another_worker_drains(database_url):
     # Worker "a" took up every user first, and a user keeps their lease until their backlog is
     # empty: "b" would idle while "a" drained it all.  "b"'s sweep, finding nobody free, asks for
     # work; "a" gives up half its users after their current event; "b" takes them up.
+    box = Inbox(Store(make_engine(database_url)))
     users = [f"u{n}" for n in range(6)]
     base = int(time.time() * 1000)
     for u in users:
-        record(local_inbox, *[message_event(u, f"{u}.{i}", timestamp=base + i) for i in range(10)])
+        record(box, *[message_event(u, f"{u}.{i}", timestamp=base + i) for i in range(10)])
     handled: list[tuple[str, str, str]] = []
     gate = threading.Event()
 
@@ -138,18 +139,18 @@ def test_a_worker_with_nothing_to_do_is_given_users_whose_backlog_another_worker
         return handle
 
     # a's upkeep looks for requests at start and then every 20 s: here the test answers them.
-    a = ThreadExecutor(local_inbox, handler("a"), max_concurrency=16, lease_seconds=60, poll_seconds=30)
-    b = ThreadExecutor(local_inbox, handler("b"), max_concurrency=16, lease_seconds=60, poll_seconds=0.2)
+    a = ThreadExecutor(box, handler("a"), max_concurrency=16, lease_seconds=60, poll_seconds=30)
+    b = ThreadExecutor(box, handler("b"), max_concurrency=16, lease_seconds=60, poll_seconds=0.2)
     try:
         a.notify(users)
         wait_until(lambda: a.in_flight == len(users), 10, "worker a to take up every user")
         assert a.balance() == 0  # nobody asked
         b.start()  # its sweeps find no free user, and ask
-        wait_until(lambda: local_inbox.wanted() is not None, 10, "worker b to ask for work")
-        assert local_inbox.wanted()[1] == b.owner
+        wait_until(lambda: box.wanted() is not None, 10, "worker b to ask for work")
+        assert box.wanted()[1] == b.owner
         assert a.balance() == len(users) // 2
         gate.set()
-        wait_until(lambda: local_inbox.stats()["done"] == 60, 60, "every event to be handled")
+        wait_until(lambda: box.stats()["done"] == 60, 60, "every event to be handled")
     finally:
         gate.set()
         assert a.shutdown(10) and b.shutdown(10)
