@@ -56,6 +56,7 @@ class Executor:
     #: Whether the last :meth:`sweep` found work it should look for again as soon as a slot is free.
     sweep_more = False
     _wanting_until = 0.0  # monotonic: until then this executor asked for work (see sweep)
+    _recorded = 0  # the webhook's writes in this process at the last sweep (see sweep)
 
     def __init__(self, inbox: Inbox, handle: Handle, lease_seconds: float = 30.0, poll_seconds: float = 2.0,
                  retention_seconds: float = 7 * 86400.0) -> None:
@@ -223,11 +224,16 @@ class Executor:
         expired = self.inbox.expired_users(room) if room > 0 and not self.fed_by_sweeps else []
         self.sweep_more = bool(expired) or (self.fed_by_sweeps and bool(users))
         users = list(dict.fromkeys([*users, *expired]))
+        recorded = self.inbox.group_commit.writes  # the webhook's writes in this process
+        acking, self._recorded = recorded != self._recorded, recorded
         if users:
             self.notify(users)
-        elif self.idle() and time.monotonic() >= self._wanting_until and self.inbox.waiting_elsewhere(self.owner):
+        elif (self.idle() and not acking and time.monotonic() >= self._wanting_until
+              and self.inbox.waiting_elsewhere(self.owner)):
             # Another worker drains a backlog alone: ask it for some of its users, and sweep
-            # again soon meanwhile, since those it gives up come back free.
+            # again soon meanwhile, since those it gives up come back free.  Not while this
+            # process answers webhooks: on SQLite its handlers' writes would take turns at the
+            # write lock with the other process's acks, which its own acks go before.
             self.inbox.want_work(self.owner)
             self._wanting_until = time.monotonic() + self.poll_seconds
         if time.monotonic() < self._wanting_until:
