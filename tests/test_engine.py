@@ -61,11 +61,18 @@ def postgresql_statements(server) -> Iterator[Callable[[], list[str]]]:
 @contextmanager
 def mariadb_statements(engine, server) -> Iterator[Callable[[], list[str]]]:
     """The statements the server runs for ``engine``'s connections from now on, from its general
-    log (on while the block runs).  The pool's connections are identified by their thread ids."""
+    log (on while the block runs).  The connections the block checks out of the pool are
+    identified by their thread ids (the pool may hold more than one)."""
+    import sqlalchemy as sa
+
     admin = server._admin()
     cur = admin.cursor()
-    with engine.connect() as conn:  # a pooled connection; the reads below reuse it
-        thread_id = conn.connection.dbapi_connection.thread_id()
+    thread_ids: set[int] = set()
+
+    def checked_out(dbapi_connection, record, proxy) -> None:
+        thread_ids.add(dbapi_connection.thread_id())
+
+    sa.event.listen(engine, "checkout", checked_out)
     try:
         cur.execute("SET GLOBAL log_output = 'TABLE'")
         cur.execute("SET GLOBAL general_log = 1")
@@ -73,12 +80,16 @@ def mariadb_statements(engine, server) -> Iterator[Callable[[], list[str]]]:
         (start,) = cur.fetchone()
 
         def statements() -> list[str]:
-            cur.execute("SELECT argument FROM mysql.general_log WHERE thread_id = %s AND event_time >= %s "
-                        "AND command_type = 'Query' ORDER BY event_time", (thread_id, start))
+            if not thread_ids:
+                return []
+            marks = ", ".join(["%s"] * len(thread_ids))
+            cur.execute(f"SELECT argument FROM mysql.general_log WHERE thread_id IN ({marks}) AND event_time >= %s "
+                        "AND command_type = 'Query' ORDER BY event_time", (*sorted(thread_ids), start))
             return [a.decode() if isinstance(a, bytes) else a for (a,) in cur.fetchall()]
 
         yield statements
     finally:
+        sa.event.remove(engine, "checkout", checked_out)
         cur.execute("SET GLOBAL general_log = 0")
         cur.execute("TRUNCATE TABLE mysql.general_log")
         admin.close()
