@@ -157,17 +157,16 @@ class Executor:
         :returns: the next event, or ``None`` with the lease given back (nothing left, the lease
             was lost to another worker, or shutdown began).
         """
+        if self.stopping.is_set():  # shutdown: finish this one, start no other
+            self.set_aside(user_id, finished, error)
+            return None
         owner = self.owner
         try:
-            if not self.stopping.is_set():
-                # ``next_event`` gives the lease back itself when it returns None.
-                return self.inbox.next_event(user_id, owner, self.lease_seconds, finished=finished, error=error)
-            self.inbox.finish(finished, error)  # shutdown: finish this one, start no other
+            # ``next_event`` gives the lease back itself when it returns None.
+            return self.inbox.next_event(user_id, owner, self.lease_seconds, finished=finished, error=error)
         except BaseException:
             self._release_quietly(user_id, owner)
             raise
-        self.inbox.release(user_id, owner)
-        return None
 
     def set_aside(self, user_id: str, finished: Claimed, error: BaseException | None) -> bool:
         """Record ``finished``'s outcome and give the lease back without taking the next event,

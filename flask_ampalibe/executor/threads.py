@@ -392,6 +392,8 @@ class ThreadExecutor(Executor):
         half the users this executor is handling are given up after their current event (their
         lease given back, not queued here again), for that worker's sweeps to take up.  Returns
         how many."""
+        if not self._active:
+            return 0  # nobody to give (and no read of the request)
         wanted = self.inbox.wanted()
         if wanted is None:
             return 0
